@@ -1,0 +1,14 @@
+#!/bin/sh
+# Installs the Debian packages the test suite needs. Idempotent: apt runs only when one is missing.
+set -eu
+PKGS="haproxy curl python3 wrk rpm rpmlint lintian systemd-container mmdebstrap debhelper devscripts equivs build-essential iproute2"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "install-deps: installing:$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
