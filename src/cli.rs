@@ -1,0 +1,347 @@
+//! Command-line parsing: the wrapper's own long options, then haproxy's arguments, which are
+//! classified (mode, pid file, hand-over socket) and filtered per mode. Pure: no I/O.
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+
+pub const HELP: &str = "\
+haproxy-systemd-wrapper: run HAProxy as a systemd Type=notify service with seamless reloads
+
+Usage: haproxy-systemd-wrapper [WRAPPER OPTIONS] [--] HAPROXY ARGS...
+
+Wrapper options (before haproxy's arguments):
+  --haproxy PATH         haproxy program to run (default: the file beside this
+                         program named without \"-systemd-wrapper\", else
+                         /usr/sbin/haproxy)
+  --ready-timeout SECS   time a new haproxy has to become ready (default 30)
+  --stop-timeout SECS    time between SIGTERM and SIGKILL on stop (default 20)
+  --help                 print this help and exit
+  --version              print the version and exit
+
+Modes: -W or -Ws selects master-worker mode (one haproxy master, reloaded with
+SIGUSR2); otherwise each generation is one foreground haproxy and a reload
+starts a new one with -sf (and -x SOCKET for listener hand-over when given).
+
+Signals: SIGUSR2/SIGHUP reload, SIGTERM/SIGINT stop, SIGUSR1 graceful stop,
+SIGTTOU/SIGTTIN passed on to haproxy.
+
+Exit status: haproxy's own (128+N when killed by signal N); 0 after a
+requested stop; 64 usage error; 69 haproxy not ready in time at start;
+70 internal error; 126 haproxy not executable; 127 haproxy not found.
+See haproxy-systemd-wrapper(8).
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Foreground,
+    MasterWorker,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Foreground => "foreground",
+            Mode::MasterWorker => "master-worker",
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Help,
+    Version,
+    /// `-c`, `-v`, `-vv`: nothing to supervise; haproxy runs in place of the wrapper.
+    Exec(Options, Vec<OsString>),
+    Supervise(Options, HaproxyArgs),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub haproxy: Option<PathBuf>,
+    pub ready_timeout: Duration,
+    pub stop_timeout: Duration,
+}
+
+/// haproxy's arguments, classified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaproxyArgs {
+    pub mode: Mode,
+    /// `-p FILE`: in foreground mode the wrapper writes it; in master-worker mode haproxy does.
+    pub pidfile: Option<PathBuf>,
+    /// `-x SOCKET`: listener hand-over socket for foreground reloads.
+    pub handover_socket: Option<PathBuf>,
+    /// Arguments given to every haproxy the wrapper starts (mode-specific options first).
+    pub base: Vec<OsString>,
+    /// What was dropped or changed, for a warning at start.
+    pub notes: Vec<String>,
+}
+
+/// haproxy options that take the next argument as their value.
+fn takes_value(opt: &str) -> bool {
+    matches!(opt, "-f" | "-C" | "-L" | "-m" | "-n" | "-N" | "-p" | "-x" | "-S")
+}
+
+pub fn parse<I>(args: I) -> Result<Command, Error>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_iter(args);
+    let mut opts = Options { haproxy: None, ready_timeout: Duration::from_secs(30), stop_timeout: Duration::from_secs(20) };
+    // Wrapper options are long options at the front; the first other argument starts haproxy's.
+    loop {
+        {
+            let mut raw = match parser.try_raw_args() {
+                Some(raw) => raw,
+                None => break,
+            };
+            match raw.peek().and_then(|a| a.to_str()) {
+                Some("--") => {
+                    raw.next();
+                    break;
+                }
+                Some(a) if a.starts_with("--") => {}
+                _ => break,
+            }
+        }
+        match parser.next().map_err(usage)? {
+            Some(Long("help")) => return Ok(Command::Help),
+            Some(Long("version")) => return Ok(Command::Version),
+            Some(Long("haproxy")) => {
+                let v = parser.value().map_err(usage)?;
+                if v.is_empty() {
+                    return Err(Error::Usage("--haproxy needs a path".into()));
+                }
+                opts.haproxy = Some(PathBuf::from(v));
+            }
+            Some(Long("ready-timeout")) => opts.ready_timeout = seconds("--ready-timeout", parser.value().map_err(usage)?)?,
+            Some(Long("stop-timeout")) => opts.stop_timeout = seconds("--stop-timeout", parser.value().map_err(usage)?)?,
+            Some(other) => return Err(usage(other.unexpected())),
+            None => break,
+        }
+    }
+    let rest: Vec<OsString> = match parser.raw_args() {
+        Ok(raw) => raw.collect(),
+        Err(e) => return Err(usage(e)),
+    };
+    if rest.is_empty() {
+        return Err(Error::Usage("no haproxy arguments (at least -f CONFIG)".into()));
+    }
+    if is_oneshot(&rest)? {
+        return Ok(Command::Exec(opts, rest));
+    }
+    Ok(Command::Supervise(opts, classify(&rest)?))
+}
+
+fn usage(e: lexopt::Error) -> Error {
+    Error::Usage(e.to_string())
+}
+
+fn seconds(name: &str, v: OsString) -> Result<Duration, Error> {
+    let s = v.to_string_lossy();
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 86400.0 => Ok(Duration::from_millis((x * 1000.0) as u64)),
+        _ => Err(Error::Usage(format!("{} takes seconds between 0 and 86400, not '{}'", name, s))),
+    }
+}
+
+/// `-c` (check) and `-v`/`-vv` (version) make haproxy do one thing and exit.
+fn is_oneshot(args: &[OsString]) -> Result<bool, Error> {
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--" {
+            break;
+        }
+        if takes_value(&a) {
+            i += 2;
+            continue;
+        }
+        if a == "-c" || a == "-v" || a == "-vv" {
+            return Ok(true);
+        }
+        i += 1;
+    }
+    Ok(false)
+}
+
+/// Classifies haproxy's arguments and builds the per-mode base argument list.
+pub fn classify(args: &[OsString]) -> Result<HaproxyArgs, Error> {
+    let mut mode = Mode::Foreground;
+    let mut pidfile = None;
+    let mut handover = None;
+    let mut kept: Vec<OsString> = Vec::new();
+    // Options that only mean something in one mode, applied once the mode is known.
+    let mut master_cli: Vec<OsString> = Vec::new();
+    let mut notes = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        let a = arg.to_string_lossy().into_owned();
+        if a == "--" {
+            kept.extend(args[i..].iter().cloned());
+            break;
+        }
+        if takes_value(&a) {
+            let value = match args.get(i + 1) {
+                Some(v) if !v.is_empty() => v.clone(),
+                _ => return Err(Error::Usage(format!("haproxy option {} needs a value", a))),
+            };
+            match a.as_str() {
+                "-p" => pidfile = Some(PathBuf::from(&value)),
+                "-x" => handover = Some(PathBuf::from(&value)),
+                "-S" => {
+                    master_cli.push(arg.clone());
+                    master_cli.push(value);
+                }
+                _ => {
+                    kept.push(arg.clone());
+                    kept.push(value);
+                }
+            }
+            i += 2;
+            continue;
+        }
+        match a.as_str() {
+            "-W" | "-Ws" => mode = Mode::MasterWorker,
+            "-D" => notes.push("-D dropped: haproxy stays under the wrapper".to_string()),
+            "-db" | "-Ds" => {}
+            "-sf" | "-st" => {
+                let mut j = i + 1;
+                while j < args.len() && !args[j].to_string_lossy().starts_with('-') {
+                    j += 1;
+                }
+                notes.push(format!("{} dropped: the wrapper tells old generations itself", a));
+                i = j;
+                continue;
+            }
+            _ => kept.push(arg.clone()),
+        }
+        i += 1;
+    }
+    let mut base: Vec<OsString> = Vec::new();
+    match mode {
+        Mode::MasterWorker => {
+            base.push("-Ws".into());
+            if let Some(p) = &pidfile {
+                base.push("-p".into());
+                base.push(p.clone().into_os_string());
+            }
+            base.extend(master_cli);
+            if handover.take().is_some() {
+                notes.push("-x dropped: in master-worker mode haproxy hands sockets over itself".to_string());
+            }
+        }
+        Mode::Foreground => {
+            base.push("-db".into());
+            if !master_cli.is_empty() {
+                notes.push("-S dropped: the master CLI needs master-worker mode (-Ws)".to_string());
+            }
+        }
+    }
+    base.extend(kept);
+    Ok(HaproxyArgs { mode, pidfile, handover_socket: handover, base, notes })
+}
+
+/// The default haproxy program: beside the wrapper, named without `-systemd-wrapper`.
+pub fn default_haproxy(wrapper_exe: &std::path::Path) -> PathBuf {
+    if let (Some(dir), Some(name)) = (wrapper_exe.parent(), wrapper_exe.file_name().and_then(OsStr::to_str)) {
+        if name.contains("-systemd-wrapper") {
+            let candidate = dir.join(name.replacen("-systemd-wrapper", "", 1));
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("/usr/sbin/haproxy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    fn supervise(v: &[&str]) -> (Options, HaproxyArgs) {
+        match parse(os(v)).unwrap() {
+            Command::Supervise(o, h) => (o, h),
+            other => panic!("expected Supervise, got {:?}", other),
+        }
+    }
+
+    #[test]
+    fn master_worker_keeps_pidfile_and_master_cli() {
+        let (_, h) = supervise(&["-W", "-f", "/etc/haproxy/haproxy.cfg", "-p", "/run/haproxy.pid", "-S", "/run/m.sock"]);
+        assert_eq!(h.mode, Mode::MasterWorker);
+        assert_eq!(h.base, os(&["-Ws", "-p", "/run/haproxy.pid", "-S", "/run/m.sock", "-f", "/etc/haproxy/haproxy.cfg"]));
+        assert_eq!(h.pidfile, Some(PathBuf::from("/run/haproxy.pid")));
+    }
+
+    #[test]
+    fn foreground_takes_pidfile_and_socket_out_and_adds_db() {
+        let (_, h) = supervise(&["-f", "a.cfg", "-f", "b.cfg", "-p", "p", "-x", "/run/s.sock", "-D", "-S", "m", "-q"]);
+        assert_eq!(h.mode, Mode::Foreground);
+        assert_eq!(h.base, os(&["-db", "-f", "a.cfg", "-f", "b.cfg", "-q"]));
+        assert_eq!(h.handover_socket, Some(PathBuf::from("/run/s.sock")));
+        assert_eq!(h.notes.len(), 2);
+    }
+
+    #[test]
+    fn user_sf_pids_are_dropped() {
+        let (_, h) = supervise(&["-f", "a.cfg", "-sf", "1", "2", "3", "-q"]);
+        assert_eq!(h.base, os(&["-db", "-f", "a.cfg", "-q"]));
+    }
+
+    #[test]
+    fn double_dash_ends_options() {
+        let (_, h) = supervise(&["-Ws", "--", "a.cfg", "-p"]);
+        assert_eq!(h.base, os(&["-Ws", "--", "a.cfg", "-p"]));
+    }
+
+    #[test]
+    fn wrapper_options_come_first() {
+        let (o, h) = supervise(&["--haproxy", "/opt/haproxy", "--ready-timeout=5", "--stop-timeout", "1.5", "-f", "x"]);
+        assert_eq!(o.haproxy, Some(PathBuf::from("/opt/haproxy")));
+        assert_eq!(o.ready_timeout, Duration::from_secs(5));
+        assert_eq!(o.stop_timeout, Duration::from_millis(1500));
+        assert_eq!(h.base, os(&["-db", "-f", "x"]));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [&["-f"][..], &["-f", "x", "-p"], &["--bogus", "-f", "x"], &[], &["--ready-timeout", "abc", "-f", "x"], &["--ready-timeout", "0", "-f", "x"], &["--haproxy"]] {
+            match parse(os(bad)) {
+                Err(Error::Usage(_)) => {}
+                other => panic!("{:?} gave {:?}", bad, other),
+            }
+        }
+    }
+
+    #[test]
+    fn help_version_and_oneshots() {
+        assert!(matches!(parse(os(&["--help"])).unwrap(), Command::Help));
+        assert!(matches!(parse(os(&["--version"])).unwrap(), Command::Version));
+        assert!(matches!(parse(os(&["-c", "-f", "x"])).unwrap(), Command::Exec(..)));
+        assert!(matches!(parse(os(&["-vv"])).unwrap(), Command::Exec(..)));
+        // "-c" as the value of -f is a file name, not the check flag.
+        assert!(matches!(parse(os(&["-f", "-c"])).unwrap(), Command::Supervise(..)));
+    }
+
+    #[test]
+    fn default_haproxy_is_beside_the_wrapper() {
+        let dir = std::env::temp_dir().join(format!("hsw-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("haproxy"), b"").unwrap();
+        assert_eq!(default_haproxy(&dir.join("haproxy-systemd-wrapper")), dir.join("haproxy"));
+        assert_eq!(default_haproxy(&dir.join("other-name")), PathBuf::from("/usr/sbin/haproxy"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(default_haproxy(&dir.join("haproxy-systemd-wrapper")), PathBuf::from("/usr/sbin/haproxy"));
+    }
+}

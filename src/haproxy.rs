@@ -1,0 +1,230 @@
+//! Starting haproxy: its command line per generation, a clean process state for it, its output
+//! relayed through the wrapper's log, and the readiness sentinel of foreground generations.
+
+use std::ffi::OsString;
+use std::os::unix::io::{FromRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::signals;
+
+/// Environment the wrapper never hands to haproxy.
+const PRIVATE_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", crate::reexec::ENV];
+
+/// The argument list of one foreground generation: our options first (so a user's `--` still
+/// ends the list), then the user's.
+pub fn foreground_args(base: &[OsString], sf: &[i32], handover: Option<&Path>) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    let mut rest = base;
+    if let Some(first) = base.first() {
+        if first == "-db" {
+            out.push(first.clone());
+            rest = &base[1..];
+        }
+    }
+    if let Some(sock) = handover {
+        out.push("-x".into());
+        out.push(sock.as_os_str().to_owned());
+    }
+    if !sf.is_empty() {
+        out.push("-sf".into());
+        out.extend(sf.iter().map(|p| OsString::from(p.to_string())));
+    }
+    out.extend(rest.iter().cloned());
+    out
+}
+
+/// Starts haproxy with an empty signal mask, default dispositions, none of the wrapper's private
+/// environment (but `notify_socket` when given), stdin from /dev/null and stdout/stderr into the
+/// relay pipe.
+pub fn spawn(program: &Path, args: &[OsString], relay_w: RawFd, notify_socket: Option<&str>) -> std::io::Result<i32> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for k in PRIVATE_ENV {
+        cmd.env_remove(k);
+    }
+    if let Some(addr) = notify_socket {
+        cmd.env("NOTIFY_SOCKET", addr);
+    }
+    let out = nix::unistd::dup(relay_w)?;
+    let err = match nix::unistd::dup(relay_w) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = nix::unistd::close(out);
+            return Err(e.into());
+        }
+    };
+    // SAFETY: `out` and `err` are fresh duplicates owned by nothing else; Stdio takes them over.
+    unsafe {
+        cmd.stdin(Stdio::null()).stdout(Stdio::from_raw_fd(out)).stderr(Stdio::from_raw_fd(err));
+        cmd.pre_exec(signals::reset_for_child);
+    }
+    let child = cmd.spawn()?;
+    // The child is reaped by the supervisor's waitpid(-1); dropping the handle neither waits nor kills.
+    Ok(child.id() as i32)
+}
+
+/// Forks the readiness sentinel: a process that does nothing but wait for SIGUSR1, which haproxy
+/// sends to every `-sf` pid once its listeners are bound. It exits 0 on that signal and dies with
+/// the wrapper.
+pub fn spawn_sentinel() -> nix::Result<i32> {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the wrapper is single-threaded; the child only calls async-signal-safe functions.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => Ok(child.as_raw()),
+        ForkResult::Child => {
+            // SAFETY: prctl and _exit are async-signal-safe.
+            unsafe {
+                nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL);
+                if nix::unistd::getppid() != parent {
+                    nix::libc::_exit(1);
+                }
+            }
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGUSR1);
+            loop {
+                // SIGUSR1 is blocked (inherited mask), so sigwait receives it.
+                if let Ok(Signal::SIGUSR1) = set.wait() {
+                    // SAFETY: _exit is async-signal-safe.
+                    unsafe { nix::libc::_exit(0) }
+                }
+            }
+        }
+    }
+}
+
+/// The haproxy program to run: explicit, else beside the wrapper, else /usr/sbin/haproxy;
+/// checked so that a missing or non-executable program fails before anything starts.
+pub fn locate(explicit: Option<&Path>, wrapper_exe: &Path) -> Result<PathBuf, crate::error::Error> {
+    use crate::error::Error;
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => crate::cli::default_haproxy(wrapper_exe),
+    };
+    match std::fs::metadata(&path) {
+        Err(e) => Err(Error::from_spawn(&path, &e)),
+        Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!("haproxy not executable: {} is a directory", path.display()))),
+        Ok(_) => match nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK) {
+            Ok(()) => Ok(path),
+            Err(e) => Err(Error::from_spawn(&path, &std::io::Error::from(e))),
+        },
+    }
+}
+
+/// Sets or clears FD_CLOEXEC (cleared only around the wrapper's own re-exec).
+pub fn set_cloexec(fd: RawFd, on: bool) -> nix::Result<()> {
+    let flags = if on { FdFlag::FD_CLOEXEC } else { FdFlag::empty() };
+    fcntl(fd, FcntlArg::F_SETFD(flags)).map(|_| ())
+}
+
+/// The pipe haproxy's stdout and stderr go to; the wrapper re-emits each line with a priority.
+pub struct Relay {
+    pub r: RawFd,
+    pub w: RawFd,
+    buf: Vec<u8>,
+}
+
+impl Relay {
+    pub fn new() -> nix::Result<Relay> {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // Writers (haproxy) block rather than lose lines; only the read end is non-blocking.
+        fcntl(w, FcntlArg::F_SETFL(OFlag::empty()))?;
+        Ok(Relay { r, w, buf: Vec::new() })
+    }
+
+    pub fn from_fds(r: RawFd, w: RawFd) -> Relay {
+        Relay { r, w, buf: Vec::new() }
+    }
+
+    /// Reads what is available and returns the complete lines.
+    pub fn read_lines(&mut self) -> Vec<String> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match nix::unistd::read(self.r, &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => break,
+            }
+            if self.buf.len() > 1 << 20 {
+                break;
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=i).collect();
+            lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).trim_end().to_string());
+        }
+        if self.buf.len() > 16384 {
+            // A line this long is cut rather than held forever.
+            lines.push(String::from_utf8_lossy(&self.buf).into_owned());
+            self.buf.clear();
+        }
+        lines
+    }
+
+    /// Whatever partial line is left (before the re-exec).
+    pub fn take_partial(&mut self) -> Option<String> {
+        if self.buf.is_empty() {
+            None
+        } else {
+            let s = String::from_utf8_lossy(&self.buf).into_owned();
+            self.buf.clear();
+            Some(s)
+        }
+    }
+}
+
+/// Sends a signal to one process the wrapper knows is its own; a process already gone is fine.
+pub fn signal(pid: i32, sig: Signal) {
+    match nix::sys::signal::kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::Error::ESRCH) => {}
+        Err(e) => warning!("cannot send {} to pid {}: {}", sig, pid, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn foreground_args_put_ours_first() {
+        let base = os(&["-db", "-f", "a.cfg", "--", "b.cfg"]);
+        assert_eq!(foreground_args(&base, &[7], None), os(&["-db", "-sf", "7", "-f", "a.cfg", "--", "b.cfg"]));
+        assert_eq!(
+            foreground_args(&base, &[7, 100, 200], Some(Path::new("/run/a.sock"))),
+            os(&["-db", "-x", "/run/a.sock", "-sf", "7", "100", "200", "-f", "a.cfg", "--", "b.cfg"])
+        );
+    }
+
+    #[test]
+    fn locate_reports_missing_and_not_executable() {
+        let me = Path::new("/nonexistent/haproxy-systemd-wrapper");
+        assert_eq!(locate(Some(Path::new("/nonexistent/haproxy")), me).unwrap_err().exit_code(), 127);
+        let plain = std::env::temp_dir().join(format!("hsw-locate-{}", std::process::id()));
+        std::fs::write(&plain, b"not a program").unwrap();
+        assert_eq!(locate(Some(&plain), me).unwrap_err().exit_code(), 126);
+        std::fs::remove_file(&plain).unwrap();
+        assert_eq!(locate(Some(Path::new("/etc")), me).unwrap_err().exit_code(), 126);
+        assert!(locate(Some(Path::new("/bin/sh")), me).is_ok());
+    }
+
+    #[test]
+    fn relay_splits_lines() {
+        let mut r = Relay::new().unwrap();
+        nix::unistd::write(r.w, b"[ALERT] one\ntwo\npart").unwrap();
+        assert_eq!(r.read_lines(), vec!["[ALERT] one".to_string(), "two".to_string()]);
+        nix::unistd::write(r.w, b"ial\n").unwrap();
+        assert_eq!(r.read_lines(), vec!["partial".to_string()]);
+        assert_eq!(r.take_partial(), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! All sd_notify traffic: the wrapper's messages to systemd, the private socket on which the
+//! haproxy master (master-worker mode) reports to the wrapper, and the STATUS= line.
+
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
+use sd_notify::NotifyState;
+
+use crate::cli::Mode;
+use crate::reexec::LastReload;
+
+/// The wrapper's messages to systemd. Without NOTIFY_SOCKET they are skipped.
+pub struct Systemd {
+    last_status: String,
+}
+
+impl Systemd {
+    pub fn new() -> Systemd {
+        Systemd { last_status: String::new() }
+    }
+
+    fn send(&self, states: &[NotifyState]) {
+        if let Err(e) = sd_notify::notify(false, states) {
+            warning!("sd_notify failed: {}", e);
+        }
+    }
+
+    pub fn ready(&mut self, status: &str) {
+        self.last_status = status.to_string();
+        let pid = std::process::id();
+        self.send(&[NotifyState::Ready, NotifyState::MainPid(pid), NotifyState::Status(status)]);
+    }
+
+    pub fn reloading(&mut self, status: &str) {
+        self.last_status = status.to_string();
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
+            Err(e) => {
+                warning!("cannot read CLOCK_MONOTONIC: {}", e);
+                self.send(&[NotifyState::Reloading, NotifyState::Status(status)]);
+            }
+        }
+    }
+
+    pub fn stopping(&mut self) {
+        self.last_status = "stopping".into();
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
+    /// Sends STATUS= when it changed.
+    pub fn status(&mut self, status: &str) {
+        if status != self.last_status {
+            self.last_status = status.to_string();
+            self.send(&[NotifyState::Status(status)]);
+        }
+    }
+
+    pub fn watchdog(&self) {
+        self.send(&[NotifyState::Watchdog]);
+    }
+}
+
+/// The watchdog interval systemd asks for (WATCHDOG_USEC, for this pid), if any.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(std::time::Duration::from_micros(usec))
+    } else {
+        None
+    }
+}
+
+/// The datagram socket the haproxy master sends its sd_notify messages to.
+pub struct MasterSocket {
+    fd: OwnedFd,
+    pub address: String,
+}
+
+impl MasterSocket {
+    /// A new socket in the abstract namespace, with SO_PASSCRED so each message carries its sender.
+    pub fn bind() -> nix::Result<MasterSocket> {
+        let raw = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+        // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        socket::setsockopt(raw, socket::sockopt::PassCred, &true)?;
+        let nonce = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_nsec()).unwrap_or(0);
+        let name = format!("haproxy-systemd-wrapper/{}/{}", std::process::id(), nonce);
+        socket::bind(raw, &UnixAddr::new_abstract(name.as_bytes())?)?;
+        Ok(MasterSocket { fd, address: format!("@{}", name) })
+    }
+
+    /// Takes back the socket carried across the re-exec.
+    pub fn from_fd(raw: RawFd) -> nix::Result<MasterSocket> {
+        let addr: UnixAddr = socket::getsockname(raw)?;
+        let name = addr.as_abstract().map(|b| format!("@{}", String::from_utf8_lossy(b))).ok_or(nix::Error::EINVAL)?;
+        // SAFETY: the fd number comes from our own previous image, which owned it; nothing else does now.
+        Ok(MasterSocket { fd: unsafe { OwnedFd::from_raw_fd(raw) }, address: name })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Every datagram waiting, with the sender's pid (0 when the kernel gave none).
+    pub fn recv_all(&self) -> Vec<(i32, String)> {
+        let mut out = Vec::new();
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let (len, pid) = match socket::recvmsg::<()>(self.fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+                Ok(msg) => {
+                    let mut pid = 0;
+                    for c in msg.cmsgs() {
+                        if let ControlMessageOwned::ScmCredentials(cred) = c {
+                            pid = cred.pid();
+                        }
+                    }
+                    (msg.bytes, pid)
+                }
+                Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => break,
+                Err(e) => {
+                    warning!("reading the master's notify socket: {}", e);
+                    break;
+                }
+            };
+            out.push((pid, String::from_utf8_lossy(&buf[..len]).into_owned()));
+        }
+        out
+    }
+}
+
+/// One sd_notify datagram says `KEY=1` (e.g. READY) on one of its lines.
+pub fn says(msg: &str, key: &str) -> bool {
+    msg.lines().any(|l| l.split_once('=').map_or(false, |(k, v)| k == key && v == "1"))
+}
+
+/// The value of `KEY=` in a datagram.
+pub fn value<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| l.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+/// What the service is doing, for the STATUS= line.
+pub struct StatusView<'a> {
+    pub mode: Mode,
+    pub phase: &'a str,
+    pub serving: Option<(u32, i32)>,
+    pub workers: &'a [i32],
+    pub draining: &'a [i32],
+    pub last: &'a LastReload,
+}
+
+fn join(p: &[i32]) -> String {
+    if p.is_empty() {
+        "none".to_string()
+    } else {
+        p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// The one-line STATUS= text (see docs/DESIGN.md for its shapes).
+pub fn status_line(v: &StatusView) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if v.phase.is_empty() {
+        parts.push(v.mode.name().to_string());
+    } else {
+        parts.push(v.phase.to_string());
+    }
+    if let Some((n, pid)) = v.serving {
+        parts.push(match v.mode {
+            Mode::Foreground => format!("gen {} serving (pid {})", n, pid),
+            Mode::MasterWorker => format!("gen {} serving (master {}, workers {})", n, pid, join(v.workers)),
+        });
+        parts.push(format!("draining: {}", join(v.draining)));
+        parts.push(match v.last {
+            LastReload::None => "last reload: none".to_string(),
+            LastReload::Ok { ms } => format!("last reload: ok in {} ms", ms),
+            LastReload::Failed { ms, reason } => format!("last reload: failed after {} ms: {}", ms, reason),
+        });
+    }
+    let line = parts.join("; ");
+    let line: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    // Keep STATUS= well inside one datagram.
+    line.chars().take(1000).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_keys_of_a_datagram() {
+        let m = "READY=1\nMAINPID=5967\nSTATUS=Ready.";
+        assert!(says(m, "READY"));
+        assert!(!says(m, "RELOADING"));
+        assert!(!says("NOTREADY=1", "READY"));
+        assert_eq!(value(m, "MAINPID"), Some("5967"));
+        assert_eq!(value(m, "STATUS"), Some("Ready."));
+    }
+
+    #[test]
+    fn status_lines() {
+        let none = LastReload::None;
+        let ok = LastReload::Ok { ms: 85 };
+        let failed = LastReload::Failed { ms: 30, reason: "config : parsing [a.cfg:3]\nx".into() };
+        let fg = StatusView { mode: Mode::Foreground, phase: "", serving: Some((3, 1234)), workers: &[], draining: &[1200, 1201], last: &ok };
+        assert_eq!(status_line(&fg), "foreground; gen 3 serving (pid 1234); draining: 1200 1201; last reload: ok in 85 ms");
+        let mw = StatusView { mode: Mode::MasterWorker, phase: "", serving: Some((3, 1234)), workers: &[1300, 1301], draining: &[], last: &failed };
+        assert_eq!(
+            status_line(&mw),
+            "master-worker; gen 3 serving (master 1234, workers 1300 1301); draining: none; last reload: failed after 30 ms: config : parsing [a.cfg:3] x"
+        );
+        let start = StatusView { mode: Mode::Foreground, phase: "starting gen 1 (foreground)", serving: None, workers: &[], draining: &[], last: &none };
+        assert_eq!(status_line(&start), "starting gen 1 (foreground)");
+        let rel = StatusView { mode: Mode::Foreground, phase: "reloading gen 4 (foreground)", serving: Some((3, 9)), workers: &[], draining: &[], last: &none };
+        assert_eq!(status_line(&rel), "reloading gen 4 (foreground); gen 3 serving (pid 9); draining: none; last reload: none");
+    }
+}

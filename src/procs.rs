@@ -1,0 +1,82 @@
+//! What the kernel says about processes: parents and children, from /proc.
+
+use std::fs;
+
+/// The parent pid and state letter from the text of /proc/PID/stat.
+pub fn parse_stat(stat: &str) -> Option<(i32, char)> {
+    // "pid (comm) S ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut it = rest.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// Parent pid and state of a live process, None when it is gone.
+pub fn stat(pid: i32) -> Option<(i32, char)> {
+    parse_stat(&fs::read_to_string(format!("/proc/{}/stat", pid)).ok()?)
+}
+
+/// Is `pid` a child of `parent` that has not been reaped? Zombies count: they still hold the pid.
+pub fn is_child_of(pid: i32, parent: i32) -> bool {
+    matches!(stat(pid), Some((pp, _)) if pp == parent)
+}
+
+/// Live (non-zombie) children of `parent`, in ascending order.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut complete = false;
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", parent)) {
+        complete = true;
+        for t in tasks.flatten() {
+            match fs::read_to_string(t.path().join("children")) {
+                Ok(text) => out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok())),
+                Err(_) => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+    }
+    if !complete {
+        // Kernels without CONFIG_PROC_CHILDREN: scan every process.
+        out.clear();
+        if let Ok(all) = fs::read_dir("/proc") {
+            for e in all.flatten() {
+                if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+                    if matches!(stat(pid), Some((pp, _)) if pp == parent) {
+                        out.push(pid);
+                    }
+                }
+            }
+        }
+    }
+    out.retain(|&p| !matches!(stat(p), Some((_, 'Z')) | None));
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        assert_eq!(parse_stat("123 (haproxy) S 1 123 123 0"), Some((1, 'S')));
+        assert_eq!(parse_stat("7 (a) b) (c) Z 99 7 7"), Some((99, 'Z')));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn sees_own_children() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let me = std::process::id() as i32;
+        let pid = child.id() as i32;
+        assert!(is_child_of(pid, me));
+        assert!(children_of(me).contains(&pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!is_child_of(pid, me));
+    }
+}

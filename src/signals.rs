@@ -1,0 +1,117 @@
+//! Signals: blocked from the first instruction of main and read synchronously from a signalfd,
+//! so none is lost, whenever it arrives (also across the re-exec, which keeps the mask and
+//! anything pending).
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// What a signal asks the wrapper to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Reload,
+    Stop,
+    GracefulStop,
+    /// Pass on to haproxy (SIGTTOU pause / SIGTTIN resume listeners).
+    Forward(Signal),
+    Reap,
+    Ignore,
+}
+
+pub fn classify(sig: Signal) -> Action {
+    match sig {
+        Signal::SIGUSR2 | Signal::SIGHUP => Action::Reload,
+        Signal::SIGTERM | Signal::SIGINT => Action::Stop,
+        Signal::SIGUSR1 => Action::GracefulStop,
+        Signal::SIGTTOU | Signal::SIGTTIN => Action::Forward(sig),
+        Signal::SIGCHLD => Action::Reap,
+        _ => Action::Ignore,
+    }
+}
+
+/// The signals the wrapper handles.
+pub fn handled() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGTTOU,
+        Signal::SIGTTIN,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks the handled signals; call before anything else.
+pub fn block() -> nix::Result<()> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)
+}
+
+/// Restores an empty signal mask (before exec'ing haproxy in place of the wrapper).
+pub fn unblock_all() -> nix::Result<()> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+pub fn signalfd() -> nix::Result<SignalFd> {
+    SignalFd::with_flags(&handled(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// Every signal waiting on the signalfd, in arrival order.
+pub fn read_all(fd: &mut SignalFd) -> Vec<Signal> {
+    let mut out = Vec::new();
+    loop {
+        match fd.read_signal() {
+            Ok(Some(info)) => {
+                if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                    out.push(sig);
+                }
+            }
+            Ok(None) => break,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                warning!("reading signals: {}", e);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Run in a freshly forked child before exec: empty mask, default dispositions.
+/// Only async-signal-safe calls.
+pub fn reset_for_child() -> std::io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL is always sound; nothing in the child relies on a handler.
+        unsafe {
+            let _ = sigaction(sig, &dfl);
+        }
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_signals() {
+        assert_eq!(classify(Signal::SIGUSR2), Action::Reload);
+        assert_eq!(classify(Signal::SIGHUP), Action::Reload);
+        assert_eq!(classify(Signal::SIGTERM), Action::Stop);
+        assert_eq!(classify(Signal::SIGINT), Action::Stop);
+        assert_eq!(classify(Signal::SIGUSR1), Action::GracefulStop);
+        assert_eq!(classify(Signal::SIGTTOU), Action::Forward(Signal::SIGTTOU));
+        assert_eq!(classify(Signal::SIGTTIN), Action::Forward(Signal::SIGTTIN));
+        assert_eq!(classify(Signal::SIGCHLD), Action::Reap);
+        assert_eq!(classify(Signal::SIGPIPE), Action::Ignore);
+    }
+}
