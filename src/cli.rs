@@ -91,7 +91,7 @@ where
     I::Item: Into<OsString>,
 {
     use lexopt::prelude::*;
-    let mut parser = lexopt::Parser::from_iter(args);
+    let mut parser = lexopt::Parser::from_args(args);
     let mut opts = Options { haproxy: None, ready_timeout: Duration::from_secs(30), stop_timeout: Duration::from_secs(20) };
     // Wrapper options are long options at the front; the first other argument starts haproxy's.
     loop {
