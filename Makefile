@@ -29,6 +29,89 @@ clean:
 	rm -rf dist
 
 ## ---- packaging (install, uninstall, man, deb, rpm, test-packaging) ----
+# Source install: `make && sudo make install` puts the binary, the man page and the full unit
+# systemd/haproxy.service in place (then `systemctl daemon-reload`). The packages install with
+# SYSTEMD_UNIT=dropin instead: a drop-in for the distribution's own haproxy.service.
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR  ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+# full (systemd/haproxy.service) or dropin (haproxy.service.d/haproxy-systemd-wrapper.conf)
+SYSTEMD_UNIT ?= full
+# yes: also load the configuration directory $CFGDIR (Fedora/RHEL's /etc/haproxy/conf.d)
+WITH_CFGDIR ?= no
+RELEASE_BIN := target/release/$(BIN)
+DROPIN_DIR  := $(UNITDIR)/haproxy.service.d
+DROPIN      := $(DROPIN_DIR)/$(BIN).conf
+UNIT_SED    := -e 's|/usr/sbin/$(BIN)|$(SBINDIR)/$(BIN)|'
+ifeq ($(WITH_CFGDIR),yes)
+UNIT_SED    += -e 's|-f \$$CONFIG |-f $$CONFIG -f $$CFGDIR |'
+endif
+PKG_BUILD   := target/packaging
+VERSION     := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+
+.PHONY: install uninstall deb rpm test-packaging
+
+# The built file, not `build`: `sudo make install` after `make` does not compile again as root.
+$(RELEASE_BIN): Cargo.toml Cargo.lock $(shell find src -name '*.rs' 2>/dev/null)
+	$(CARGO) build --release $(CARGO_FLAGS)
+
+install: $(RELEASE_BIN)
+	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(SBINDIR)/$(BIN)
+	install -D -m 0644 man/$(BIN).8 $(DESTDIR)$(MANDIR)/man8/$(BIN).8
+ifeq ($(SYSTEMD_UNIT),dropin)
+	install -d -m 0755 $(DESTDIR)$(DROPIN_DIR)
+	sed $(UNIT_SED) systemd/$(BIN).conf > $(DESTDIR)$(DROPIN)
+	chmod 0644 $(DESTDIR)$(DROPIN)
+else
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed $(UNIT_SED) systemd/haproxy.service > $(DESTDIR)$(UNITDIR)/haproxy.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/haproxy.service
+endif
+
+# Removes what `install` installed (either unit flavour); a haproxy.service that is not ours stays.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/$(BIN) $(DESTDIR)$(MANDIR)/man8/$(BIN).8 $(DESTDIR)$(DROPIN)
+	-rmdir $(DESTDIR)$(DROPIN_DIR) 2>/dev/null
+	if grep -qs '$(BIN)' $(DESTDIR)$(UNITDIR)/haproxy.service; then rm -f $(DESTDIR)$(UNITDIR)/haproxy.service; fi
+
+# Builds in a copy of the source tree (tracked and untracked, not ignored, files) so the build
+# leaves nothing in the checkout; only the .deb lands in dist/. Installs the Build-Depends first
+# when they are missing. CARGO_HOME is kept in target/ between builds (crates.io downloads).
+deb:
+	@command -v dpkg-buildpackage >/dev/null && command -v mk-build-deps >/dev/null || { \
+	  echo "deb: installing dpkg-dev devscripts equivs" >&2; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev devscripts equivs >/dev/null; }
+	@dpkg-checkbuilddeps 2>/dev/null || { echo "deb: installing the Build-Depends of debian/control" >&2; \
+	  rm -rf $(PKG_BUILD)/build-deps && mkdir -p $(PKG_BUILD)/build-deps && apt-get update -qq && \
+	  cd $(PKG_BUILD)/build-deps && DEBIAN_FRONTEND=noninteractive mk-build-deps -i -r \
+	  -t 'apt-get -y -qq --no-install-recommends' $(CURDIR)/debian/control >/dev/null; }
+	rm -rf $(PKG_BUILD)/deb && mkdir -p $(PKG_BUILD)/deb/$(BIN)-$(VERSION) $(PKG_BUILD)/cargo-home
+	packaging/source-tree.sh | tar -x -C $(PKG_BUILD)/deb/$(BIN)-$(VERSION)
+	cd $(PKG_BUILD)/deb/$(BIN)-$(VERSION) && CARGO_HOME=$(CURDIR)/$(PKG_BUILD)/cargo-home dpkg-buildpackage -us -uc -b
+	mkdir -p dist && rm -f dist/$(BIN)_*.deb
+	cp $(PKG_BUILD)/deb/$(BIN)_$(VERSION)_*.deb dist/
+
+# rpmbuild on this Debian host as well as on Fedora/RHEL: rpm/fallback.macros (%_unitdir,
+# %systemd_requires) is loaded only when rpm does not define them (no systemd-rpm-macros), and
+# --nodeps only when rpm's own database does not know rpm (a Debian host: BuildRequires name
+# Fedora packages). The source tarball is the same tree `make deb` builds.
+RPMBUILD_FLAGS ?= $(if $(shell rpm --eval '%{?_unitdir}' 2>/dev/null),,--load=$(CURDIR)/rpm/fallback.macros) \
+                  $(if $(shell rpm -q rpm >/dev/null 2>&1 && echo known),,--nodeps)
+rpm:
+	@command -v rpmbuild >/dev/null || { echo "rpm: installing rpm" >&2; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rpm >/dev/null; }
+	rm -rf $(PKG_BUILD)/rpm && mkdir -p $(PKG_BUILD)/rpm/SOURCES $(PKG_BUILD)/cargo-home
+	packaging/source-tree.sh $(BIN)-$(VERSION)/ | gzip -n > $(PKG_BUILD)/rpm/SOURCES/$(BIN)-$(VERSION).tar.gz
+	CARGO_HOME=$(CURDIR)/$(PKG_BUILD)/cargo-home rpmbuild -bb $(RPMBUILD_FLAGS) \
+	  --define '_topdir $(CURDIR)/$(PKG_BUILD)/rpm' rpm/$(BIN).spec
+	mkdir -p dist && rm -f dist/$(BIN)-*.rpm
+	cp $(PKG_BUILD)/rpm/RPMS/*/$(BIN)-$(VERSION)-*.rpm dist/
+
+# Checks what the packages ship (needs root: it installs tools it lacks, and the .deb into a
+# throw-away root). Ends with "N passed, M failed".
+test-packaging: deb rpm
+	tests/packaging/run.sh
+
 
 ## ---- end-to-end under systemd (test-e2e) ----
 
