@@ -103,6 +103,12 @@ fn internal(what: &str, e: nix::Error) -> Error {
     Error::Internal(format!("{}: {}", what, e))
 }
 
+/// Did a generation that used `-x` fail because of the hand-over? haproxy names the socket in
+/// its alert then; a configuration error does not deserve a second try.
+fn handover_may_be_at_fault(alerts: &[String]) -> bool {
+    alerts.is_empty() || alerts.iter().any(|a| a.contains("socket") || a.contains("-x"))
+}
+
 impl Supervisor {
     /// A fresh start: set up, start generation 1.
     pub fn start(opts: Options, args: HaproxyArgs) -> Result<Supervisor, Error> {
@@ -531,8 +537,11 @@ impl Supervisor {
         match result {
             Ok(()) => {
                 self.phase = if first { Phase::Starting(a) } else { Phase::Reloading(a) };
-                let status = self.status_with(&phase_text);
-                self.systemd.status(&status);
+                if first {
+                    // A reload announced itself with RELOADING=1 before the re-exec.
+                    let status = self.status_with(&phase_text);
+                    self.systemd.status(&status);
+                }
             }
             Err(e) => {
                 self.phase = if first { Phase::Starting(a) } else { Phase::Reloading(a) };
@@ -625,7 +634,8 @@ impl Supervisor {
         self.c.serving = Some(new);
         self.write_pidfile();
         if a.first {
-            notice!("gen {}: haproxy pid {} serving, ready in {} ms", a.gen, pid, ms);
+            let what = if self.args.mode == Mode::MasterWorker { "master" } else { "haproxy" };
+            notice!("gen {}: {} pid {} serving, ready in {} ms", a.gen, what, pid, ms);
             let status = self.status_with("");
             self.systemd.ready(&status);
         } else {
@@ -669,6 +679,7 @@ impl Supervisor {
             self.begin_stop(false);
             return;
         }
+        self.c.next_gen = a.gen;
         self.c.last_reload = LastReload::Failed { ms, reason: reason.clone() };
         error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason);
         if self.args.mode == Mode::Foreground {
@@ -760,7 +771,9 @@ impl Supervisor {
     /// A new generation's haproxy ended before it was ready.
     fn new_haproxy_ended(&mut self, pid: i32, code: u8) {
         let retry = match &mut self.phase {
-            Phase::Starting(a) | Phase::Reloading(a) if self.args.mode == Mode::Foreground && a.with_handover && !a.retried => {
+            Phase::Starting(a) | Phase::Reloading(a)
+                if self.args.mode == Mode::Foreground && a.with_handover && !a.retried && handover_may_be_at_fault(&a.alerts) =>
+            {
                 warning!("gen {}: haproxy pid {} exited with status {} using listener hand-over; retrying once without it", a.gen, pid, code);
                 a.with_handover = false;
                 a.retried = true;
@@ -903,5 +916,17 @@ impl Supervisor {
         };
         let status = self.status_with(&phase);
         self.systemd.status(&status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handover_retry_only_when_the_socket_may_be_at_fault() {
+        assert!(handover_may_be_at_fault(&[]));
+        assert!(handover_may_be_at_fault(&["Failed to connect to the old process socket '/run/a.sock'".to_string()]));
+        assert!(!handover_may_be_at_fault(&["config : parsing [cfg:11] : unknown keyword 'garbage'".to_string()]));
     }
 }
