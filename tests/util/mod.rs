@@ -1,0 +1,835 @@
+//! Test harness: a per-test context (temp dir, free port, notify socket, the wrapper process and a
+//! guard that kills everything it started), the fake haproxy's report/event files, HTTP and load
+//! helpers, and small /proc readers.
+//!
+//! Rules the helpers enforce: nothing here sleeps to wait for something; every wait is a handshake
+//! (notify datagram, event line, HTTP answer) or a poll with a deadline. Environment is passed to
+//! children through `Command::env`; the test process's own environment is never changed.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, IoSliceMut, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+use nix::unistd::Pid;
+
+pub const WRAPPER: &str = env!("CARGO_BIN_EXE_haproxy-systemd-wrapper");
+pub const FAKE_HAPROXY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake-haproxy");
+pub const REAL_HAPROXY: &str = "/usr/sbin/haproxy";
+
+/// Default bound for handshakes that should take milliseconds (start, reload of the fake).
+pub const T: Duration = Duration::from_secs(10);
+/// Bound for real haproxy starts/reloads/stops (slow CI machines, parallel tests).
+pub const T_REAL: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------------------------------------
+// Small utilities
+
+pub fn monotonic_usec() -> u64 {
+    let mut ts = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    let rc = unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime failed");
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Polls `f` until it returns Some, or the deadline passes (None). For conditions that have no
+/// handshake (a process going away, a file appearing); polls every 10 ms.
+pub fn poll_until<R, F: FnMut() -> Option<R>>(timeout: Duration, mut f: F) -> Option<R> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = f() {
+            return Some(r);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (never handed out twice by this test binary).
+pub fn free_port() -> u16 {
+    static USED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        let mut used = USED.lock().unwrap();
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
+pub fn describe_status(st: &ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (_, Some(s)) => format!("killed by signal {s}"),
+        _ => format!("{st:?}"),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// /proc readers
+
+#[derive(Clone, Debug)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+}
+
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s[open + 1..close].to_string();
+    let mut rest = s[close + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(ProcStat { pid, comm, state, ppid })
+}
+
+pub fn all_procs() -> Vec<ProcStat> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
+                if let Some(st) = proc_stat(pid) {
+                    out.push(st);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Alive = exists and is neither a zombie nor dead.
+pub fn alive(pid: i32) -> bool {
+    match proc_stat(pid) {
+        Some(st) => st.state != 'Z' && st.state != 'X',
+        None => false,
+    }
+}
+
+pub fn children_of(pid: i32) -> Vec<ProcStat> {
+    all_procs().into_iter().filter(|p| p.ppid == pid).collect()
+}
+
+/// Every process below `root` (not including it), by walking the ppid links.
+pub fn descendants(root: i32) -> Vec<ProcStat> {
+    let procs = all_procs();
+    let mut found: Vec<ProcStat> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for c in procs.iter().filter(|c| c.ppid == p) {
+            if !found.iter().any(|f| f.pid == c.pid) {
+                found.push(c.clone());
+                frontier.push(c.pid);
+            }
+        }
+    }
+    found
+}
+
+pub fn zombie_children(pid: i32) -> Vec<ProcStat> {
+    children_of(pid).into_iter().filter(|p| p.state == 'Z').collect()
+}
+
+pub fn exe_of(pid: i32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|rd| rd.count()).unwrap_or(0)
+}
+
+pub fn fd_list(pid: i32) -> String {
+    let mut out = String::new();
+    if let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) {
+        let mut v: Vec<(u32, String)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.parse().ok()?;
+                let t = fs::read_link(e.path()).ok()?;
+                Some((n, t.display().to_string()))
+            })
+            .collect();
+        v.sort();
+        for (n, t) in v {
+            out.push_str(&format!("  {n} -> {t}\n"));
+        }
+    }
+    out
+}
+
+/// The SigIgn/SigBlk value of a `/proc/PID/status`-style text.
+pub fn sig_field(text: &str, field: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} line in:\n{text}"));
+    u64::from_str_radix(line[field.len() + 1..].trim(), 16).expect("hex signal mask")
+}
+
+/// Haproxy processes below `root` (by executable path), newest pid last.
+pub fn haproxy_descendants(root: i32, exe: &str) -> Vec<i32> {
+    let mut v: Vec<i32> = descendants(root)
+        .into_iter()
+        .filter(|p| exe_of(p.pid).map_or(false, |e| e == Path::new(exe)))
+        .map(|p| p.pid)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+// ------------------------------------------------------------------------------------------------
+// Notify socket
+
+#[derive(Clone, Debug)]
+pub struct Msg {
+    /// Sender pid from SCM_CREDENTIALS (-1 when the kernel sent none).
+    pub pid: i32,
+    pub text: String,
+    /// CLOCK_MONOTONIC (us) when the test received it.
+    pub recv_usec: u64,
+}
+
+impl Msg {
+    /// The value of `KEY=` in this datagram.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    }
+    pub fn has(&self, kv: &str) -> bool {
+        self.text.lines().any(|l| l == kv)
+    }
+    pub fn is_ready(&self) -> bool {
+        self.has("READY=1")
+    }
+    pub fn is_reloading(&self) -> bool {
+        self.has("RELOADING=1")
+    }
+    pub fn is_stopping(&self) -> bool {
+        self.has("STOPPING=1")
+    }
+}
+
+#[derive(Default)]
+struct NotifyShared {
+    msgs: Mutex<Vec<Msg>>,
+    cond: Condvar,
+    stop: AtomicBool,
+}
+
+/// A test-owned `NOTIFY_SOCKET`: AF_UNIX SOCK_DGRAM bound in the test's dir, SO_PASSCRED set; a
+/// thread receives every datagram with its sender pid and records it.
+pub struct Notify {
+    pub path: PathBuf,
+    shared: Arc<NotifyShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Notify {
+    pub fn bind(path: &Path) -> Notify {
+        let sock = UnixDatagram::bind(path).unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+        setsockopt(sock.as_raw_fd(), sockopt::PassCred, &true).expect("SO_PASSCRED");
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let shared = Arc::new(NotifyShared::default());
+        let sh = shared.clone();
+        let thread = thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !sh.stop.load(Ordering::SeqCst) {
+                let (n, pid) = {
+                    let mut iov = [IoSliceMut::new(&mut buf)];
+                    // Room for one SCM_CREDENTIALS (ucred: 12 bytes) with its header; recvmsg uses the capacity.
+                    let mut cmsg: Vec<u8> = Vec::with_capacity(64);
+                    match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+                        Ok(m) => {
+                            let mut pid = -1;
+                            for c in m.cmsgs() {
+                                if let ControlMessageOwned::ScmCredentials(cr) = c {
+                                    pid = cr.pid();
+                                }
+                            }
+                            (m.bytes, pid)
+                        }
+                        Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+                        Err(e) => panic!("recvmsg on notify socket: {e}"),
+                    }
+                };
+                let msg = Msg {
+                    pid,
+                    text: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    recv_usec: monotonic_usec(),
+                };
+                sh.msgs.lock().unwrap().push(msg);
+                sh.cond.notify_all();
+            }
+        });
+        Notify { path: path.to_path_buf(), shared, thread: Some(thread) }
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.shared.msgs.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the messages received so far; false on timeout.
+    pub fn wait_for<F: FnMut(&[Msg]) -> bool>(&self, timeout: Duration, mut pred: F) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut msgs = self.shared.msgs.lock().unwrap();
+        loop {
+            if pred(&msgs) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            msgs = self.shared.cond.wait_timeout(msgs, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` messages satisfy `f`; panics with `what` on timeout.
+    pub fn wait_count<F: Fn(&Msg) -> bool>(&self, what: &str, n: usize, timeout: Duration, f: F) {
+        if !self.wait_for(timeout, |m| m.iter().filter(|x| f(x)).count() >= n) {
+            panic!("timed out after {timeout:?} waiting for {n} x {what}; got:\n{}", self.dump());
+        }
+    }
+
+    pub fn count<F: Fn(&Msg) -> bool>(&self, f: F) -> usize {
+        self.messages().iter().filter(|m| f(m)).count()
+    }
+
+    /// The last STATUS= value received.
+    pub fn last_status(&self) -> Option<String> {
+        self.messages().iter().rev().find_map(|m| m.get("STATUS").map(str::to_string))
+    }
+
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        for m in self.messages() {
+            s.push_str(&format!("  [pid {}] {}\n", m.pid, m.text.replace('\n', " | ")));
+        }
+        s
+    }
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The significant notify events (READY/RELOADING/STOPPING; status-only and WATCHDOG messages are
+/// skipped) as a compact string like "R L R L R S", for sequence assertions.
+pub fn notify_sequence(msgs: &[Msg]) -> String {
+    let mut v = Vec::new();
+    for m in msgs {
+        if m.is_reloading() {
+            v.push("L");
+        }
+        if m.is_ready() {
+            v.push("R");
+        }
+        if m.is_stopping() {
+            v.push("S");
+        }
+    }
+    v.join(" ")
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fake haproxy events and reports
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub what: String,
+    pub pid: i32,
+    pub role: String,
+    pub rest: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Foreground,
+    MasterWorker,
+}
+
+impl Mode {
+    /// The role the fake reports for the process the wrapper starts in this mode.
+    pub fn role(self) -> &'static str {
+        match self {
+            Mode::Foreground => "fg",
+            Mode::MasterWorker => "master",
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Per-test context and process guard
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Everything one test owns: a unique temp dir (removed on drop), a free port, an optional notify
+/// socket, the wrapper process and other spawned children. On drop it SIGKILLs the wrapper and
+/// every process descended from it (found by a /proc walk while the tree is frozen), and, when the
+/// test is failing, prints the wrapper's log, the notify messages and the fake's events.
+pub struct Ctx {
+    pub name: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub notify: Option<Notify>,
+    pub wrapper: Option<Child>,
+    pub pid: i32,
+    pub extra: Vec<Child>,
+    /// Pids of haproxy processes seen below the wrapper (tracked by `track_haproxy`).
+    pub seen: BTreeSet<i32>,
+}
+
+impl Ctx {
+    pub fn new(name: &str) -> Ctx {
+        let mut c = Ctx::without_notify(name);
+        c.notify = Some(Notify::bind(&c.dir.join("notify.sock")));
+        c
+    }
+
+    pub fn without_notify(name: &str) -> Ctx {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // Short: the notify socket path must fit in sun_path (108 bytes).
+        let short: String = name.chars().take(24).collect();
+        let dir = std::env::temp_dir().join(format!("hsw-{}-{n}-{short}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("reports")).unwrap();
+        Ctx {
+            name: name.to_string(),
+            dir,
+            port: free_port(),
+            notify: None,
+            wrapper: None,
+            pid: 0,
+            extra: Vec::new(),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn p(&self, rel: &str) -> String {
+        self.path(rel).display().to_string()
+    }
+
+    pub fn notify(&self) -> &Notify {
+        self.notify.as_ref().expect("this test has no notify socket")
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> String {
+        let p = self.path(rel);
+        fs::write(&p, content).unwrap();
+        p.display().to_string()
+    }
+
+    /// Replaces a file atomically (the wrapper or haproxy may read it at any moment).
+    pub fn replace(&self, rel: &str, content: &str) {
+        let tmp = self.path(&format!("{rel}.tmp"));
+        fs::write(&tmp, content).unwrap();
+        fs::rename(&tmp, self.path(rel)).unwrap();
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.path("wrapper.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A wrapper command: NOTIFY_SOCKET (when this test has one) and FAKE_REPORT_DIR set, the
+    /// systemd variables of the test's own environment removed, stdin null, stdout+stderr to
+    /// wrapper.log.
+    pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
+        let mut cmd = Command::new(WRAPPER);
+        cmd.args(args.iter().map(|a| a.as_ref()));
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("HAPROXY_SYSTEMD_WRAPPER_STATE")
+            .env_remove("FAKE_EXIT")
+            .env_remove("FAKE_HANG")
+            .env_remove("FAKE_READY_DELAY_FILE")
+            .env_remove("FAKE_TERM_EXIT")
+            .env_remove("FAKE_IGNORE_TERM")
+            .env("FAKE_REPORT_DIR", self.path("reports"));
+        if let Some(n) = &self.notify {
+            cmd.env("NOTIFY_SOCKET", &n.path);
+        }
+        let log = File::options().create(true).append(true).open(self.log_path()).unwrap();
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log));
+        cmd
+    }
+
+    /// Command for the wrapper running the fake haproxy: `--haproxy FAKE [extra wrapper opts]
+    /// [mode flag] -f cfg [haproxy args]`.
+    pub fn fake_args(&self, mode: Mode, cfg: &str, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = vec!["--haproxy".into(), FAKE_HAPROXY.into()];
+        if mode == Mode::MasterWorker {
+            v.push("-Ws".into());
+        }
+        v.push("-f".into());
+        v.push(cfg.into());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    pub fn spawn(&mut self, mut cmd: Command) -> i32 {
+        assert!(self.wrapper.is_none(), "one wrapper per test");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {WRAPPER}: {e}"));
+        self.pid = child.id() as i32;
+        self.wrapper = Some(child);
+        self.pid
+    }
+
+    /// Spawns the wrapper with these args (see `command`).
+    pub fn start<S: AsRef<str>>(&mut self, args: &[S]) -> i32 {
+        let cmd = self.command(args);
+        self.spawn(cmd)
+    }
+
+    /// Runs a wrapper that should exit by itself; returns its status (panics after `timeout`).
+    pub fn run_to_exit<S: AsRef<str>>(&mut self, args: &[S], timeout: Duration) -> ExitStatus {
+        self.start(args);
+        self.wait_exit(timeout)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid), sig).unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid));
+    }
+
+    /// Waits (polling with a deadline) for the wrapper to exit; panics on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.wrapper.as_mut().expect("no wrapper");
+        let st = poll_until(timeout, || child.try_wait().expect("try_wait"));
+        match st {
+            Some(st) => st,
+            None => panic!("wrapper (pid {}) still running after {timeout:?}", self.pid),
+        }
+    }
+
+    /// Checks the wrapper is still running.
+    pub fn assert_running(&mut self) {
+        let child = self.wrapper.as_mut().expect("no wrapper");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("wrapper exited unexpectedly: {}", describe_status(&st));
+        }
+    }
+
+    /// Waits for the wrapper's start READY=1; returns that message.
+    pub fn wait_ready(&self, timeout: Duration) -> Msg {
+        self.notify().wait_count("READY=1", 1, timeout, Msg::is_ready);
+        self.notify().messages().into_iter().find(Msg::is_ready).unwrap()
+    }
+
+    /// Sends SIGUSR2 and waits for that reload's RELOADING=1 and READY=1 (the n-th of each, where
+    /// n = reloads done so far + 1); returns the STATUS= of the final READY (or the last STATUS).
+    pub fn reload(&self, timeout: Duration) -> String {
+        let n = self.notify().count(Msg::is_reloading) + 1;
+        self.signal(Signal::SIGUSR2);
+        self.notify().wait_count("RELOADING=1", n, timeout, Msg::is_reloading);
+        // READY=1 that follows the n-th RELOADING=1.
+        let ok = self.notify().wait_for(timeout, |m| {
+            let mut seen = 0;
+            for (i, x) in m.iter().enumerate() {
+                if x.is_reloading() {
+                    seen += 1;
+                    if seen == n {
+                        return m[i + 1..].iter().any(Msg::is_ready);
+                    }
+                }
+            }
+            false
+        });
+        if !ok {
+            panic!("reload {n}: no READY=1 after RELOADING=1 within {timeout:?}:\n{}", self.notify().dump());
+        }
+        self.notify().last_status().unwrap_or_default()
+    }
+
+    // ---- fake haproxy reports ----
+
+    pub fn reports_dir(&self) -> PathBuf {
+        self.path("reports")
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        let text = self.events_text();
+        // Only complete lines: a line being appended right now is not an event yet.
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(4, ' ');
+                Some(Event {
+                    what: it.next()?.to_string(),
+                    pid: it.next()?.parse().ok()?,
+                    role: it.next()?.to_string(),
+                    rest: it.next().unwrap_or("").to_string(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn events_text(&self) -> String {
+        fs::read_to_string(self.reports_dir().join("events")).unwrap_or_default()
+    }
+
+    /// Waits (polling the events file with a deadline) until `n` events match; returns them.
+    pub fn wait_events<F: Fn(&Event) -> bool>(&self, what: &str, n: usize, timeout: Duration, f: F) -> Vec<Event> {
+        let r = poll_until(timeout, || {
+            let v: Vec<Event> = self.events().into_iter().filter(|e| f(e)).collect();
+            if v.len() >= n {
+                Some(v)
+            } else {
+                None
+            }
+        });
+        r.unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {n} x {what}; events:\n{}", self.events_text()))
+    }
+
+    /// Pids that became ready with this role, in order.
+    pub fn ready_pids(&self, role: &str) -> Vec<i32> {
+        self.events().into_iter().filter(|e| e.what == "ready" && e.role == role).map(|e| e.pid).collect()
+    }
+
+    /// Every pid the fake ever ran as (any role).
+    pub fn fake_pids(&self) -> BTreeSet<i32> {
+        self.events().into_iter().filter(|e| e.what == "start" || e.what == "ready").map(|e| e.pid).collect()
+    }
+
+    pub fn report(&self, pid: i32) -> String {
+        let p = self.reports_dir().join(format!("{pid}.report"));
+        fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+    }
+
+    /// Asserts that no fake haproxy process this test saw is alive any more.
+    pub fn assert_no_fake_left(&self) {
+        let left: Vec<i32> = self.fake_pids().into_iter().filter(|p| alive(*p)).collect();
+        assert!(left.is_empty(), "fake haproxy processes still alive: {left:?}\nevents:\n{}", self.events_text());
+    }
+
+    /// Records the haproxy processes currently below the wrapper (real haproxy tests).
+    pub fn track_haproxy(&mut self, exe: &str) -> Vec<i32> {
+        let v = haproxy_descendants(self.pid, exe);
+        self.seen.extend(v.iter().copied());
+        v
+    }
+
+    /// Kills the wrapper and everything below it. The tree is frozen (SIGSTOP) first so nothing new
+    /// can be forked between the /proc walk and the kill.
+    pub fn kill_all(&mut self) {
+        if let Some(mut child) = self.wrapper.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let root = Pid::from_raw(self.pid);
+                let _ = kill(root, Signal::SIGSTOP);
+                let mut victims: BTreeMap<i32, ()> = BTreeMap::new();
+                loop {
+                    let before = victims.len();
+                    for d in descendants(self.pid) {
+                        if victims.insert(d.pid, ()).is_none() {
+                            let _ = kill(Pid::from_raw(d.pid), Signal::SIGSTOP);
+                        }
+                    }
+                    if victims.len() == before {
+                        break;
+                    }
+                }
+                let _ = kill(root, Signal::SIGKILL);
+                for pid in victims.keys() {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+            }
+            let _ = child.wait();
+        }
+        // Whatever else this test saw (processes left behind by an exited wrapper).
+        for pid in self.fake_pids().into_iter().chain(self.seen.iter().copied()) {
+            if alive(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        for mut c in self.extra.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let mut s = format!("\n===== {} (dir {}) =====\n", self.name, self.dir.display());
+            s.push_str(&format!("----- wrapper log -----\n{}", self.log()));
+            if let Some(n) = &self.notify {
+                s.push_str(&format!("----- notify messages (wrapper pid {}) -----\n{}", self.pid, n.dump()));
+            }
+            s.push_str(&format!("----- fake haproxy events -----\n{}", self.events_text()));
+            s.push_str("===========\n");
+            eprintln!("{s}");
+        }
+        self.kill_all();
+        self.notify = None;
+        if std::env::var_os("HSW_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Makes a file executable or not.
+pub fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------------
+// HTTP
+
+pub struct Response {
+    pub status_line: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        self.status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// `GET path` on 127.0.0.1:port with `Connection: close`, 2 s timeouts.
+pub fn http_get(port: u16, path: &str) -> io::Result<Response> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let timeout = Duration::from_secs(2);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = match text.find("\r\n\r\n") {
+        Some(i) => (text[..i].to_string(), text[i + 4..].to_string()),
+        None => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("no HTTP header in {text:?}"))),
+    };
+    let status_line = head.lines().next().unwrap_or("").to_string();
+    Ok(Response { status_line, body })
+}
+
+/// Waits until GET / answers 200 (polling with a deadline: nothing else tells when a port serves).
+pub fn wait_http_200(port: u16, timeout: Duration) -> Response {
+    let mut last = String::new();
+    let r = poll_until(timeout, || match http_get(port, "/") {
+        Ok(r) if r.status() == 200 => Some(r),
+        Ok(r) => {
+            last = r.status_line;
+            None
+        }
+        Err(e) => {
+            last = e.to_string();
+            None
+        }
+    });
+    r.unwrap_or_else(|| panic!("no HTTP 200 on port {port} within {timeout:?}; last: {last}"))
+}
+
+/// A thread that opens a new connection per request until stopped, counting successes and
+/// failures (connect/read error or non-200).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    fail: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+pub struct LoadResult {
+    pub ok: u64,
+    pub fail: u64,
+    pub errors: Vec<String>,
+}
+
+impl Load {
+    pub fn start(port: u16, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let fail = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, fail, errors) = (stop.clone(), ok.clone(), fail.clone(), errors.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match http_get(port, "/") {
+                            Ok(r) if r.status() == 200 => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            other => {
+                                fail.fetch_add(1, Ordering::SeqCst);
+                                let e = match other {
+                                    Ok(r) => format!("status {}", r.status_line),
+                                    Err(e) => e.to_string(),
+                                };
+                                let mut v = errors.lock().unwrap();
+                                if v.len() < 20 {
+                                    v.push(e);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, fail, errors, threads }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    pub fn stop(mut self) -> LoadResult {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        LoadResult {
+            ok: self.ok.load(Ordering::SeqCst),
+            fail: self.fail.load(Ordering::SeqCst),
+            errors: self.errors.lock().unwrap().clone(),
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
