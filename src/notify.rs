@@ -33,13 +33,9 @@ impl Systemd {
 
     pub fn reloading(&mut self, status: &str) {
         self.last_status = status.to_string();
-        match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
-            Err(e) => {
-                warning!("cannot read CLOCK_MONOTONIC: {}", e);
-                self.send(&[NotifyState::Reloading, NotifyState::Status(status)]);
-            }
-        }
+        // systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 to match the reload to its request.
+        let usec = format!("MONOTONIC_USEC={}", crate::supervisor::now_ns() / 1000);
+        self.send(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status(status)]);
     }
 
     pub fn stopping(&mut self) {
