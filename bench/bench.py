@@ -224,15 +224,24 @@ class ProcTable:
 PROCS = ProcTable()
 
 
-def rss_kib(pid):
+def memory_kib(pid):
+    """VmRSS (the target), its anonymous and file-backed parts, and PSS (shared pages divided among
+    the processes that map them), in KiB."""
+    out = {"rss": None, "anon": None, "file": None, "pss": None}
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file"}
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                key = keys.get(line.split(":", 1)[0] + ":")
+                if key:
+                    out[key] = int(line.split()[1])
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    out["pss"] = int(line.split()[1])
     except OSError:
         pass
-    return None
+    return out
 
 
 def fd_count(pid):
@@ -437,8 +446,12 @@ def tracked(kind, desc, root):
 
 def sample(root):
     desc = PROCS.descendants(root, full=True)
+    mem = memory_kib(root)
     return {
-        "rss": rss_kib(root),
+        "rss": mem["rss"],
+        "anon": mem["anon"],
+        "file": mem["file"],
+        "pss": mem["pss"],
         "fds": fd_count(root),
         "procs": len(desc),
         "zombies": sum(1 for st in desc.values() if st[2] == "Z"),
@@ -632,7 +645,8 @@ def median(values):
 
 def aggregate(runs):
     ok = [r for r in runs if not r["error"]]
-    a = {"runs": len(runs), "ok": len(ok), "errors": [r["error"] for r in runs if r["error"]],
+    a = {"runs": len(runs), "ok": len(ok),
+         "run_meds": [None if r["error"] else statistics.median(r["reloads"]) for r in runs], "errors": [r["error"] for r in runs if r["error"]],
          "defects": sorted({d for r in runs for d in r["defects"]})}
     if not ok:
         return a
@@ -655,6 +669,9 @@ def aggregate(runs):
         a[key + "_min"] = min(series)
         a[key + "_constant"] = all(
             all(s[key] == r["before"][key] for s in r["samples"]) for r in ok)
+    for key in ("anon", "file", "pss"):
+        a[key + "_after"] = max(r["after"][key] or 0 for r in ok)
+    a["ready_to_done"] = median([x for r in ok for x in r.get("ready_to_done", [])])
     a["stop"] = median([r["stop"] for r in ok])
     a["exits"] = sorted({r["exit"] for r in ok})
     a["left"] = sum(r["left"] for r in ok)
@@ -695,12 +712,20 @@ def table(aggs, kinds):
     row("reload median (ms)", "reload_med", lambda a: fmt_ms(a["reload_med"]), True)
     row("reload p95 (ms)", "reload_p95", lambda a: fmt_ms(a["reload_p95"]), True)
     row("reload max (ms)", "reload_max", lambda a: fmt_ms(a["reload_max"]), True)
-    row("reload median per round (ms)", None, lambda a: " ".join("%.1f" % ms(x) for x in a["reload_round_meds"]))
+    row("reload median per run, by round (ms)", None, lambda a: " ".join("%.1f" % ms(x) for x in a["reload_round_meds"]))
+    row("reload: READY=1 -> old processes gone (ms, median)", "ready_to_done", lambda a: fmt_ms(a["ready_to_done"]))
+    if ratio_cols:
+        cells = ["reload: median of per-round ratios"] + [""] * len(cols)
+        for k in ratio_cols:
+            pairs = [w / n for w, n in zip(aggs[k]["run_meds"], aggs["native"]["run_meds"]) if w and n]
+            cells.append("%.2f" % statistics.median(pairs) if pairs else "-")
+        rows.append(cells)
     row("failed requests / requests", None, lambda a: "%d / %d" % (a["failed"], a["requests"]))
     row("  wrk connect/read/write/timeout/non-2xx", None,
         lambda a: "/".join(str(a["wrk_detail"][k]) for k in ("connect", "read", "write", "timeout", "non2xx")))
     row("main process RSS before -> after (KiB)", None, lambda a: "%d -> %d" % (a["rss_before"], a["rss_after"]))
     row("main process RSS max over series (KiB)", None, lambda a: "%d" % a["rss_max"])
+    row("  after: anon / file-backed / PSS (KiB)", None, lambda a: "%d / %d / %d" % (a["anon_after"], a["file_after"], a["pss_after"]))
     row("main process open fds before -> after", None,
         lambda a: "%d -> %d%s" % (a["fds_before"], a["fds_after"], "" if a["fds_constant"] else " (varied %d..%d)" % (a["fds_min"], a["fds_max"])))
     row("descendants before -> after", None,
