@@ -97,7 +97,8 @@ def pin_to(cpu):
 
 
 def spawn(argv, cpu, **kwargs):
-    proc = subprocess.Popen(argv, preexec_fn=pin_to(cpu), **kwargs)
+    # Own session: a ^C on the terminal reaches only the bench, which then stops what it started.
+    proc = subprocess.Popen(argv, preexec_fn=pin_to(cpu), start_new_session=True, **kwargs)
     STARTED[proc.pid] = proc
     return proc
 

@@ -103,6 +103,22 @@ fn internal(what: &str, e: nix::Error) -> Error {
     Error::Internal(format!("{}: {}", what, e))
 }
 
+/// Descriptors the wrapper inherited beyond 0-2 are not haproxy's business: mark them
+/// close-on-exec so that no haproxy generation inherits them.
+fn close_inherited_on_exec() {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect(),
+        Err(e) => {
+            warning!("cannot list inherited descriptors: {}", e);
+            return;
+        }
+    };
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // The directory's own descriptor is gone by now: EBADF is expected for it.
+        let _ = haproxy::set_cloexec(fd, true);
+    }
+}
+
 /// Did a generation that used `-x` fail because of the hand-over? haproxy names the socket in
 /// its alert then; a configuration error does not deserve a second try.
 fn handover_may_be_at_fault(alerts: &[String]) -> bool {
@@ -122,6 +138,7 @@ impl Supervisor {
         if unsafe { nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
             warning!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
         }
+        close_inherited_on_exec();
         let sigfd = signals::signalfd().map_err(|e| internal("signalfd", e))?;
         let relay = Relay::new().map_err(|e| internal("pipe", e))?;
         let master = match args.mode {
