@@ -443,7 +443,16 @@ impl Supervisor {
     fn on_master_ready(&mut self) {
         let (first, old_workers, loading_failed) = match &self.phase {
             Phase::Starting(a) | Phase::Reloading(a) => (a.first, a.old_workers.clone(), a.loading_failed),
-            _ => return,
+            Phase::Running => {
+                // A late answer to a reload that already timed out: learn the current workers.
+                if let Some(g) = self.c.serving {
+                    let old = self.c.old_workers.clone();
+                    self.c.workers = procs::children_of(g.pid).into_iter().filter(|w| !old.contains(w)).collect();
+                    self.update_status();
+                }
+                return;
+            }
+            Phase::Stopping { .. } => return,
         };
         let master = match (&self.phase, self.c.serving) {
             (Phase::Starting(a), _) => a.pid.unwrap_or(0),
