@@ -414,6 +414,54 @@ mod start_stop {
             t.assert_running();
         }
     }
+    both_modes! {
+        /// The serving haproxy exits by itself with 7: the wrapper exits 7.
+        fn serving_haproxy_exit_status_is_passed_on(mode) {
+            let mut t = Ctx::new("exit7");
+            let die = t.p("die");
+            let cfg = t.write("h.cfg", &format!("fake-exit-on-file {die} 7\n"));
+            let args = t.fake_args(mode, &cfg, &[]);
+            t.start(&args);
+            t.wait_ready(T);
+            fs::write(&die, "").unwrap();
+            let st = t.wait_exit(T);
+            assert_eq!(st.code(), Some(7), "{}", describe_status(&st));
+            t.assert_no_fake_left();
+        }
+    }
+
+    both_modes! {
+        /// A SIGUSR2 while haproxy is still starting is kept: one reload follows the start.
+        fn sigusr2_during_start_reloads_after_ready(mode) {
+            let mut t = Ctx::new("usr2start");
+            let gate = t.p("gate");
+            let cfg = t.write("h.cfg", &format!("fake-ready-delay-file {gate}\n"));
+            let args = t.fake_args(mode, &cfg, &[]);
+            t.start(&args);
+            t.wait_events("fake start", 1, T, |e| e.what == "start" && e.role == mode.role());
+            t.signal(Signal::SIGUSR2);
+            // Nothing observable acknowledges the signal while starting; the wrapper is meant to
+            // read it at once, so it is sent well before the gate opens.
+            assert!(!t.notify().wait_for(Duration::from_millis(300), |m| m.iter().any(Msg::is_ready)));
+            fs::write(&gate, "").unwrap();
+            let ok = t.notify().wait_for(T, |m| notify_sequence(m) == "R L R");
+            assert!(ok, "expected start, then one reload:\n{}", t.notify().dump());
+            assert_reload_ok(&t.notify().last_status().unwrap_or_default());
+        }
+    }
+
+    #[test]
+    fn watchdog_pings_while_serving() {
+        let mut t = Ctx::new("watchdog");
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args(Mode::Foreground, &cfg, &[]);
+        let cmd = t.command_with_watchdog(&args, 300_000);
+        t.spawn(cmd);
+        t.wait_ready(T);
+        t.notify().wait_count("WATCHDOG=1", 3, T, |m| m.has("WATCHDOG=1"));
+        assert_all_from_wrapper(&t);
+    }
+
 }
 
 // ================================================================================================
@@ -475,8 +523,7 @@ mod child_state {
             let baseline = baseline_report(&t);
             let cfg = t.write("h.cfg", "");
             let args = t.fake_args(mode, &cfg, &[]);
-            let mut cmd = t.command(&args);
-            cmd.env("WATCHDOG_USEC", "60000000");
+            let cmd = t.command_with_watchdog(&args, 60_000_000);
             t.spawn(cmd);
             t.wait_ready(T);
             let first = first_fake(&t, mode);
@@ -506,6 +553,54 @@ mod child_state {
             // Old generations drain away by themselves; their pipes close when they are gone.
             let settled = poll_until(Duration::from_secs(5), || if fd_count(t.pid) <= before { Some(()) } else { None });
             assert!(settled.is_some(), "wrapper fds: {before} before, {} after 10 reloads\nbefore:\n{before_list}after:\n{}", fd_count(t.pid), fd_list(t.pid));
+        }
+    }
+    #[test]
+    fn children_start_clean_when_the_wrapper_inherits_a_dirty_signal_state() {
+        use nix::sys::signal::{sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow};
+        use std::os::unix::process::CommandExt;
+        let mut t = Ctx::new("dirty");
+        let baseline = baseline_report(&t);
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args(Mode::Foreground, &cfg, &[]);
+        let mut cmd = t.command(&args);
+        // SAFETY: only async-signal-safe calls (sigaction, sigprocmask) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+                let _ = sigaction(Signal::SIGQUIT, &ign);
+                let _ = sigaction(Signal::SIGWINCH, &ign);
+                let mut set = SigSet::empty();
+                set.add(Signal::SIGALRM);
+                set.add(Signal::SIGQUIT);
+                let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+                Ok(())
+            });
+        }
+        t.spawn(cmd);
+        t.wait_ready(T);
+        let first = first_fake(&t, Mode::Foreground);
+        check_child(&t, Mode::Foreground, first, &baseline);
+    }
+
+    both_modes! {
+        /// The wrapper is a child subreaper: a process haproxy left behind (double fork) is
+        /// reparented to the wrapper and does not outlive it.
+        fn orphans_do_not_outlive_the_wrapper(mode) {
+            let mut t = Ctx::new("orphan");
+            let opid = t.p("orphan.pid");
+            let cfg = t.write("h.cfg", &format!("fake-orphan {opid}\n"));
+            let args = t.fake_args(mode, &cfg, &[]);
+            t.start(&args);
+            t.wait_ready(T);
+            let orphan: i32 = poll_until(T, || fs::read_to_string(&opid).ok().and_then(|s| s.trim().parse().ok()))
+                .expect("the fake did not leave its orphan");
+            t.seen.insert(orphan);
+            let reparented = poll_until(T, || proc_stat(orphan).filter(|p| p.ppid == t.pid));
+            assert!(reparented.is_some(), "orphan {orphan} not reparented to the wrapper (ppid {:?}): no child subreaper", proc_stat(orphan).map(|p| p.ppid));
+            stop_and_expect_0(&mut t, T);
+            let gone = poll_until(Duration::from_secs(2), || if alive(orphan) { None } else { Some(()) });
+            assert!(gone.is_some(), "orphan {orphan} outlived the wrapper");
         }
     }
 }
@@ -784,6 +879,79 @@ mod reload {
         assert!(report_argv(&t.report(failed[0].pid)).iter().any(|a| a == "-x"));
         let g2 = newest_serving(&t, Mode::Foreground);
         assert!(!report_argv(&t.report(g2)).iter().any(|a| a == "-x"), "retry still used -x");
+    }
+    both_modes! {
+        /// A new generation that does not become ready within --ready-timeout: the reload fails
+        /// ("not ready after 1 s"), the old generation keeps serving, the next reload works.
+        fn reload_not_ready_in_time_fails(mode) {
+            let mut t = Ctx::new("reloadhang");
+            let cfg = t.write("h.cfg", "");
+            let args = t.fake_args(mode, &cfg, &[]);
+            let mut a = vec!["--ready-timeout".to_string(), "1".to_string()];
+            a.extend(args);
+            t.start(&a);
+            t.wait_ready(T);
+            let old = newest_serving(&t, mode);
+            t.replace("h.cfg", "fake-hang\n");
+            let status = t.reload(T);
+            assert!(status.contains("last reload: failed"), "{status:?}");
+            assert!(status.contains("not ready after 1 s"), "{status:?}");
+            assert!(alive(old), "the serving generation died");
+            t.assert_running();
+            if mode == Mode::Foreground {
+                let hung: Vec<i32> = t.events().iter().filter(|e| e.what == "start" && e.pid != old).map(|e| e.pid).collect();
+                assert_eq!(hung.len(), 1, "{}", t.events_text());
+                let gone = poll_until(T, || if alive(hung[0]) { None } else { Some(()) });
+                assert!(gone.is_some(), "the generation that never became ready ({}) was left running", hung[0]);
+            }
+            t.replace("h.cfg", "");
+            assert_reload_ok(&t.reload(T));
+            assert_ne!(newest_serving(&t, mode), old);
+        }
+    }
+
+    #[test]
+    fn failed_reload_resumes_older_generations_with_sigttin() {
+        let mut t = Ctx::new("ttinafter");
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args(Mode::Foreground, &cfg, &[]);
+        t.start(&args);
+        t.wait_ready(T);
+        let old = newest_serving(&t, Mode::Foreground);
+        t.replace("h.cfg", "fake-bad\n");
+        let status = t.reload(T);
+        assert!(status.contains("last reload: failed"), "{status:?}");
+        t.wait_events("SIGTTIN to the serving generation", 1, T, |e| e.pid == old && e.rest == "SIGTTIN");
+    }
+
+    #[test]
+    fn sighup_reloads_like_sigusr2() {
+        let mut t = Ctx::new("sighup");
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args(Mode::Foreground, &cfg, &[]);
+        t.start(&args);
+        t.wait_ready(T);
+        t.signal(Signal::SIGHUP);
+        assert!(t.notify().wait_for(T, |m| notify_sequence(m) == "R L R"), "{}", t.notify().dump());
+        assert_reload_ok(&t.notify().last_status().unwrap_or_default());
+        assert_eq!(t.ready_pids("fg").len(), 2);
+    }
+
+    both_modes! {
+        /// SIGTERM while an old generation is still draining stops it too.
+        fn stop_while_draining_stops_every_generation(mode) {
+            let mut t = Ctx::new("stopdrain");
+            let cfg = t.write("h.cfg", "fake-ignore-usr1\n");
+            let args = t.fake_args(mode, &cfg, &[]);
+            t.start(&args);
+            t.wait_ready(T);
+            let old = newest_serving(&t, mode);
+            assert_reload_ok(&t.reload(T));
+            t.wait_events("soft-stop of the old generation", 1, T, |e| e.pid == old && e.rest == "SIGUSR1");
+            assert!(alive(old), "old generation should still be draining");
+            stop_and_expect_0(&mut t, T);
+            t.assert_no_fake_left();
+        }
     }
 }
 

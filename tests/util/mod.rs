@@ -489,6 +489,27 @@ impl Ctx {
         cmd
     }
 
+    /// Like `command`, with systemd's watchdog variables: WATCHDOG_USEC=usec and WATCHDOG_PID = the
+    /// wrapper's pid (a shell exports its own pid, then execs the wrapper in place).
+    pub fn command_with_watchdog<S: AsRef<str>>(&self, args: &[S], usec: u64) -> Command {
+        let cmd = self.command(args);
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c")
+            .arg("WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\"")
+            .arg(WRAPPER)
+            .args(args.iter().map(|a| a.as_ref()));
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        sh.env("WATCHDOG_USEC", usec.to_string());
+        let log = File::options().create(true).append(true).open(self.log_path()).unwrap();
+        sh.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log));
+        sh
+    }
+
     /// Command for the wrapper running the fake haproxy: `--haproxy FAKE [extra wrapper opts]
     /// [mode flag] -f cfg [haproxy args]`.
     pub fn fake_args(&self, mode: Mode, cfg: &str, extra: &[&str]) -> Vec<String> {
