@@ -94,9 +94,11 @@ deb:
 # rpmbuild on this Debian host as well as on Fedora/RHEL: rpm/fallback.macros (%_unitdir,
 # %systemd_requires) is loaded only when rpm does not define them (no systemd-rpm-macros), and
 # --nodeps only when rpm's own database does not know rpm (a Debian host: BuildRequires name
-# Fedora packages). The source tarball is the same tree `make deb` builds.
+# Fedora packages). The source tarball is the same tree `make deb` builds. DEB_BUILD_OPTIONS=nocheck
+# skips %check here too.
 RPMBUILD_FLAGS ?= $(if $(shell rpm --eval '%{?_unitdir}' 2>/dev/null),,--load=$(CURDIR)/rpm/fallback.macros) \
-                  $(if $(shell rpm -q rpm >/dev/null 2>&1 && echo known),,--nodeps)
+                  $(if $(shell rpm -q rpm >/dev/null 2>&1 && echo known),,--nodeps) \
+                  $(if $(filter nocheck,$(DEB_BUILD_OPTIONS)),--nocheck)
 rpm:
 	@command -v rpmbuild >/dev/null || { echo "rpm: installing rpm" >&2; apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rpm >/dev/null; }
