@@ -40,7 +40,7 @@ def env_int(name, default):
     return int(value) if value.strip() else default
 
 
-ROUNDS = env_int("BENCH_ROUNDS", 5)
+ROUNDS = env_int("BENCH_ROUNDS", 6)
 RELOADS = env_int("BENCH_RELOADS", 50)
 WRK_CONNS = env_int("BENCH_WRK_CONNS", 8)
 WRK_DELAY_MS = env_int("BENCH_WRK_DELAY_MS", 1)
@@ -528,7 +528,7 @@ class Run:
         t0 = now()
         os.kill(root, signal.SIGUSR2)
         deadline = t0 + READY_TIMEOUT
-        reloading = False
+        reloading = None
         t_ready = None
         while True:
             remaining = deadline - now()
@@ -537,8 +537,9 @@ class Run:
                                 % (READY_TIMEOUT, t_ready is not None))
             for t, _pid, fields in self.messages(POLL if t_ready is not None else min(remaining, 0.05)):
                 if fields.get("RELOADING") == "1":
-                    reloading = True
-                elif fields.get("READY") == "1" and reloading and t_ready is None:
+                    if reloading is None:
+                        reloading = t
+                elif fields.get("READY") == "1" and reloading is not None and t_ready is None:
                     t_ready = t
             self.check_alive("a reload")
             if t_ready is None:
@@ -552,7 +553,9 @@ class Run:
             if new_live and not old_left:
                 done = now()
                 self.r["reloads"].append(done - t0)
-                self.r["ready_to_done"] = self.r.get("ready_to_done", []) + [done - t_ready]
+                self.r.setdefault("ready_to_done", []).append(done - t_ready)
+                self.r.setdefault("to_reloading", []).append(reloading - t0)
+                self.r.setdefault("to_ready", []).append(t_ready - t0)
                 return
 
     def stop(self):
@@ -652,6 +655,7 @@ def aggregate(runs):
     if not ok:
         return a
     reloads = [x for r in ok for x in r["reloads"]]
+    a["all_reloads_by_run"] = [r["reloads"] for r in ok]
     a["start_ready"] = median([r["start_ready"] for r in ok])
     a["start_served"] = median([r["start_served"] for r in ok])
     a["reload_n"] = len(reloads)
@@ -672,7 +676,8 @@ def aggregate(runs):
             all(s[key] == r["before"][key] for s in r["samples"]) for r in ok)
     for key in ("anon", "file", "pss"):
         a[key + "_after"] = max(r["after"][key] or 0 for r in ok)
-    a["ready_to_done"] = median([x for r in ok for x in r.get("ready_to_done", [])])
+    for key in ("ready_to_done", "to_reloading", "to_ready"):
+        a[key] = median([x for r in ok for x in r.get(key, [])])
     a["stop"] = median([r["stop"] for r in ok])
     a["exits"] = sorted({r["exit"] for r in ok})
     a["left"] = sum(r["left"] for r in ok)
@@ -714,7 +719,9 @@ def table(aggs, kinds):
     row("reload p95 (ms)", "reload_p95", lambda a: fmt_ms(a["reload_p95"]), True)
     row("reload max (ms)", "reload_max", lambda a: fmt_ms(a["reload_max"]), True)
     row("reload median per run, by round (ms)", None, lambda a: " ".join("%.1f" % ms(x) for x in a["reload_round_meds"]))
-    row("reload: READY=1 -> old processes gone (ms, median)", "ready_to_done", lambda a: fmt_ms(a["ready_to_done"]))
+    row("reload: signal -> RELOADING=1 (ms, median)", "to_reloading", lambda a: fmt_ms(a["to_reloading"]), True)
+    row("reload: signal -> READY=1 (ms, median)", "to_ready", lambda a: fmt_ms(a["to_ready"]), True)
+    row("reload: READY=1 -> old processes gone (ms, median)", "ready_to_done", lambda a: fmt_ms(a["ready_to_done"]), True)
     if ratio_cols:
         cells = ["reload: median of per-round ratios"] + [""] * len(cols)
         for k in ratio_cols:
@@ -768,7 +775,9 @@ def checks(aggs, kinds):
             add(r <= RELOAD_RATIO_MAX, "%s: reload median within 5%% of native: %.1f ms vs %.1f ms = %+.1f%%" % (
                 name, ms(a["reload_med"]), ms(native["reload_med"]), (r - 1) * 100))
         add(a["failed"] == 0, "%s: zero failed requests during the reloads: %d of %d failed" % (name, a["failed"], a["requests"]))
-        add(a["rss_max"] <= RSS_MAX_KIB, "%s: wrapper RSS at most 1.5 MiB: max %d KiB (%.2f MiB)" % (name, a["rss_max"], a["rss_max"] / 1024.0))
+        add(a["rss_max"] <= RSS_MAX_KIB, "%s: wrapper RSS at most 1.5 MiB: max %d KiB (%.2f MiB; after the series "
+            "%d KiB anonymous + %d KiB file-backed, PSS %d KiB)" % (
+                name, a["rss_max"], a["rss_max"] / 1024.0, a["anon_after"], a["file_after"], a["pss_after"]))
         add(a["fds_constant"], "%s: wrapper fd count constant over the series: %d -> %d (range %d..%d)" % (
             name, a["fds_before"], a["fds_after"], a["fds_min"], a["fds_max"]))
         add(a["procs_constant"] and a["zombies_max"] == 0,
@@ -781,6 +790,19 @@ def checks(aggs, kinds):
         if other:
             add(False, "%s: other defects: %s" % (name, "; ".join(other)))
     return out
+
+
+def noise(aggs):
+    """A/A comparison: native's pooled reload median over the odd rounds against the even rounds."""
+    n = aggs.get("native", {})
+    meds = n.get("all_reloads_by_run")
+    if not meds or len(meds) < 2:
+        return None
+    odd = [x for i, rl in enumerate(meds) if i % 2 == 0 for x in rl]
+    even = [x for i, rl in enumerate(meds) if i % 2 == 1 for x in rl]
+    if not odd or not even:
+        return None
+    return statistics.median(odd) / statistics.median(even)
 
 
 def machine():
@@ -898,6 +920,9 @@ def main():
         text.append("")
         for status, line in results:
             text.append("- %s %s" % (status, line))
+        aa = noise(aggs)
+        if aa is not None:
+            text.append("- noise (A/A): native reload median, odd rounds / even rounds = %.2f" % aa)
         for k in kinds:
             for d in aggs[k]["defects"]:
                 text.append("- defect (%s): %s" % (KIND_LABEL[k], d))
