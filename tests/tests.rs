@@ -665,7 +665,7 @@ mod reload {
             let seq = notify_sequence(&t.notify().messages());
             assert!(seq == "R L R S" || seq == "R L R L R S", "unexpected notify sequence {seq:?}:\n{}", t.notify().dump());
             assert_all_from_wrapper(&t);
-            assert_reload_ok(&t.notify().messages().iter().rev().filter_map(|m| m.get("STATUS")).nth(1).unwrap_or_default());
+            assert_reload_ok(t.notify().messages().iter().rev().filter_map(|m| m.get("STATUS")).nth(1).unwrap_or_default());
         }
     }
 
