@@ -84,6 +84,15 @@ fn sf_pids(argv: &[String]) -> Vec<i32> {
     out
 }
 
+/// Whether `s` contains haproxy's "(1234) :" pid tag.
+fn has_pid_tag(s: &str) -> bool {
+    s.match_indices('(').any(|(i, _)| {
+        let rest = &s[i + 1..];
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        digits > 0 && rest[digits..].starts_with(") :")
+    })
+}
+
 fn assert_reload_ok(status: &str) {
     assert!(status.contains("last reload: ok"), "STATUS does not say the reload succeeded: {status:?}");
 }
@@ -772,6 +781,7 @@ mod reload {
             assert!(status.contains("last reload: failed"), "STATUS after a failed reload: {status:?}");
             assert!(status.contains("unknown keyword 'fake-bad'"), "STATUS does not give haproxy's alert: {status:?}");
             assert!(!status.contains("[ALERT]"), "the alert tag must be stripped: {status:?}");
+            assert!(!has_pid_tag(&status), "the alert's pid must be stripped: {status:?}");
             assert!(status.contains("gen 1 serving"), "{status:?}");
             assert!(alive(old), "old generation {old} died after a failed reload");
             assert_eq!(newest_serving(&t, mode), old);
@@ -786,7 +796,23 @@ mod reload {
     }
 
     #[test]
-    fn failed_reload_status_has_exit_status_without_alert() {
+    fn failed_reload_without_alert_gives_the_exit_status() {
+        let mut t = Ctx::new("badquiet");
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args(Mode::Foreground, &cfg, &[]);
+        t.start(&args);
+        t.wait_ready(T);
+        let old = newest_serving(&t, Mode::Foreground);
+        t.replace("h.cfg", "fake-quiet-exit 5\n");
+        let status = t.reload(T);
+        assert!(status.contains("last reload: failed"), "{status:?}");
+        assert!(status.contains("haproxy exited with status 5"), "{status:?}");
+        assert!(alive(old));
+        t.assert_running();
+    }
+
+    #[test]
+    fn failed_reload_status_gives_the_alert() {
         let mut t = Ctx::new("badexit");
         let cfg = t.write("h.cfg", "");
         let args = t.fake_args(Mode::Foreground, &cfg, &[]);
@@ -818,7 +844,10 @@ mod reload {
         }
         let sf1 = sf_pids(&argv1);
         assert_eq!(sf1.len(), 1, "gen 1 should get exactly the sentinel after -sf: {argv1:?}");
-        assert!(t.log().contains("<4>"), "no warning logged for the dropped options:\n{}", t.log());
+        for opt in ["-D", "-sf", "-S"] {
+            let warned = t.log().lines().any(|l| l.starts_with("<4>") && !l.contains("[WARNING]") && l.contains(opt));
+            assert!(warned, "no warning logged for the dropped {opt}:\n{}", t.log());
+        }
         assert_reload_ok(&t.reload(T));
         let g2 = newest_serving(&t, Mode::Foreground);
         let argv2 = report_argv(&t.report(g2));
@@ -1139,6 +1168,7 @@ mod real_haproxy {
     fn stop_and_check_nothing_left(t: &mut Ctx) {
         t.track_haproxy(REAL_HAPROXY);
         stop_and_expect_0(t, T_REAL);
+        assert_all_from_wrapper(t);
         let left: Vec<i32> = t.seen.iter().copied().filter(|p| alive(*p)).collect();
         assert!(left.is_empty(), "haproxy processes left after the wrapper exited: {left:?}");
     }
