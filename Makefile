@@ -116,6 +116,15 @@ test-packaging: deb rpm
 
 
 ## ---- end-to-end under systemd (test-e2e) ----
+# Boots Debian 12 and 13 guests (systemd-nspawn, roots cached under /var/cache/haproxy-systemd-wrapper-e2e,
+# built with mmdebstrap when missing) and runs the user's flows against dist/'s .deb inside them; see
+# docs/e2e.md. Needs root. Ends with "N passed, M failed". Settings (environment): E2E_SUITES
+# ("bookworm trixie"), E2E_FLOWS (e.g. "1 2 5"), E2E_TIMEOUT (s per guest), E2E_KEEP=1, E2E_CACHE.
+E2E_SUITES ?= bookworm trixie
+.PHONY: test-e2e
+test-e2e: deb
+	@command -v systemd-nspawn >/dev/null && command -v mmdebstrap >/dev/null || tests/install-deps.sh
+	tests/e2e/run.sh $(E2E_SUITES)
 
 ## ---- benchmark (bench) ----
 # `make bench`: the wrapper (master-worker and foreground) against native `haproxy -Ws`, same config

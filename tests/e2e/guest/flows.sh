@@ -1,0 +1,319 @@
+#!/bin/bash
+# The user's flows, run inside a booted Debian guest by e2e-run.service (see docs/e2e.md).
+# Input: /e2e/deb/*.deb (the package under test; none = harness self-checks only), /e2e/env.
+# Output in /e2e/out: result.txt (ok/FAIL lines), counts ("PASSED FAILED"), trace.log (every command
+# and its output), journal.txt (the whole boot's journal).
+# Waiting is always a bounded poll for a condition (wait_for), never a bare sleep.
+set -u
+OUT=/e2e/out
+. /e2e/env
+UNIT=haproxy
+WRAPPER=/usr/sbin/haproxy-systemd-wrapper
+URL=http://127.0.0.1:8080/
+exec 3>>"$OUT/result.txt" 4>&1          # 3: results file, 4: the unit's stdout (guest console + journal)
+exec >>"$OUT/trace.log" 2>&1            # everything else, with a command trace
+PS4='+ $(date +%T.%3N) ${FUNCNAME[0]:-main}: '
+set -x
+
+PASSED=0
+FAILED=0
+FLOW=setup
+FLOW_CURSOR=
+say() { { set +x; } 2>/dev/null; printf '%s\n' "$*" >&3; printf '%s\n' "$*" >&4; set -x; }
+ok() { PASSED=$((PASSED + 1)); say "ok   [$FLOW] $1"; }
+# fail DESCRIPTION [DETAIL...]: prints the details and the unit's journal since the flow began.
+fail() {
+    FAILED=$((FAILED + 1)); say "FAIL [$FLOW] $1"; shift
+    local d; for d in "$@"; do say "       $d"; done
+    journalctl --sync 2>/dev/null
+    say "       --- journalctl -u $UNIT (since this flow began):"
+    say "$(journalctl -u $UNIT --no-pager --after-cursor="$FLOW_CURSOR" | tail -n 80 | sed 's/^/       | /')"
+}
+# check DESCRIPTION COMMAND...: ok when the command succeeds; WHY (set by the command) explains a failure.
+check() { local d=$1; shift; WHY=; if "$@"; then ok "$d"; else fail "$d" "${WHY:-}"; fi; }
+begin() {
+    FLOW=$1; say "--- flow $1: $2"
+    FLOW_CURSOR=$(journalctl -n1 --show-cursor --no-pager -q | sed -n 's/^-- cursor: //p')
+}
+wanted() { [ -z "$E2E_FLOWS" ] || [[ " $E2E_FLOWS " == *" $1 "* ]]; }
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# wait_for SECONDS COMMAND...: polls the command every 50 ms until it succeeds or the time is up.
+wait_for() {
+    local deadline=$(( $(now_ms) + $1 * 1000 )); shift
+    until "$@"; do [ "$(now_ms)" -lt "$deadline" ] || return 1; sleep 0.05; done
+}
+prop() { systemctl show --value -p "$1" $UNIT; }
+mainpid() { prop MainPID; }
+exe_of() { readlink "/proc/$1/exe"; }
+body() { curl -fsS --max-time 3 "$URL"; }
+serves() { [ "$(body)" = "$1" ]; }                      # serves BODY
+haproxy_pids() { pgrep -x haproxy | tr '\n' ' '; }
+haproxy_count() { pgrep -c -x haproxy; }
+expect() {                                               # expect WHAT ACTUAL EXPECTED
+    [ "$2" = "$3" ] && return 0
+    WHY="$1: got '$2', want '$3'"; return 1
+}
+expect_match() {                                         # expect_match WHAT ACTUAL REGEX
+    [[ $2 =~ $3 ]] && return 0
+    WHY="$1: '$2' does not match /$3/"; return 1
+}
+is_active() { expect ActiveState "$(prop ActiveState)" active; }
+main_is_wrapper() {
+    local pid; pid=$(mainpid)
+    expect "MainPID $pid exe" "$(exe_of "$pid" 2>&1)" "$WRAPPER"
+}
+status_text() { prop StatusText; }
+
+# The test configuration: Debian's global section (chroot, user haproxy, the admin socket exposing
+# the listeners, log /dev/log, daemon) and a frontend on 127.0.0.1:8080 that answers BODY.
+write_cfg() {                                            # write_cfg BODY [EXTRA LINES]
+    cat > /etc/haproxy/haproxy.cfg.tmp <<CFG
+global
+	log /dev/log	local0
+	log /dev/log	local1 notice
+	chroot /var/lib/haproxy
+	stats socket /run/haproxy/admin.sock mode 660 level admin expose-fd listeners
+	stats timeout 30s
+	user haproxy
+	group haproxy
+	daemon
+
+defaults
+	log	global
+	mode	http
+	option	httplog
+	option	dontlognull
+	timeout connect 5000
+	timeout client  50000
+	timeout server  50000
+
+frontend e2e
+	bind 127.0.0.1:8080
+	http-request return status 200 content-type text/plain string "$1"
+${2:-}
+CFG
+    mv /etc/haproxy/haproxy.cfg.tmp /etc/haproxy/haproxy.cfg
+}
+
+# reload: one "systemctl reload" under timeout; sets RELOAD_RC and RELOAD_MS.
+reload() {
+    local t0; t0=$(now_ms)
+    timeout 30 systemctl reload $UNIT; RELOAD_RC=$?
+    RELOAD_MS=$(( $(now_ms) - t0 ))
+}
+# The background load: new-connection requests until stopped; LOAD_RESULT is "ok=N failed=M ...".
+start_load() {
+    LOAD_DIR=$(mktemp -d /tmp/load.XXXXXX)
+    python3 /e2e/guest/load.py 127.0.0.1 8080 "$LOAD_DIR" 300 & LOAD_PID=$!
+    wait_for 10 test -e "$LOAD_DIR/ready"
+}
+stop_load() {
+    touch "$LOAD_DIR/stop"
+    wait_for 15 test -e "$LOAD_DIR/result" || kill -9 "$LOAD_PID"
+    wait "$LOAD_PID"
+    LOAD_RESULT=$(cat "$LOAD_DIR/result" 2>/dev/null || echo "no result")
+}
+load_clean() {
+    [[ $LOAD_RESULT =~ ^ok=([0-9]+)\ failed=0\ timed_out=0 ]] && [ "${BASH_REMATCH[1]}" -gt 0 ] && return 0
+    WHY="load: $LOAD_RESULT; first failures: $(head -n 5 "$LOAD_DIR/failures" 2>/dev/null | tr '\n' ';')"
+    return 1
+}
+# One generation left: master-worker = one master + one worker, foreground = one haproxy; and the
+# wrapper reports nothing draining.
+one_generation() {                                       # one_generation COUNT
+    [ "$(haproxy_count)" = "$1" ] && [[ $(status_text) == *"draining: none"* ]]
+}
+wait_one_generation() {
+    wait_for 30 one_generation "$1" && return 0
+    WHY="after 30 s: haproxy pids: $(haproxy_pids); ps: $(ps -o pid=,ppid=,args= -C haproxy | tr '\n' ';'); StatusText: $(status_text)"
+    return 1
+}
+apt_install() { DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y --no-install-recommends "$@"; }
+
+# ---- flow 0: the harness itself ----
+begin 0 "the guest (harness self-check)"
+say "guest: $(. /etc/os-release; echo "$PRETTY_NAME"), $(systemctl --version | head -n1), $(haproxy -v | head -n1)"
+check "PID 1 is systemd" expect "/proc/1/exe" "$(readlink /proc/1/exe)" /usr/lib/systemd/systemd
+check "no network but loopback" expect "links" "$(ip -o link show | awk -F': ' '{print $2}' | tr '\n' ' ')" "lo "
+check "no failed units at boot" expect "failed units" "$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')" ""
+check "haproxy, python3, curl present" command -v haproxy python3 curl
+
+DEB=$(ls /e2e/deb/*.deb 2>/dev/null | head -n1)
+if [ -z "$DEB" ]; then
+    say "(no package in /e2e/deb: harness self-checks only)"
+else
+
+# ---- flow 1: install, enable --now ----
+if wanted 1; then
+begin 1 "apt-get install the .deb, systemctl enable --now haproxy"
+write_cfg "gen-0"
+check "apt-get install $(basename "$DEB")" apt_install "$DEB"
+check "package installed" expect "dpkg status" "$(dpkg-query -W -f '${Status}' haproxy-systemd-wrapper 2>&1)" "install ok installed"
+check "systemctl enable --now haproxy" timeout 60 systemctl enable --now $UNIT
+check "haproxy.service active" is_active
+check "MainPID is the wrapper" main_is_wrapper
+check "serves on 127.0.0.1:8080" wait_for 10 serves gen-0
+check "StatusText: master-worker, last reload: none" expect_match StatusText "$(status_text)" "^master-worker; gen [0-9]+ serving .*last reload: none"
+fi
+
+# ---- flow 2: 20 reloads under load ----
+if wanted 2; then
+begin 2 "20 x systemctl reload under a stream of new connections"
+pid0=$(mainpid); restarts0=$(prop NRestarts)
+check "load generator running" start_load
+rcs=; slow=; times=
+for i in $(seq 1 20); do
+    write_cfg "reload-$i"
+    reload
+    times="$times $RELOAD_MS"
+    [ "$RELOAD_RC" = 0 ] || rcs="$rcs #$i:rc=$RELOAD_RC"
+    [ "$RELOAD_MS" -lt 5000 ] || slow="$slow #$i:${RELOAD_MS}ms"
+done
+stop_load
+say "       reload times (ms):$times; load: $LOAD_RESULT"
+check "all 20 reloads exit 0" expect "failed reloads" "$rcs" ""
+check "each reload returns in < 5 s" expect "slow reloads" "$slow" ""
+check "no request failed" load_clean
+check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
+check "no restart" expect NRestarts "$(prop NRestarts)" "$restarts0"
+check "StatusText: last reload: ok" expect_match StatusText "$(status_text)" "last reload: ok"
+check "only the newest generation left (1 master + 1 worker)" wait_one_generation 2
+check "serves the newest config" serves reload-20
+fi
+
+# ---- flow 3: a broken config ----
+if wanted 3; then
+begin 3 "reload with a broken config, then fixed"
+pid0=$(mainpid)
+write_cfg "broken" "$(printf 'frontend broken\n\tbind 127.0.0.1:8081\n\tno-such-keyword-e2e on\n')"
+reload
+check "systemctl reload exits non-zero (rc $RELOAD_RC, ${RELOAD_MS} ms)" test "$RELOAD_RC" != 0 -a "$RELOAD_RC" != 124
+check "old config still serves" serves reload-20
+check "still active, same MainPID" expect "ActiveState MainPID" "$(prop ActiveState) $(mainpid)" "active $pid0"
+journal_has_error() {
+    journalctl --sync
+    journalctl -u $UNIT --no-pager --after-cursor="$FLOW_CURSOR" | grep -q 'no-such-keyword-e2e'
+}
+check "journal shows haproxy's error" wait_for 5 journal_has_error
+write_cfg "fixed"
+reload
+check "reload after the fix exits 0 (${RELOAD_MS} ms)" expect rc "$RELOAD_RC" 0
+check "serves the fixed config" wait_for 5 serves fixed
+check "StatusText: last reload: ok" expect_match StatusText "$(status_text)" "last reload: ok"
+check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
+fi
+
+# ---- flow 4: notifications only from the main pid ----
+if wanted 4; then
+begin 4 "no 'reception only permitted for main PID' in the journal"
+journalctl --sync
+check "no rejected sd_notify messages" expect "matching journal lines" \
+    "$(journalctl -b --no-pager | grep -i 'reception only permitted for main PID' | grep -i haproxy | head -n 5)" ""
+fi
+
+# ---- flow 5: stop and restart ----
+if wanted 5; then
+begin 5 "systemctl stop, systemctl restart"
+check "systemctl stop exits 0" timeout 60 systemctl stop $UNIT
+check "inactive, Result=success" expect "ActiveState Result" "$(prop ActiveState) $(prop Result)" "inactive success"
+check "no haproxy or wrapper process left" expect "processes" "$(pgrep -a -x haproxy; pgrep -a -x haproxy-systemd)" ""
+check "systemctl restart (from stopped) exits 0" timeout 60 systemctl restart $UNIT
+check "active, MainPID is the wrapper" eval 'is_active && main_is_wrapper'
+check "serves" wait_for 10 serves fixed
+pid0=$(mainpid)
+check "systemctl restart (running) exits 0" timeout 60 systemctl restart $UNIT
+check "active with a new MainPID" eval 'is_active && main_is_wrapper && [ "$(mainpid)" != "$pid0" ] || { WHY="${WHY:-MainPID still $pid0}"; false; }'
+check "serves" wait_for 10 serves fixed
+check "one generation" wait_one_generation 2
+fi
+
+# ---- flow 6: haproxy killed ----
+if wanted 6; then
+begin 6 "kill -9 of the haproxy processes: systemd restarts the service"
+pid0=$(mainpid); restarts0=$(prop NRestarts); victims=$(haproxy_pids)
+say "       killing haproxy pids $victims (wrapper $pid0)"
+kill -9 $victims
+restarted() { [ "$(prop NRestarts)" -gt "$restarts0" ] && [ "$(prop ActiveState)" = active ] && serves fixed; }
+check "restarted and serving within 15 s" wait_for 15 restarted
+check "new MainPID is the wrapper" eval 'main_is_wrapper && [ "$(mainpid)" != "$pid0" ] || { WHY="${WHY:-MainPID still $pid0}"; false; }'
+check "one generation" wait_one_generation 2
+fi
+
+# ---- flow 7: package upgrade, then reload ----
+if wanted 7; then
+begin 7 "upgrade to a newer build, then reload: new binary, same MainPID"
+ver=$(dpkg-deb -f "$DEB" Version); newver="$ver+e2e1"
+rm -rf /tmp/repack; dpkg-deb -R "$DEB" /tmp/repack
+sed -i "s/^Version: .*/Version: $newver/" /tmp/repack/DEBIAN/control
+NEWDEB=/tmp/haproxy-systemd-wrapper_${newver}_repack.deb
+check "repacked as $newver" dpkg-deb -b /tmp/repack "$NEWDEB"
+pid0=$(mainpid)
+check "load generator running" start_load
+check "apt-get install the newer build" apt_install "$NEWDEB"
+check "version $newver installed" expect version "$(dpkg-query -W -f '${Version}' haproxy-systemd-wrapper)" "$newver"
+say "       after install, before reload: /proc/$pid0/exe -> $(exe_of "$pid0")"
+reload
+stop_load
+check "systemctl reload exits 0 in < 5 s (${RELOAD_MS} ms)" expect "rc fast" "$RELOAD_RC $([ $RELOAD_MS -lt 5000 ] && echo yes)" "0 yes"
+check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
+check "MainPID runs the new file (not deleted)" expect "/proc/$pid0/exe" "$(exe_of "$pid0")" "$WRAPPER"
+check "same inode as the installed binary" expect "inode" "$(stat -L -c %i "/proc/$pid0/exe")" "$(stat -c %i $WRAPPER)"
+check "no request failed" load_clean
+check "one generation" wait_one_generation 2
+fi
+
+# ---- flow 8: foreground mode ----
+if wanted 8; then
+begin 8 "foreground mode via WRAPPER_MODE in /etc/default/haproxy: start, reload, stop"
+echo 'WRAPPER_MODE=-x /run/haproxy/admin.sock' >> /etc/default/haproxy
+check "systemctl restart exits 0" timeout 60 systemctl restart $UNIT
+check "active, MainPID is the wrapper" eval 'is_active && main_is_wrapper'
+check "StatusText: foreground" expect_match StatusText "$(status_text)" "^foreground; gen [0-9]+ serving \(pid [0-9]+\)"
+check "serves" wait_for 10 serves fixed
+check "one haproxy, child of the wrapper" expect "haproxy ppid" "$(ps -o ppid= -C haproxy | tr -d ' ' | tr '\n' ' ')" "$(mainpid) "
+pid0=$(mainpid)
+check "load generator running" start_load
+rcs=; slow=; times=
+for i in 1 2 3 4 5; do
+    write_cfg "fg-$i"; reload; times="$times $RELOAD_MS"
+    [ "$RELOAD_RC" = 0 ] || rcs="$rcs #$i:rc=$RELOAD_RC"
+    [ "$RELOAD_MS" -lt 5000 ] || slow="$slow #$i:${RELOAD_MS}ms"
+done
+stop_load
+say "       reload times (ms):$times; load: $LOAD_RESULT"
+check "5 reloads exit 0" expect "failed reloads" "$rcs" ""
+check "each reload returns in < 5 s" expect "slow reloads" "$slow" ""
+check "no request failed" load_clean
+check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
+check "StatusText: last reload: ok" expect_match StatusText "$(status_text)" "^foreground; .*last reload: ok"
+check "only the newest generation left (1 haproxy)" wait_one_generation 1
+check "serves the newest config" serves fg-5
+check "systemctl stop exits 0" timeout 60 systemctl stop $UNIT
+check "inactive, Result=success" expect "ActiveState Result" "$(prop ActiveState) $(prop Result)" "inactive success"
+check "no haproxy or wrapper process left" expect "processes" "$(pgrep -a -x haproxy; pgrep -a -x haproxy-systemd)" ""
+sed -i '/^WRAPPER_MODE=/d' /etc/default/haproxy
+check "back to master-worker: restart exits 0" timeout 60 systemctl restart $UNIT
+check "StatusText: master-worker" expect_match StatusText "$(status_text)" "^master-worker; "
+fi
+
+# ---- flow 9: purge ----
+if wanted 9; then
+begin 9 "apt-get purge: the distribution's unit is back"
+check "apt-get purge haproxy-systemd-wrapper" env DEBIAN_FRONTEND=noninteractive timeout 300 apt-get purge -y haproxy-systemd-wrapper
+check "package gone" expect "dpkg status" "$(dpkg-query -W -f '${Status}' haproxy-systemd-wrapper 2>/dev/null || echo gone)" "$(dpkg-query -W -f '${Status}' haproxy-systemd-wrapper 2>/dev/null | grep -q 'not-installed' && dpkg-query -W -f '${Status}' haproxy-systemd-wrapper || echo gone)"
+check "no daemon-reload pending" expect NeedDaemonReload "$(prop NeedDaemonReload)" no
+check "ExecStart is /usr/sbin/haproxy again" expect_match ExecStart "$(prop ExecStart)" "path=/usr/sbin/haproxy ;"
+check "no drop-in of the wrapper left" expect "DropInPaths" "$(prop DropInPaths | grep -o '[^ ]*wrapper[^ ]*')" ""
+check "systemctl restart exits 0" timeout 60 systemctl restart $UNIT
+check "active, MainPID is /usr/sbin/haproxy" eval 'is_active && expect exe "$(exe_of "$(mainpid)")" /usr/sbin/haproxy'
+check "serves" wait_for 10 serves fixed
+fi
+
+fi  # a package to test
+
+journalctl --sync
+journalctl -b --no-pager > "$OUT/journal.txt"
+say "$E2E_SUITE: $PASSED passed, $FAILED failed"
+echo "$PASSED $FAILED" > "$OUT/counts"
+exit 0

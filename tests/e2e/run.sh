@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# End-to-end flows of the .deb under a real systemd: boots a Debian guest per suite with
+# systemd-nspawn, installs the package there and runs tests/e2e/guest/flows.sh (see docs/e2e.md).
+#
+#   tests/e2e/run.sh [--deb FILE] [--smoke] [SUITE...]      SUITE: bookworm trixie (default: both)
+#
+#   --deb FILE   the package to test (default: the newest dist/haproxy-systemd-wrapper_*.deb)
+#   --smoke      no package: only boot each guest, run the harness self-checks, power off
+#
+# Environment: E2E_CACHE (root cache, default /var/cache/haproxy-systemd-wrapper-e2e),
+# E2E_TIMEOUT (seconds per guest, whole boot-to-poweroff, default 900), E2E_KEEP=1 (keep the run
+# directories with the guests' output, journal and trace), E2E_FLOWS (e.g. "1 2 5": run only these).
+# Ends with "N passed, M failed"; exits 1 if anything failed, 2 on a usage or setup error.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+deb=
+smoke=0
+suites=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --deb) deb=${2:?--deb needs a file}; shift 2 ;;
+        --smoke) smoke=1; shift ;;
+        bookworm|trixie) suites+=("$1"); shift ;;
+        *) echo "usage: $0 [--deb FILE] [--smoke] [bookworm] [trixie]" >&2; exit 2 ;;
+    esac
+done
+[ ${#suites[@]} -gt 0 ] || suites=(bookworm trixie)
+timeout_s=${E2E_TIMEOUT:-900}
+guest_timeout=$(( timeout_s - 60 ))   # the guest gives up first, so its output still comes back
+
+die() { echo "e2e: $*" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap, systemd-nspawn)"
+for tool in systemd-nspawn mmdebstrap dpkg-deb timeout flock; do
+    command -v "$tool" >/dev/null || die "$tool not found (make deps installs systemd-container and mmdebstrap)"
+done
+if [ "$smoke" = 0 ]; then
+    if [ -z "$deb" ]; then
+        deb=$(ls -1 "$repo"/dist/haproxy-systemd-wrapper_*.deb 2>/dev/null | grep -v -- -dbgsym | sort -V | tail -n1 || true)
+        [ -n "$deb" ] || die "no dist/haproxy-systemd-wrapper_*.deb: run 'make deb' (or make test-e2e)"
+    fi
+    [ -f "$deb" ] || die "$deb: no such file"
+    echo "e2e: package $(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version) ($deb)"
+fi
+
+total_pass=0
+total_fail=0
+summary=()
+for suite in "${suites[@]}"; do
+    echo "=== $suite ==="
+    t0=$(date +%s)
+    if ! root=$("$here/build-root.sh" "$suite"); then
+        echo "FAIL $suite: could not build the guest root"
+        total_fail=$((total_fail + 1)); summary+=("$suite: root build failed"); continue
+    fi
+    t1=$(date +%s)
+
+    run=$(mktemp -d /tmp/haproxy-systemd-wrapper-e2e-"$suite".XXXXXX)
+    mkdir -p "$run/out" "$run/deb"
+    cp -r "$here/guest" "$run/guest"
+    [ -n "$deb" ] && cp "$deb" "$run/deb/"
+    sed "s/@GUEST_TIMEOUT@/$guest_timeout/" "$here/guest/e2e-run.service" > "$run/e2e-run.service"
+    printf 'E2E_SUITE=%s\nE2E_FLOWS="%s"\n' "$suite" "${E2E_FLOWS:-}" > "$run/env"
+
+    # On these hosts nspawn cannot register with (or create a scope through) a host systemd, so it
+    # runs in our own cgroup (--keep-unit): one guest at a time. systemd >= 256 (trixie) refuses a
+    # legacy/hybrid cgroup hierarchy, so that guest gets the unified one.
+    nspawn_env=()
+    [ "$suite" = trixie ] && nspawn_env=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1)
+    set +e
+    env "${nspawn_env[@]}" timeout --kill-after=20 "$timeout_s" \
+        systemd-nspawn --quiet --directory="$root" --volatile=overlay --boot \
+            --register=no --keep-unit --private-network --console=read-only \
+            --machine="e2e-$suite" \
+            --bind="$run:/e2e" \
+            --bind-ro="$run/e2e-run.service:/etc/systemd/system/e2e-run.service" \
+            systemd.wants=e2e-run.service \
+        > "$run/console.log" 2>&1
+    rc=$?
+    set -e
+    t2=$(date +%s)
+
+    if [ -f "$run/out/counts" ]; then
+        cat "$run/out/result.txt"
+        read -r pass fail < "$run/out/counts"
+    else
+        echo "FAIL $suite: the guest did not finish (systemd-nspawn exit $rc$([ $rc = 124 ] && echo ", timed out after ${timeout_s} s"))"
+        [ -f "$run/out/result.txt" ] && { echo "--- output so far:"; cat "$run/out/result.txt"; }
+        echo "--- last lines of the guest console:"; tail -n 60 "$run/console.log"
+        pass=$(grep -c '^ok ' "$run/out/result.txt" 2>/dev/null || true)
+        fail=$(( $(grep -c '^FAIL ' "$run/out/result.txt" 2>/dev/null || true) + 1 ))
+    fi
+    total_pass=$((total_pass + pass)); total_fail=$((total_fail + fail))
+    line="$suite: $pass passed, $fail failed (root $((t1 - t0)) s, boot+flows+poweroff $((t2 - t1)) s)"
+    summary+=("$line")
+    echo "$line"
+    if [ "${E2E_KEEP:-0}" = 1 ] || [ "$fail" -gt 0 ]; then
+        echo "(output, journal and trace kept in $run/out, console in $run/console.log)"
+    else
+        rm -rf --one-file-system "$run"
+    fi
+done
+
+echo "=== summary ==="
+printf '%s\n' "${summary[@]}"
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" = 0 ]
