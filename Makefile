@@ -132,10 +132,10 @@ test-e2e: deb
 # BENCHMARKS.md; exits 1 on a miss unless BENCH_ALLOW_MISS=1. No systemd, no root needed (apart from
 # installing haproxy/wrk when missing). Quick run: `make bench BENCH_ROUNDS=1 BENCH_RELOADS=10`.
 # Settings (environment or make command line): BENCH_ROUNDS BENCH_RELOADS BENCH_KINDS BENCH_WRK_CONNS
-# BENCH_WRK_DELAY_MS BENCH_ALLOW_MISS BENCH_RESULTS (file, or - for none); see BENCHMARKS.md.
+# BENCH_WRK_DELAY_MS BENCH_ALLOW_MISS BENCH_RESULTS (file, or - for none) BENCH_JSON; see BENCHMARKS.md.
 PYTHON ?= python3
 BENCH_VARS := BENCH_ROUNDS BENCH_RELOADS BENCH_KINDS BENCH_WRK_CONNS BENCH_WRK_DELAY_MS \
-              BENCH_ALLOW_MISS BENCH_RESULTS BENCH_HAPROXY BENCH_WRK BENCH_WRAPPER
+              BENCH_ALLOW_MISS BENCH_RESULTS BENCH_JSON BENCH_HAPROXY BENCH_WRK BENCH_WRAPPER
 export $(BENCH_VARS)
 .PHONY: bench bench-deps
 bench-deps:

@@ -17,6 +17,7 @@ Standard library only. Settings come from the environment (BENCH_*, below), docu
 
 import ctypes
 import datetime
+import json
 import os
 import platform
 import re
@@ -51,6 +52,8 @@ HAPROXY = os.environ.get("BENCH_HAPROXY") or shutil.which("haproxy") or "/usr/sb
 WRK = os.environ.get("BENCH_WRK") or shutil.which("wrk") or "/usr/bin/wrk"
 # Where the results section is written ("-" to skip). Empty settings count as unset (make exports them).
 RESULTS_FILE = os.environ.get("BENCH_RESULTS") or os.path.join(ROOT, "BENCHMARKS.md")
+# Optional: every run's raw figures (seconds, KiB) as JSON, for a closer look.
+JSON_FILE = os.environ.get("BENCH_JSON") or ""
 
 READY_TIMEOUT = 30.0  # s, start or reload
 STOP_TIMEOUT = 30.0  # s, SIGTERM -> exit
@@ -506,7 +509,10 @@ class Run:
                 if fields.get("READY") == "1" and t_ready is None:
                     t_ready = t
                     # At READY=1 the service must already serve: one request right now.
-                    if not probe(self.port):
+                    if probe(self.port):
+                        if t_served is None:
+                            t_served = now()
+                    else:
                         self.defect("READY=1 before serving (a request right after READY=1 failed)")
             if t_served is None and probe(self.port):
                 t_served = now()
@@ -541,6 +547,7 @@ class Run:
                         reloading = t
                 elif fields.get("READY") == "1" and reloading is not None and t_ready is None:
                     t_ready = t
+                    self.reload_status(fields.get("STATUS"))
             self.check_alive("a reload")
             if t_ready is None:
                 continue
@@ -557,6 +564,18 @@ class Run:
                 self.r.setdefault("to_reloading", []).append(reloading - t0)
                 self.r.setdefault("to_ready", []).append(t_ready - t0)
                 return
+
+    def reload_status(self, status):
+        """The wrapper's STATUS= after a reload: `...; last reload: ok in N ms` (docs/DESIGN.md)."""
+        if self.kind not in WRAPPER_KINDS:
+            return
+        m = re.search(r"last reload: (ok in (\d+) ms|failed[^;]*)", status or "")
+        if not m:
+            self.defect("READY=1 after a reload without a `last reload:` STATUS: %r" % status)
+        elif m.group(2) is None:
+            self.defect("the wrapper reported a failed reload: %s" % m.group(1))
+        else:
+            self.r.setdefault("self_reported", []).append(int(m.group(2)) / 1000.0)
 
     def stop(self):
         root = self.proc.pid
@@ -676,7 +695,7 @@ def aggregate(runs):
             all(s[key] == r["before"][key] for s in r["samples"]) for r in ok)
     for key in ("anon", "file", "pss"):
         a[key + "_after"] = max(r["after"][key] or 0 for r in ok)
-    for key in ("ready_to_done", "to_reloading", "to_ready"):
+    for key in ("ready_to_done", "to_reloading", "to_ready", "self_reported"):
         a[key] = median([x for r in ok for x in r.get(key, [])])
     a["stop"] = median([r["stop"] for r in ok])
     a["exits"] = sorted({r["exit"] for r in ok})
@@ -722,6 +741,7 @@ def table(aggs, kinds):
     row("reload: signal -> RELOADING=1 (ms, median)", "to_reloading", lambda a: fmt_ms(a["to_reloading"]), True)
     row("reload: signal -> READY=1 (ms, median)", "to_ready", lambda a: fmt_ms(a["to_ready"]), True)
     row("reload: READY=1 -> old processes gone (ms, median)", "ready_to_done", lambda a: fmt_ms(a["ready_to_done"]), True)
+    row("reload as the wrapper's STATUS reports it (ms, median)", None, lambda a: fmt_ms(a["self_reported"]))
     if ratio_cols:
         cells = ["reload: median of per-round ratios"] + [""] * len(cols)
         for k in ratio_cols:
@@ -927,6 +947,10 @@ def main():
             for d in aggs[k]["defects"]:
                 text.append("- defect (%s): %s" % (KIND_LABEL[k], d))
         report = "\n".join(text)
+        if JSON_FILE:
+            with open(JSON_FILE, "w") as f:
+                json.dump({"machine": mach, "settings": {"rounds": ROUNDS, "reloads": RELOADS, "wrk_conns": WRK_CONNS,
+                                                         "wrk_delay_ms": WRK_DELAY_MS}, "runs": runs}, f, indent=1)
         print()
         print(report)
         write_results(report)
