@@ -469,7 +469,12 @@ impl Ctx {
     /// systemd variables of the test's own environment removed, stdin null, stdout+stderr to
     /// wrapper.log.
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
-        let mut cmd = Command::new(WRAPPER);
+        self.command_prog(Path::new(WRAPPER), args)
+    }
+
+    /// `command` for another copy of the wrapper program.
+    pub fn command_prog<S: AsRef<str>>(&self, program: &Path, args: &[S]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args.iter().map(|a| a.as_ref()));
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -523,9 +528,21 @@ impl Ctx {
         v
     }
 
+    /// A private copy of the wrapper program at `rel` (for tests that replace or rename it).
+    pub fn copy_wrapper(&self, rel: &str) -> PathBuf {
+        let dst = self.path(rel);
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        let tmp = dst.with_extension("tmp");
+        fs::copy(WRAPPER, &tmp).unwrap();
+        fs::rename(&tmp, &dst).unwrap();
+        dst
+    }
+
     pub fn spawn(&mut self, mut cmd: Command) -> i32 {
         assert!(self.wrapper.is_none(), "one wrapper per test");
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {WRAPPER}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
         self.pid = child.id() as i32;
         self.wrapper = Some(child);
         self.pid
