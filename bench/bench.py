@@ -119,22 +119,25 @@ def my_children():
     return [pid for pid, st in PROCS.scan(full=True).items() if st[0] == me]
 
 
-def reap_strays(known=()):
-    """Kill (by pid) and reap every child of ours that is not in `known`; return what was found."""
+def reap_strays():
+    """Kill (by pid) and reap every child of ours; return what was found. Repeated while killing a
+    stray re-parents its own children to us (a master's workers)."""
     strays = []
-    for pid in my_children():
-        if pid in known:
-            continue
-        st = PROCS.table.get(pid)
-        strays.append("%d(%s%s)" % (pid, st[1], " zombie" if st and st[2] == "Z" else "") if st else str(pid))
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    for _ in range(20):
+        found = my_children()
+        if not found:
+            break
+        for pid in found:
+            st = PROCS.table.get(pid)
+            strays.append("%d(%s%s)" % (pid, st[1], " zombie" if st[2] == "Z" else "") if st else str(pid))
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
     return strays
 
 
@@ -352,7 +355,7 @@ class Load:
                 buf += chunk
                 if b"bench-wrk: first response" in buf:
                     return True
-        raise RuntimeError("wrk produced no response within %.0f s (%s)" % (timeout, buf.decode(errors="replace")))
+        raise RunFailed("wrk got no response within %.0f s (%s)" % (timeout, buf.decode(errors="replace").strip()))
 
     def stop(self):
         """SIGINT (wrk prints its summary), parse it: dict(requests, errors..., failed)."""
@@ -374,7 +377,7 @@ def parse_wrk(text):
     res = {"requests": None, "connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
     if not m:
-        raise RuntimeError("cannot parse wrk output:\n" + text)
+        raise RunFailed("cannot parse wrk's output:\n" + text)
     res["requests"] = int(m.group(1))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
@@ -489,7 +492,8 @@ class Run:
         rc = self.proc.poll()
         if rc is not None:
             STARTED.pop(self.proc.pid, None)
-            raise RunFailed("%s: exited with status %s during %s" % (self.argv[0], rc, what))
+            how = "was killed by signal %d" % -rc if rc < 0 else "exited with status %d" % rc
+            raise RunFailed("%s %s during %s" % (os.path.basename(self.argv[0]), how, what))
 
     # -- start: exec -> READY=1, exec -> first served request
     def start(self):
@@ -590,7 +594,7 @@ class Run:
         self.r["exit"] = rc if rc >= 0 else 128 - rc
         STARTED.pop(root, None)
         if not any(f.get("STOPPING") == "1" for _t, _p, f in self.notify.recv(0)):
-            self.r["no_stopping"] = True
+            self.defect("no STOPPING=1 after SIGTERM")
 
     def run(self):
         log("%s: %s" % (self.kind, " ".join(self.argv)))
@@ -621,7 +625,7 @@ class Run:
             if load is not None and load.proc.poll() is None:
                 try:
                     self.r["wrk"] = load.stop()
-                except (RuntimeError, OSError):
+                except (RunFailed, OSError):
                     pass
             if self.proc is not None and self.proc.poll() is None:
                 os.kill(self.proc.pid, signal.SIGKILL)
@@ -700,7 +704,6 @@ def aggregate(runs):
     a["stop"] = median([r["stop"] for r in ok])
     a["exits"] = sorted({r["exit"] for r in ok})
     a["left"] = sum(r["left"] for r in ok)
-    a["no_stopping"] = sum(1 for r in ok if r.get("no_stopping"))
     return a
 
 
