@@ -137,10 +137,14 @@ PYTHON ?= python3
 BENCH_VARS := BENCH_ROUNDS BENCH_RELOADS BENCH_KINDS BENCH_WRK_CONNS BENCH_WRK_DELAY_MS \
               BENCH_ALLOW_MISS BENCH_RESULTS BENCH_JSON BENCH_HAPROXY BENCH_WRK BENCH_WRAPPER
 export $(BENCH_VARS)
-.PHONY: bench bench-deps
+.PHONY: bench bench-deps bench-test
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 && { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 \
 		|| tests/install-deps.sh
 
-bench: build bench-deps
+# The bench's own unit tests (parsers, statistics, process tree; no haproxy needed).
+bench-test:
+	$(PYTHON) bench/test_bench.py
+
+bench: build bench-deps bench-test
 	$(PYTHON) bench/bench.py
