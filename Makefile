@@ -146,5 +146,8 @@ bench-deps:
 bench-test:
 	$(PYTHON) bench/test_bench.py
 
-bench: build bench-deps bench-test
+# The release build only when a wrapper kind runs (BENCH_KINDS=native works with the wrapper broken).
+bench_comma := ,
+bench_build := $(if $(BENCH_KINDS),$(if $(filter wrapper-%,$(subst $(bench_comma), ,$(BENCH_KINDS))),build),build)
+bench: $(bench_build) bench-deps bench-test
 	$(PYTHON) bench/bench.py
