@@ -535,7 +535,11 @@ impl Ctx {
             fs::create_dir_all(parent).unwrap();
         }
         let tmp = dst.with_extension("tmp");
-        fs::copy(WRAPPER, &tmp).unwrap();
+        // Copied by cp, not in this process: a write descriptor open here could be inherited by a
+        // child another test thread forks at that moment, and exec'ing the copy would then fail
+        // with ETXTBSY.
+        let st = Command::new("cp").arg(WRAPPER).arg(&tmp).status().expect("run cp");
+        assert!(st.success(), "cp {WRAPPER} {}: {st:?}", tmp.display());
         fs::rename(&tmp, &dst).unwrap();
         dst
     }
