@@ -614,10 +614,17 @@ impl Supervisor {
         if self.master.is_some() {
             self.on_master_messages();
         }
-        a.old_workers = procs::children_of(master);
-        a.pid = Some(master);
-        info!("gen {}: asking master {} to reload (workers now {:?})", a.gen, master, a.old_workers);
+        // Signal first: the workers the master has now are the ones already known plus whatever the
+        // process table shows right after the signal (the master needs a re-exec and a config parse,
+        // tens of ms, before it forks a new worker), so no /proc walk delays the reload.
         haproxy::signal(master, Signal::SIGUSR2);
+        let mut old: Vec<i32> = self.c.workers.iter().chain(self.c.old_workers.iter()).copied().collect();
+        old.extend(procs::children_of(master));
+        old.sort_unstable();
+        old.dedup();
+        a.old_workers = old;
+        a.pid = Some(master);
+        info!("gen {}: asked master {} to reload (workers before: {:?})", a.gen, master, a.old_workers);
         Ok(())
     }
 

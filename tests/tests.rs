@@ -50,22 +50,12 @@ fn first_fake(t: &Ctx, mode: Mode) -> i32 {
 /// The serving generation's fake process in foreground mode (newest ready fg), or the newest
 /// worker in master-worker mode.
 fn newest_serving(t: &Ctx, mode: Mode) -> i32 {
-    let role = match mode {
-        Mode::Foreground => "fg",
-        Mode::MasterWorker => "worker",
-    };
-    *t.ready_pids(role).last().expect("no ready fake")
+    *t.ready_pids(mode.serving_role()).last().expect("no ready fake")
 }
 
-/// The `argv [...]` line of a fake report, as the list of arguments (Python repr of a str list).
+/// The arguments a fake haproxy got (its report's "arg X" lines).
 fn report_argv(report: &str) -> Vec<String> {
-    let line = report.lines().find(|l| l.starts_with("argv ")).expect("argv line");
-    let inner = line["argv ".len()..].trim().trim_start_matches('[').trim_end_matches(']');
-    inner
-        .split(", ")
-        .map(|s| s.trim_matches('\'').to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
+    report.lines().filter_map(|l| l.strip_prefix("arg ")).map(str::to_string).collect()
 }
 
 /// The pids given to a fake after `-sf`/`-st`.
@@ -714,7 +704,7 @@ mod reload {
             t.signal(Signal::SIGUSR2);
             t.replace("h.cfg", "fake-marker C\n");
             t.signal(Signal::SIGUSR2);
-            let role = if mode == Mode::Foreground { "fg" } else { "worker" };
+            let role = mode.serving_role();
             t.wait_events("a generation with the last config", 1, T, |e| e.what == "ready" && e.role == role && e.rest == "C");
             assert!(
                 t.notify().wait_for(T, |m| {
@@ -745,7 +735,7 @@ mod reload {
             t.signal(Signal::SIGUSR2);
             let ok = t.notify().wait_for(T, |m| notify_sequence(m) == "R L R L R");
             assert!(ok, "expected two complete reloads:\n{}", t.notify().dump());
-            let role = if mode == Mode::Foreground { "fg" } else { "worker" };
+            let role = mode.serving_role();
             t.wait_events("a generation with the last config", 1, T, |e| e.what == "ready" && e.role == role && e.rest == "C");
             let status = t.notify().last_status().unwrap_or_default();
             assert_reload_ok(&status);
@@ -781,7 +771,7 @@ mod reload {
             for _ in 0..5 {
                 assert_reload_ok(&t.reload(T));
             }
-            let role = if mode == Mode::Foreground { "fg" } else { "worker" };
+            let role = mode.serving_role();
             let old: Vec<i32> = t.ready_pids(role).into_iter().rev().skip(1).collect();
             t.wait_events("old generations exit", old.len(), T, |e| e.what == "exit" && old.contains(&e.pid));
             let clean = poll_until(Duration::from_secs(5), || if zombie_children(t.pid).is_empty() { Some(()) } else { None });
@@ -1130,7 +1120,7 @@ mod no_notify_socket {
             let cfg = t.write("h.cfg", "");
             let args = t.fake_args(mode, &cfg, &[]);
             t.start(&args);
-            let role = if mode == Mode::Foreground { "fg" } else { "worker" };
+            let role = mode.serving_role();
             t.wait_events("generation 1 ready", 1, T, |e| e.what == "ready" && e.role == role);
             if mode == Mode::MasterWorker {
                 // The master's readiness goes to the wrapper's private socket, not nowhere.

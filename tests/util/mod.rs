@@ -383,6 +383,15 @@ impl Mode {
             Mode::MasterWorker => "master",
         }
     }
+
+    /// The role of the fake processes that serve a generation: the foreground process itself,
+    /// or the master's worker.
+    pub fn serving_role(self) -> &'static str {
+        match self {
+            Mode::Foreground => "fg",
+            Mode::MasterWorker => "worker",
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -565,6 +574,7 @@ impl Ctx {
     }
 
     pub fn signal(&self, sig: Signal) {
+        assert!(self.pid > 0, "no wrapper started");
         kill(Pid::from_raw(self.pid), sig).unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid));
     }
 
