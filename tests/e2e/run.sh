@@ -44,6 +44,15 @@ if [ "$smoke" = 0 ]; then
     echo "e2e: package $(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version) ($deb)"
 fi
 
+# One run at a time on this machine: the guests run in our cgroup (--keep-unit), and a second run's
+# guests would share it. A concurrent run waits here (bounded) instead of failing.
+lock=/run/lock/haproxy-systemd-wrapper-e2e.lock
+exec 8>"$lock"
+if ! flock -n 8; then
+    echo "e2e: another run holds $lock; waiting (at most 30 min)"
+    flock -w 1800 8 || die "timed out waiting for $lock"
+fi
+
 total_pass=0
 total_fail=0
 summary=()
@@ -72,7 +81,7 @@ for suite in "${suites[@]}"; do
     env "${nspawn_env[@]}" timeout --kill-after=20 "$timeout_s" \
         systemd-nspawn --quiet --directory="$root" --volatile=overlay --boot \
             --register=no --keep-unit --private-network --console=read-only \
-            --machine="e2e-$suite" \
+            --machine="e2e-$suite-$$" \
             --bind="$run:/e2e" \
             --bind-ro="$run/e2e-run.service:/etc/systemd/system/e2e-run.service" \
             systemd.wants=e2e-run.service \
