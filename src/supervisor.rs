@@ -614,16 +614,15 @@ impl Supervisor {
         if self.master.is_some() {
             self.on_master_messages();
         }
-        // Signal first: the workers the master has now are the ones already known plus whatever the
-        // process table shows right after the signal (the master needs a re-exec and a config parse,
-        // tens of ms, before it forks a new worker), so no /proc walk delays the reload.
-        haproxy::signal(master, Signal::SIGUSR2);
+        // The workers before the signal: the ones already known plus what the process table shows
+        // (a worker the master started behind our back must not pass for the reload's new one).
         let mut old: Vec<i32> = self.c.workers.iter().chain(self.c.old_workers.iter()).copied().collect();
         old.extend(procs::children_of(master));
         old.sort_unstable();
         old.dedup();
         a.old_workers = old;
         a.pid = Some(master);
+        haproxy::signal(master, Signal::SIGUSR2);
         info!("gen {}: asked master {} to reload (workers before: {:?})", a.gen, master, a.old_workers);
         Ok(())
     }

@@ -338,6 +338,20 @@ check "active, MainPID is /usr/sbin/haproxy" eval 'is_active && expect exe "$(ex
 check "serves" wait_for 10 serves
 fi
 
+# ---- flow 10: install over a running distribution haproxy ----
+if wanted 10; then
+begin 10 "install while the distribution's haproxy runs: the wrapper takes over"
+if [ "$(prop ActiveState)" = active ] && [ "$(exe_of "$(mainpid)")" = /usr/sbin/haproxy ]; then
+    check "apt-get install $(basename "$DEB")" apt_install "$DEB"
+    check "active, MainPID is the wrapper (the package restarted haproxy)" eval 'is_active && main_is_wrapper'
+    check "StatusText: master-worker" expect_match StatusText "$(status_text)" "^master-worker; "
+    check "serves" wait_for 10 serves
+else
+    fail "precondition: haproxy.service active under /usr/sbin/haproxy (flow skipped)" \
+        "ActiveState=$(prop ActiveState) exe=$(exe_of "$(mainpid)")"
+fi
+fi
+
 fi  # a package to test
 
 journalctl --sync
