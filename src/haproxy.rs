@@ -51,8 +51,11 @@ pub fn spawn(program: &Path, args: &[OsString], relay_w: RawFd, notify_socket: O
     if let Some(addr) = notify_socket {
         cmd.env("NOTIFY_SOCKET", addr);
     }
-    let out = nix::unistd::dup(relay_w)?;
-    let err = match nix::unistd::dup(relay_w) {
+    // Close-on-exec duplicates: the child gets them as 1 and 2 (dup2 clears the flag there) and
+    // nowhere else.
+    let dup = || fcntl(relay_w, FcntlArg::F_DUPFD_CLOEXEC(3));
+    let out = dup()?;
+    let err = match dup() {
         Ok(fd) => fd,
         Err(e) => {
             let _ = nix::unistd::close(out);

@@ -60,25 +60,24 @@ pub fn signalfd() -> nix::Result<SignalFd> {
     SignalFd::with_flags(&handled(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
-/// Every signal waiting on the signalfd, in arrival order.
-pub fn read_all(fd: &mut SignalFd) -> Vec<Signal> {
-    let mut out = Vec::new();
+/// The next signal waiting on the signalfd, if any. One at a time on purpose: handling a signal may
+/// re-exec the wrapper, and whatever is still pending in the kernel survives the exec, while a
+/// signal already read into memory would not.
+pub fn read_one(fd: &mut SignalFd) -> Option<Signal> {
     loop {
         match fd.read_signal() {
-            Ok(Some(info)) => {
-                if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-                    out.push(sig);
-                }
-            }
-            Ok(None) => break,
+            Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                Ok(sig) => return Some(sig),
+                Err(_) => continue,
+            },
+            Ok(None) => return None,
             Err(nix::Error::EINTR) => continue,
             Err(e) => {
                 warning!("reading signals: {}", e);
-                break;
+                return None;
             }
         }
     }
-    out
 }
 
 /// Run in a freshly forked child before exec: empty mask, default dispositions.

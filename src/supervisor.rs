@@ -298,7 +298,7 @@ impl Supervisor {
             if master_ready {
                 self.on_master_messages();
             }
-            for sig in signals::read_all(&mut self.sigfd) {
+            while let Some(sig) = signals::read_one(&mut self.sigfd) {
                 self.on_signal(sig);
             }
             self.on_tick();
