@@ -46,8 +46,8 @@ for line in 'Type=notify' 'KillMode=mixed' 'Restart=always' 'SuccessExitStatus=1
     'Environment=WRAPPER_MODE=-Ws' 'EnvironmentFile=-/etc/default/haproxy' 'EnvironmentFile=-/etc/sysconfig/haproxy' \
     'ExecStartPre=' 'ExecStart=' 'ExecReload=' \
     'ExecStart=/usr/sbin/haproxy-systemd-wrapper $WRAPPER_MODE -f $CONFIG -p $PIDFILE $EXTRAOPTS $OPTIONS' \
-    'ExecStartPre=/usr/sbin/haproxy -c -f $CONFIG $EXTRAOPTS $OPTIONS' \
-    'ExecReload=/usr/sbin/haproxy -c -f $CONFIG $EXTRAOPTS $OPTIONS' \
+    'ExecStartPre=/usr/sbin/haproxy -Ws -c -f $CONFIG $EXTRAOPTS $OPTIONS' \
+    'ExecReload=/usr/sbin/haproxy -Ws -c -f $CONFIG $EXTRAOPTS $OPTIONS' \
     'ExecReload=/bin/kill -USR2 $MAINPID'; do
     check "drop-in: $line" has_line "$DROPIN_SRC" "$line"
 done
