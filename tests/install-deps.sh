@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the test suite needs. Idempotent: apt runs only when one is missing.
 set -eu
-PKGS="haproxy curl python3 wrk rpm rpmlint lintian systemd-container mmdebstrap debhelper devscripts equivs build-essential iproute2"
+PKGS="haproxy curl python3 wrk rpm rpmlint lintian systemd-container mmdebstrap debhelper devscripts equivs build-essential iproute2 cpio man-db dpkg-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
