@@ -75,12 +75,13 @@ uninstall:
 	if grep -qs '$(BIN)' $(DESTDIR)$(UNITDIR)/haproxy.service; then rm -f $(DESTDIR)$(UNITDIR)/haproxy.service; fi
 
 # Builds in a copy of the source tree (tracked and untracked, not ignored, files) so the build
-# leaves nothing in the checkout; only the .deb lands in dist/. Installs the Build-Depends first
-# when they are missing. CARGO_HOME is kept in target/ between builds (crates.io downloads).
+# leaves nothing in the checkout; only the .deb lands in dist/. Installs the packaging tools
+# (dpkg-dev, devscripts, equivs, build-essential) and then the Build-Depends first when missing. CARGO_HOME is kept in target/ between builds (crates.io downloads).
 deb:
-	@command -v dpkg-buildpackage >/dev/null && command -v mk-build-deps >/dev/null || { \
-	  echo "deb: installing dpkg-dev devscripts equivs" >&2; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev devscripts equivs >/dev/null; }
+	@missing=$$(for p in dpkg-dev devscripts equivs build-essential; do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "deb: installing" $$missing >&2; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	@dpkg-checkbuilddeps 2>/dev/null || { echo "deb: installing the Build-Depends of debian/control" >&2; \
 	  rm -rf $(PKG_BUILD)/build-deps && mkdir -p $(PKG_BUILD)/build-deps && apt-get update -qq && \
 	  cd $(PKG_BUILD)/build-deps && DEBIAN_FRONTEND=noninteractive mk-build-deps -i -r \
