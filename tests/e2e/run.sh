@@ -28,6 +28,7 @@ while [ $# -gt 0 ]; do
 done
 [ ${#suites[@]} -gt 0 ] || suites=(bookworm trixie)
 timeout_s=${E2E_TIMEOUT:-900}
+[ "$timeout_s" -ge 120 ] 2>/dev/null || { echo "e2e: E2E_TIMEOUT must be >= 120 (seconds)" >&2; exit 2; }
 guest_timeout=$(( timeout_s - 60 ))   # the guest gives up first, so its output still comes back
 
 die() { echo "e2e: $*" >&2; exit 2; }
@@ -96,7 +97,8 @@ for suite in "${suites[@]}"; do
     else
         echo "FAIL $suite: the guest did not finish (systemd-nspawn exit $rc$([ $rc = 124 ] && echo ", timed out after ${timeout_s} s"))"
         [ -f "$run/out/result.txt" ] && { echo "--- output so far:"; cat "$run/out/result.txt"; }
-        echo "--- last lines of the guest console:"; tail -n 60 "$run/console.log"
+        echo "--- the guest console, flow lines and the end:"
+        grep -E 'e2e-run|flows\.sh' "$run/console.log" | tail -n 20; tail -n 8 "$run/console.log"
         pass=$(grep -c '^ok ' "$run/out/result.txt" 2>/dev/null || true)
         fail=$(( $(grep -c '^FAIL ' "$run/out/result.txt" 2>/dev/null || true) + 1 ))
     fi
