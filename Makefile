@@ -138,7 +138,7 @@ PYTHON ?= python3
 BENCH_VARS := BENCH_ROUNDS BENCH_RELOADS BENCH_KINDS BENCH_WRK_CONNS BENCH_WRK_DELAY_MS \
               BENCH_ALLOW_MISS BENCH_RESULTS BENCH_JSON BENCH_HAPROXY BENCH_WRK BENCH_WRAPPER
 export $(BENCH_VARS)
-.PHONY: bench bench-deps bench-test
+.PHONY: bench bench-deps bench-test bench-trace
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 && { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 \
 		|| tests/install-deps.sh
@@ -152,3 +152,7 @@ bench_comma := ,
 bench_build := $(if $(BENCH_KINDS),$(if $(filter wrapper-%,$(subst $(bench_comma), ,$(BENCH_KINDS))),build),build)
 bench: $(bench_build) bench-deps bench-test
 	$(PYTHON) bench/bench.py
+
+# Diagnostic (root: ftrace): what the wrapper puts in front of the master's reload, per reload.
+bench-trace: build bench-deps
+	$(PYTHON) bench/trace_handoff.py $(BENCH_RELOADS)
