@@ -223,6 +223,28 @@ check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
 fi
 fi
 
+# ---- flow 3b: a config that passes "haproxy -c" but cannot start ----
+if wanted 3b; then
+begin 3b "reload with a config that passes haproxy -c but fails to bind"
+if need_active; then
+old=$BODY; pid0=$(mainpid)
+# 192.0.2.1 (TEST-NET-1) is not on the guest's only interface: the check passes, the bind fails.
+write_cfg "unbindable" "$(printf 'frontend unbindable\n\tbind 192.0.2.1:8082\n')"
+check "haproxy -c accepts it" haproxy -c -q -f /etc/haproxy/haproxy.cfg
+reload
+say "       systemctl reload exit status: $RELOAD_RC (${RELOAD_MS} ms)"
+check "old config still serves" wait_for 5 serves "$old"
+check "still active, same MainPID" expect "ActiveState MainPID" "$(prop ActiveState) $(mainpid)" "active $pid0"
+check "StatusText: last reload: failed, with the reason" expect_match StatusText "$(status_text)" "last reload: failed after [0-9]+ ms: .+"
+write_cfg "fixed"
+reload
+check "reload after the fix exits 0 (${RELOAD_MS} ms)" expect rc "$RELOAD_RC" 0
+check "serves the fixed config" wait_for 5 serves
+check "StatusText: last reload: ok" expect_match StatusText "$(status_text)" "last reload: ok"
+check "one generation" wait_one_generation 2
+fi
+fi
+
 # ---- flow 4: notifications only from the main pid ----
 if wanted 4; then
 begin 4 "no 'reception only permitted for main PID' in the journal"
