@@ -871,9 +871,13 @@ def machine():
 
 
 def git_head():
+    """The commit, and whether the wrapper's sources differ from it (the binary was built from those)."""
     try:
-        return subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h %s"], capture_output=True,
+        head = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h %s"], capture_output=True,
                               text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                               capture_output=True, text=True).stdout.strip()
+        return head + (" (with uncommitted changes in src/ or Cargo.*)" if dirty else "")
     except OSError:
         return "?"
 
