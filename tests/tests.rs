@@ -175,6 +175,7 @@ mod cli {
                 failures.push(format!("{args:?}: {} with stderr {err:?}", describe_status(&st)));
             }
         }
+        t.notify().sync();
         assert!(t.events().is_empty(), "a usage error started haproxy:\n{}", t.events_text());
         assert!(t.notify().messages().is_empty(), "a usage error sent notify messages:\n{}", t.notify().dump());
         assert!(failures.is_empty(), "expected exit 64 and exactly one stderr line:\n{}", failures.join("\n"));

@@ -231,9 +231,15 @@ impl Msg {
     }
 }
 
+const SYNC_PREFIX: &str = "X_TEST_SYNC=";
+
 #[derive(Default)]
 struct NotifyShared {
     msgs: Mutex<Vec<Msg>>,
+    /// The last sync marker the receiving thread saw (see `Notify::sync`).
+    synced: Mutex<u64>,
+    sync_cond: Condvar,
+    sync_sent: AtomicU64,
     cond: Condvar,
     stop: AtomicBool,
 }
@@ -279,11 +285,31 @@ impl Notify {
                     text: String::from_utf8_lossy(&buf[..n]).into_owned(),
                     recv_usec: monotonic_usec(),
                 };
+                if let Some(n) = msg.text.strip_prefix(SYNC_PREFIX) {
+                    *sh.synced.lock().unwrap() = n.trim().parse().unwrap_or(0);
+                    sh.sync_cond.notify_all();
+                    continue;
+                }
                 sh.msgs.lock().unwrap().push(msg);
                 sh.cond.notify_all();
             }
         });
         Notify { path: path.to_path_buf(), shared, thread: Some(thread) }
+    }
+
+    /// Returns once every datagram queued on the socket before this call is recorded: sends a
+    /// marker datagram to the socket (datagrams are received in order) and waits for it.
+    pub fn sync(&self) {
+        let n = self.shared.sync_sent.fetch_add(1, Ordering::SeqCst) + 1;
+        let sock = UnixDatagram::unbound().expect("socket");
+        sock.send_to(format!("{SYNC_PREFIX}{n}").as_bytes(), &self.path).expect("send sync marker");
+        let deadline = Instant::now() + T;
+        let mut synced = self.shared.synced.lock().unwrap();
+        while *synced < n {
+            let now = Instant::now();
+            assert!(now < deadline, "notify socket: sync marker {n} not received within {T:?}");
+            synced = self.shared.sync_cond.wait_timeout(synced, deadline - now).unwrap().0;
+        }
     }
 
     pub fn messages(&self) -> Vec<Msg> {
@@ -583,7 +609,13 @@ impl Ctx {
         let child = self.wrapper.as_mut().expect("no wrapper");
         let st = poll_until(timeout, || child.try_wait().expect("try_wait"));
         match st {
-            Some(st) => st,
+            Some(st) => {
+                // Whatever the wrapper sent before it exited is recorded before the test looks.
+                if let Some(n) = &self.notify {
+                    n.sync();
+                }
+                st
+            }
             None => panic!("wrapper (pid {}) still running after {timeout:?}", self.pid),
         }
     }
