@@ -741,7 +741,12 @@ def table(aggs, kinds):
     row("reload median (ms)", "reload_med", lambda a: fmt_ms(a["reload_med"]), True)
     row("reload p95 (ms)", "reload_p95", lambda a: fmt_ms(a["reload_p95"]), True)
     row("reload max (ms)", "reload_max", lambda a: fmt_ms(a["reload_max"]), True)
-    row("reload median per run, by round (ms)", None, lambda a: " ".join("%.1f" % ms(x) for x in a["reload_round_meds"]))
+    def per_run(a):
+        meds = a["reload_round_meds"]
+        if len(meds) <= 8:
+            return " ".join("%.1f" % ms(x) for x in meds)
+        return "%.1f .. %.1f (%d runs)" % (ms(min(meds)), ms(max(meds)), len(meds))
+    row("reload median per run, by round (ms)", None, per_run)
     row("reload: signal -> RELOADING=1 (ms, median)", "to_reloading", lambda a: fmt_ms(a["to_reloading"]), True)
     row("reload: signal -> READY=1 (ms, median)", "to_ready", lambda a: fmt_ms(a["to_ready"]), True)
     row("reload: READY=1 -> old processes gone (ms, median)", "ready_to_done", lambda a: fmt_ms(a["ready_to_done"]), True)
