@@ -1295,6 +1295,52 @@ mod real_haproxy {
     }
 
     both_modes! {
+        /// SIGUSR1: haproxy soft-stops, the wrapper exits 0 once it is gone, nothing left.
+        fn sigusr1_graceful_stop(mode) {
+            let (mut t, _cfg) = start("real-usr1", mode);
+            wait_http_200(t.port, T_REAL);
+            t.track_haproxy(REAL_HAPROXY);
+            t.signal(Signal::SIGUSR1);
+            let st = t.wait_exit(T_REAL);
+            assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+            let left: Vec<i32> = t.seen.iter().copied().filter(|p| alive(*p)).collect();
+            assert!(left.is_empty(), "haproxy processes left after the wrapper exited: {left:?}");
+            assert_all_from_wrapper(&t);
+        }
+    }
+
+    both_modes! {
+        /// The pid file names the serving haproxy (foreground: the generation's process, kept
+        /// current across reloads and removed at exit; master-worker: the master, written by it).
+        fn pid_file_names_the_serving_process(mode) {
+            let (mut t, _cfg) = start("real-pid", mode);
+            let pidf = t.path("haproxy.pid");
+            let direct = |t: &Ctx| -> Vec<i32> {
+                children_of(t.pid)
+                    .into_iter()
+                    .filter(|p| exe_of(p.pid).map_or(false, |e| e == Path::new(REAL_HAPROXY)))
+                    .map(|p| p.pid)
+                    .collect()
+            };
+            let serving = direct(&t);
+            assert_eq!(serving.len(), 1, "{serving:?}");
+            let content = poll_until(T, || fs::read_to_string(&pidf).ok().filter(|c| c.lines().any(|l| l.trim() == serving[0].to_string())));
+            assert!(content.is_some(), "pid file {} does not name {}: {:?}", pidf.display(), serving[0], fs::read_to_string(&pidf));
+            assert_reload_ok(&t.reload(T_REAL));
+            let newest = match mode {
+                Mode::Foreground => *direct(&t).iter().find(|p| !serving.contains(p)).expect("no new generation"),
+                Mode::MasterWorker => serving[0],
+            };
+            let content = fs::read_to_string(&pidf).unwrap_or_default();
+            assert!(content.lines().any(|l| l.trim() == newest.to_string()), "pid file after reload: {content:?}, serving {newest}");
+            stop_and_check_nothing_left(&mut t);
+            if mode == Mode::Foreground {
+                assert!(!pidf.exists(), "pid file not removed at exit");
+            }
+        }
+    }
+
+    both_modes! {
         /// kill -9 of the serving haproxy (foreground process / master): the wrapper exits 137.
         fn kill9_of_serving_haproxy_exits_137(mode) {
             let (mut t, _cfg) = start("real-kill9", mode);
