@@ -33,7 +33,7 @@ guest_timeout=$(( timeout_s - 60 ))   # the guest gives up first, so its output 
 
 die() { echo "e2e: $*" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap, systemd-nspawn)"
-for tool in systemd-nspawn mmdebstrap dpkg-deb timeout flock; do
+for tool in systemd-nspawn mmdebstrap dpkg-deb timeout flock unshare; do
     command -v "$tool" >/dev/null || die "$tool not found (make deps installs systemd-container and mmdebstrap)"
 done
 if [ "$smoke" = 0 ]; then
@@ -79,7 +79,11 @@ for suite in "${suites[@]}"; do
     nspawn_env=()
     [ "$suite" = trixie ] && nspawn_env=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1)
     set +e
+    # unshare: nspawn runs as PID 1 of a PID namespace of its own, so even a SIGKILL (timeout's
+    # --kill-after) takes the whole guest with it; a killed nspawn would otherwise leave the guest's
+    # systemd running. timeout's SIGTERM reaches nspawn, which powers the guest off.
     env "${nspawn_env[@]}" timeout --kill-after=20 "$timeout_s" \
+        unshare --pid --fork --kill-child \
         systemd-nspawn --quiet --directory="$root" --volatile=overlay --boot \
             --register=no --keep-unit --private-network --console=read-only \
             --machine="e2e-$suite-$$" \
