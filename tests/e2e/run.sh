@@ -48,6 +48,7 @@ fi
 # One run at a time on this machine: the guests run in our cgroup (--keep-unit), and a second run's
 # guests would share it. A concurrent run waits here (bounded) instead of failing.
 lock=/run/lock/haproxy-systemd-wrapper-e2e.lock
+mkdir -p /run/lock
 exec 8>"$lock"
 if ! flock -n 8; then
     echo "e2e: another run holds $lock; waiting (at most 30 min)"
