@@ -34,6 +34,10 @@ DEBS=(dist/${BIN}_"$VERSION"_*.deb)
 RPMS=(dist/$BIN-"$VERSION"-*.rpm)
 DEB=${DEBS[0]} RPM=${RPMS[0]}
 
+## ---- versions ----
+check "version: Cargo.toml, debian/changelog and the spec agree ($VERSION)" bash -c \
+    "[ \"\$(dpkg-parsechangelog -S Version)\" = '$VERSION' ] && grep -qx 'Version: *$VERSION' rpm/$BIN.spec"
+
 ## ---- the units ----
 # [Service] directives of the drop-in: every one is in the full unit too (same order).
 directives() { sed -n '/^\[Service\]/,/^\[/p' "$1" | grep -v -e '^#' -e '^$' -e '^\['; }
