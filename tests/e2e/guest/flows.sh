@@ -284,26 +284,47 @@ fi
 fi
 
 # ---- flow 7: package upgrade, then reload ----
+# Two upgrades, both with the package under test repacked at a higher version, under one load:
+# 7 (a) the package's own reload is held back (policy-rc.d), so the wrapper keeps running the
+#   deleted old file until the administrator's "systemctl reload" re-executes the new one;
+# 7 (b) a plain upgrade: the package's postinst reloads by itself.
+repack() {                                               # repack VERSION -> prints the new .deb
+    local dir=/tmp/repack-$1
+    rm -rf "$dir"; dpkg-deb -R "$DEB" "$dir" &&
+    sed -i "s/^Version: .*/Version: $1/" "$dir/DEBIAN/control" &&
+    dpkg-deb -b "$dir" "/tmp/haproxy-systemd-wrapper_$1_repack.deb" >/dev/null &&
+    echo "/tmp/haproxy-systemd-wrapper_$1_repack.deb"
+}
+runs_installed_file() {                                  # runs_installed_file PID
+    [ "$(exe_of "$1")" = "$WRAPPER" ] && [ "$(stat -L -c %i "/proc/$1/exe")" = "$(stat -c %i $WRAPPER)" ] && return 0
+    WHY="/proc/$1/exe -> $(exe_of "$1") (inode $(stat -L -c %i "/proc/$1/exe" 2>/dev/null)); $WRAPPER inode $(stat -c %i $WRAPPER)"
+    return 1
+}
 if wanted 7; then
 begin 7 "upgrade to a newer build, then reload: new binary, same MainPID"
 if need_active; then
-ver=$(dpkg-deb -f "$DEB" Version); newver="$ver+e2e1"
-rm -rf /tmp/repack; dpkg-deb -R "$DEB" /tmp/repack
-sed -i "s/^Version: .*/Version: $newver/" /tmp/repack/DEBIAN/control
-NEWDEB=/tmp/haproxy-systemd-wrapper_${newver}_repack.deb
-check "repacked as $newver" dpkg-deb -b /tmp/repack "$NEWDEB"
+ver=$(dpkg-deb -f "$DEB" Version)
+DEB1=$(repack "$ver+e2e1"); DEB2=$(repack "$ver+e2e2")
+check "repacked as $ver+e2e1 and $ver+e2e2" test -f "$DEB1" -a -f "$DEB2"
 pid0=$(mainpid)
 check "load generator running" start_load
-check "apt-get install the newer build" apt_install "$NEWDEB"
-check "version $newver installed" expect version "$(dpkg-query -W -f '${Version}' haproxy-systemd-wrapper)" "$newver"
-say "       after install, before reload: /proc/$pid0/exe -> $(exe_of "$pid0")"
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+check "(a) apt-get install $ver+e2e1, with the package's own reload denied by policy-rc.d" apt_install "$DEB1"
+rm -f /usr/sbin/policy-rc.d
+check "(a) version $ver+e2e1 installed" expect version "$(dpkg-query -W -f '${Version}' haproxy-systemd-wrapper)" "$ver+e2e1"
+check "(a) before the reload MainPID runs the old, deleted file" expect_match "/proc/$pid0/exe" "$(exe_of "$pid0")" "^$WRAPPER \(deleted\)$"
 reload
+check "(a) systemctl reload exits 0 in < 5 s (${RELOAD_MS} ms)" expect "rc fast" "$RELOAD_RC $([ $RELOAD_MS -lt 5000 ] && echo yes)" "0 yes"
+check "(a) MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
+check "(a) MainPID runs the new file (not deleted, same inode)" runs_installed_file "$pid0"
+check "(b) apt-get install $ver+e2e2 (its postinst reloads)" apt_install "$DEB2"
+check "(b) version $ver+e2e2 installed" expect version "$(dpkg-query -W -f '${Version}' haproxy-systemd-wrapper)" "$ver+e2e2"
+check "(b) MainPID runs the new file (not deleted, same inode)" wait_for 10 runs_installed_file "$pid0"
+check "(b) MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
 stop_load
-check "systemctl reload exits 0 in < 5 s (${RELOAD_MS} ms)" expect "rc fast" "$RELOAD_RC $([ $RELOAD_MS -lt 5000 ] && echo yes)" "0 yes"
-check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
-check "MainPID runs the new file (not deleted)" expect "/proc/$pid0/exe" "$(exe_of "$pid0")" "$WRAPPER"
-check "same inode as the installed binary" expect "inode" "$(stat -L -c %i "/proc/$pid0/exe")" "$(stat -c %i $WRAPPER)"
+say "       load: $LOAD_RESULT"
 check "no request failed" load_clean
+check "StatusText: last reload: ok" expect_match StatusText "$(status_text)" "last reload: ok"
 check "one generation" wait_one_generation 2
 fi
 fi
