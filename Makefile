@@ -8,10 +8,21 @@ CARGO   ?= cargo
 CARGO_FLAGS ?= --locked
 BIN     := haproxy-systemd-wrapper
 
-.PHONY: all build test deps test-cargo clean
+.PHONY: all build test deps test-cargo cargo-test clean
 all: build
 
 ## ---- core (build, unit + integration tests) ----
+# Debian 12's cargo (1.65) would clone crates.io's whole git index from github.com; the sparse
+# protocol (the default from cargo 1.70) only fetches what Cargo.lock names. cargo 1.65 has it
+# behind -Z sparse-registry: this enables it for cargo alone (rustc is not affected).
+CARGO_MINOR := $(shell $(CARGO) --version 2>/dev/null | sed -n 's/^cargo 1\.\([0-9]*\)\..*/\1/p')
+ifneq (,$(CARGO_MINOR))
+ifeq (,$(shell [ $(CARGO_MINOR) -lt 68 ] || echo new))
+export CARGO_UNSTABLE_SPARSE_REGISTRY = true
+export __CARGO_TEST_CHANNEL_OVERRIDE_DO_NOT_USE_THIS = nightly
+endif
+endif
+
 build:
 	$(CARGO) build --release $(CARGO_FLAGS)
 
@@ -19,10 +30,15 @@ build:
 deps:
 	tests/install-deps.sh
 
+# Unit tests and the integration tests (fake and real haproxy); `cargo-test` without installing anything
+# (the package builds run it).
 test-cargo: deps
+	$(MAKE) cargo-test
+
+cargo-test:
 	$(CARGO) test $(CARGO_FLAGS)
 
-test: test-cargo test-packaging test-e2e
+test: test-cargo bench-test test-packaging test-e2e
 
 clean:
 	$(CARGO) clean

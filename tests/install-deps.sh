@@ -3,6 +3,8 @@
 set -eu
 PKGS="haproxy curl python3 wrk rpm rpmlint lintian systemd-container mmdebstrap debhelper devscripts equivs build-essential iproute2 cpio man-db dpkg-dev"
 missing=""
+# No cargo on PATH (a fresh Debian/Ubuntu host): Debian's toolchain (the crate builds with rustc 1.63).
+command -v cargo >/dev/null 2>&1 || PKGS="$PKGS cargo rustc"
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
