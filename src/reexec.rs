@@ -46,6 +46,27 @@ pub struct Carried {
     pub pidfile_written: bool,
 }
 
+impl Carried {
+    /// The state of a wrapper that has started nothing yet.
+    pub fn new(wrapper_pid: i32, exe: PathBuf, relay: (RawFd, RawFd), master_sock: Option<RawFd>) -> Carried {
+        Carried {
+            wrapper_pid,
+            exe,
+            next_gen: 1,
+            serving: None,
+            draining: vec![],
+            workers: vec![],
+            old_workers: vec![],
+            last_reload: LastReload::None,
+            reloads: 0,
+            relay,
+            master_sock,
+            reload_started_ns: 0,
+            pidfile_written: false,
+        }
+    }
+}
+
 fn gens(v: &[Gen]) -> String {
     v.iter().map(|g| format!("{}:{}", g.n, g.pid)).collect::<Vec<_>>().join(",")
 }
@@ -115,21 +136,7 @@ fn parse_pids(k: &str, v: &str) -> Result<Vec<i32>, String> {
 }
 
 pub fn decode(s: &str) -> Result<Carried, String> {
-    let mut c = Carried {
-        wrapper_pid: 0,
-        exe: PathBuf::new(),
-        next_gen: 1,
-        serving: None,
-        draining: vec![],
-        workers: vec![],
-        old_workers: vec![],
-        last_reload: LastReload::None,
-        reloads: 0,
-        relay: (-1, -1),
-        master_sock: None,
-        reload_started_ns: 0,
-        pidfile_written: false,
-    };
+    let mut c = Carried::new(0, PathBuf::new(), (-1, -1), None);
     let mut version = None;
     for field in s.split(';') {
         let (k, v) = field.split_once('=').ok_or_else(|| format!("bad field '{}'", field))?;

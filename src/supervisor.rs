@@ -126,6 +126,34 @@ fn handover_may_be_at_fault(alerts: &[String]) -> bool {
 }
 
 impl Supervisor {
+    fn new(
+        opts: Options,
+        args: HaproxyArgs,
+        program: PathBuf,
+        c: Carried,
+        sigfd: SignalFd,
+        relay: Relay,
+        master: Option<MasterSocket>,
+    ) -> Supervisor {
+        Supervisor {
+            opts,
+            args,
+            program,
+            c,
+            phase: Phase::Running,
+            pending_reload: false,
+            sigfd,
+            relay,
+            master,
+            systemd: Systemd::new(),
+            watchdog: notify::watchdog_interval(),
+            next_watchdog_ns: 0,
+            next_drain_check_ns: 0,
+            exit_code: None,
+            serving_status: None,
+        }
+    }
+
     /// A fresh start: set up, start generation 1.
     pub fn start(opts: Options, args: HaproxyArgs) -> Result<Supervisor, Error> {
         let exe = resolve_self_exe();
@@ -150,38 +178,8 @@ impl Supervisor {
                 Self::note_old_pidfile(pf);
             }
         }
-        let c = Carried {
-            wrapper_pid: std::process::id() as i32,
-            exe,
-            next_gen: 1,
-            serving: None,
-            draining: vec![],
-            workers: vec![],
-            old_workers: vec![],
-            last_reload: LastReload::None,
-            reloads: 0,
-            relay: (relay.r, relay.w),
-            master_sock: master.as_ref().map(|m| m.fd()),
-            reload_started_ns: 0,
-            pidfile_written: false,
-        };
-        let mut s = Supervisor {
-            opts,
-            args,
-            program,
-            c,
-            phase: Phase::Running,
-            pending_reload: false,
-            sigfd,
-            relay,
-            master,
-            systemd: Systemd::new(),
-            watchdog: notify::watchdog_interval(),
-            next_watchdog_ns: 0,
-            next_drain_check_ns: 0,
-            exit_code: None,
-            serving_status: None,
-        };
+        let c = Carried::new(std::process::id() as i32, exe, (relay.r, relay.w), master.as_ref().map(|m| m.fd()));
+        let mut s = Supervisor::new(opts, args, program, c, sigfd, relay, master);
         info!(
             "starting {} ({} mode, haproxy {})",
             env!("CARGO_PKG_NAME"),
@@ -223,23 +221,7 @@ impl Supervisor {
         }
         let program = haproxy::locate(opts.haproxy.as_deref(), &c.exe)?;
         let t0 = c.reload_started_ns;
-        let mut s = Supervisor {
-            opts,
-            args,
-            program,
-            c,
-            phase: Phase::Running,
-            pending_reload: false,
-            sigfd,
-            relay,
-            master,
-            systemd: Systemd::new(),
-            watchdog: notify::watchdog_interval(),
-            next_watchdog_ns: 0,
-            next_drain_check_ns: 0,
-            exit_code: None,
-            serving_status: None,
-        };
+        let mut s = Supervisor::new(opts, args, program, c, sigfd, relay, master);
         info!("re-executed {} (pid {}), reloading", s.c.exe.display(), me);
         // A child may have ended while we were exec'ing: its SIGCHLD is pending and read below,
         // but reap first so the reload starts from the truth.
