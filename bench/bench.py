@@ -252,6 +252,24 @@ def memory_kib(pid):
     return out
 
 
+def cpu_ms(pid):
+    """CPU time the process itself (not its children) has used, in ms: /proc/PID/sched's
+    se.sum_exec_runtime (ns precision) where the kernel has it, else utime+stime (clock ticks)."""
+    try:
+        with open("/proc/%d/sched" % pid) as f:
+            for line in f:
+                if line.startswith("se.sum_exec_runtime"):
+                    return float(line.split(":")[1])
+    except OSError:
+        pass
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def fd_count(pid):
     try:
         return len(os.listdir("/proc/%d/fd" % pid))
@@ -461,6 +479,7 @@ def sample(root):
         "file": mem["file"],
         "pss": mem["pss"],
         "fds": fd_count(root),
+        "cpu_ms": cpu_ms(root),
         "procs": len(desc),
         "zombies": sum(1 for st in desc.values() if st[2] == "Z"),
     }
@@ -700,6 +719,9 @@ def aggregate(runs):
             all(s[key] == r["before"][key] for s in r["samples"]) for r in ok)
     for key in ("anon", "file", "pss"):
         a[key + "_after"] = max(r["after"][key] or 0 for r in ok)
+    per_reload = [(r["after"]["cpu_ms"] - r["before"]["cpu_ms"]) / len(r["reloads"]) for r in ok
+                  if r["reloads"] and r["after"].get("cpu_ms") is not None and r["before"].get("cpu_ms") is not None]
+    a["cpu_per_reload"] = median(per_reload)
     for key in ("ready_to_done", "to_reloading", "to_ready", "self_reported"):
         a[key] = median([x for r in ok for x in r.get(key, [])])
     a["stop"] = median([r["stop"] for r in ok])
@@ -751,6 +773,8 @@ def table(aggs, kinds):
     row("reload: signal -> READY=1 (ms, median)", "to_ready", lambda a: fmt_ms(a["to_ready"]), True)
     row("reload: READY=1 -> old processes gone (ms, median)", "ready_to_done", lambda a: fmt_ms(a["ready_to_done"]), True)
     row("reload as the wrapper's STATUS reports it (ms, median)", None, lambda a: fmt_ms(a["self_reported"]))
+    row("main process CPU time per reload (ms; native: the master's)", None,
+        lambda a: "-" if a["cpu_per_reload"] is None else "%.2f" % a["cpu_per_reload"])
     if ratio_cols:
         cells = ["reload: median of per-round ratios"] + [""] * len(cols)
         for k in ratio_cols:

@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 TRACING = "/sys/kernel/tracing"
-EVENTS = "signal:signal_generate sched:sched_process_exec"
-LINE = re.compile(r"^\s*(?P<comm>.+?)-(?P<tid>\d+)\s+\[\d+\]\s+\S+\s+(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s+(?P<rest>.*)$")
+EVENTS = "signal:signal_generate sched:sched_process_exec syscalls:sys_enter_sendmsg syscalls:sys_enter_sendto"
+LINE = re.compile(r"^\s*(?P<comm>.+?)-(?P<tid>\d+)\s+\[\d+\]\s+\S+\s+(?P<ts>\d+\.\d+):\s+(?P<event>\w+)[:(]\s*(?P<rest>.*)$")
 
 
 class Tracefs:
@@ -82,7 +82,9 @@ class Tracefs:
 
 
 def main():
-    reloads = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    args = [a for a in sys.argv[1:] if a != "--load"]
+    with_load = "--load" in sys.argv[1:]
+    reloads = int(args[0]) if args else 20
     if os.geteuid() != 0:
         raise SystemExit("trace_handoff: needs root (ftrace)")
     bench.preflight(["wrapper-mw"])
@@ -92,6 +94,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="haproxy-trace.")
     notify = None
     run = None
+    load = None
     try:
         port = bench.free_port()
         cfg, sock = bench.write_config(tmp, port)
@@ -104,6 +107,9 @@ def main():
         if len(masters) != 1:
             raise SystemExit("trace_handoff: expected one master under the wrapper, found %r" % masters)
         master = masters[0]
+        if with_load:
+            load = bench.Load(tmp, port, os.path.join(tmp, "wrk.out"))
+            load.wait_first_response()
         with Tracefs() as tr:
             tr.write("set_event_pid", "%d %d %d" % (os.getpid(), wrapper, master))
             tr.write("tracing_on", "1")
@@ -111,25 +117,16 @@ def main():
                 run.reload()
             tr.write("tracing_on", "0")
             trace = tr.read("trace")
-        # READY=1 in trace time: the traced signal is within microseconds of the bench's t0.
-        ready_at = [t0 + d for t0, d in zip(reload_starts(trace, os.getpid(), wrapper), run.r["to_ready"])]
-        rows = pair(trace, os.getpid(), wrapper, master)
+        if load is not None:
+            w = load.stop()
+            load = None
+            print("load: %d requests, %d failed" % (w["requests"], w["failed"]))
         run.stop()
-        if len(rows) != reloads:
-            print("trace_handoff: %d reloads but %d complete traces" % (reloads, len(rows)))
-        print("per reload, ms:   signal->exec  exec->master  hand-on  master->READY  total")
-        parts = {"a": [], "b": [], "c": [], "d": [], "e": []}
-        for (t_sig, t_exec, t_master), t_ready in zip(rows, ready_at):
-            a, b, c = t_exec - t_sig, t_master - t_exec, t_master - t_sig
-            d, e = t_ready - t_master, t_ready - t_sig
-            for k, v in zip("abcde", (a, b, c, d, e)):
-                parts[k].append(v)
-            print("               %12.2f  %12.2f  %7.2f  %13.2f  %5.1f" % tuple(x * 1000 for x in (a, b, c, d, e)))
-        if parts["a"]:
-            med = {k: statistics.median(v) * 1000 for k, v in parts.items()}
-            print("median:         %12.2f  %12.2f  %7.2f  %13.2f  %5.1f" % tuple(med[k] for k in "abcde"))
-            print("hand-on = %.1f %% of the median reload" % (100.0 * med["c"] / med["e"]))
+        report(list(events(trace)), os.getpid(), wrapper, master, reloads, with_load)
     finally:
+        if load is not None and load.proc.poll() is None:
+            load.proc.kill()
+            load.proc.wait()
         if run is not None and run.proc is not None and run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait()
@@ -146,26 +143,46 @@ def events(trace):
             yield int(m.group("tid")), float(m.group("ts")), m.group("event"), m.group("rest")
 
 
-def reload_starts(trace, me, wrapper):
-    return [ts for tid, ts, ev, rest in events(trace)
-            if tid == me and ev == "signal_generate" and "sig=12 " in rest and " pid=%d " % wrapper in rest]
+def is_sig(ev, rest, target):
+    return ev == "signal_generate" and "sig=12 " in rest and " pid=%d " % target in rest
 
 
-def pair(trace, me, wrapper, master):
-    """[(bench's SIGUSR2 to the wrapper, the wrapper's exec, the wrapper's SIGUSR2 to the master)]"""
+def is_send(ev):
+    return ev in ("sys_sendmsg", "sys_sendto", "sys_enter_sendmsg", "sys_enter_sendto")
+
+
+def report(evs, me, wrapper, master, reloads, with_load):
+    """One row per reload window (from one bench SIGUSR2 to the next)."""
+    starts = [i for i, (tid, _ts, ev, rest) in enumerate(evs) if tid == me and is_sig(ev, rest, wrapper)]
+    if len(starts) != reloads:
+        print("trace_handoff: %d reloads but %d traced signals" % (reloads, len(starts)))
+    cols = ("signal->exec", "exec->master", "hand-on", "master->its READY", "relay", "total")
+    print("wrapper master-worker reload, %s, ms per reload:" % ("under the bench's wrk load" if with_load else "no load"))
+    print("  " + "  ".join("%17s" % c for c in cols))
     rows = []
-    cur = None
-    for tid, ts, ev, rest in events(trace):
-        if tid == me and ev == "signal_generate" and "sig=12 " in rest and " pid=%d " % wrapper in rest:
-            cur = [ts, None, None]
-        elif cur and tid == wrapper and ev == "sched_process_exec" and cur[1] is None:
-            cur[1] = ts
-        elif cur and tid == wrapper and ev == "signal_generate" and "sig=12 " in rest and " pid=%d " % master in rest:
-            cur[2] = ts
-            if cur[1] is not None:
-                rows.append(tuple(cur))
-            cur = None
-    return rows
+    for n, i in enumerate(starts):
+        window = evs[i:starts[n + 1]] if n + 1 < len(starts) else evs[i:]
+        t_sig = window[0][1]
+        t_exec = next((ts for tid, ts, ev, _r in window if tid == wrapper and ev == "sched_process_exec"), None)
+        t_master = next((ts for tid, ts, ev, r in window if tid == wrapper and is_sig(ev, r, master)), None)
+        wsends = [ts for tid, ts, ev, _r in window if tid == wrapper and is_send(ev) and t_master and ts > t_master]
+        t_wready = wsends[-1] if wsends else None
+        msends = [ts for tid, ts, ev, _r in window
+                  if tid == master and is_send(ev) and t_wready and t_master and t_master < ts < t_wready]
+        t_mready = msends[-1] if msends else None
+        if None in (t_exec, t_master, t_wready, t_mready):
+            continue
+        row = (t_exec - t_sig, t_master - t_exec, t_master - t_sig, t_mready - t_master, t_wready - t_mready,
+               t_wready - t_sig)
+        rows.append(row)
+        print("  " + "  ".join("%17.2f" % (x * 1000) for x in row))
+    if rows:
+        med = [statistics.median(col) * 1000 for col in zip(*rows)]
+        print("median " + "  ".join("%17.2f" % x for x in med)[5:])
+        print("wrapper's share (hand-on + relay): %.2f ms = %.1f %% of the median reload" % (
+            med[2] + med[4], 100.0 * (med[2] + med[4]) / med[5]))
+    print("(master->its READY: the master's last send before the wrapper's last one, i.e. its READY=1 to the\n"
+          " wrapper; relay: from there to the wrapper's READY=1 to the bench; total: signal -> that send)")
 
 
 if __name__ == "__main__":
