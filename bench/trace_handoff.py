@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """Where the wrapper's master-worker reload time goes, seen by the kernel (needs root and tracefs).
 
-    python3 bench/trace_handoff.py [RELOADS]        (default 20)
+    python3 bench/trace_handoff.py [RELOADS] [--load]        (default 20 reloads, no load)
 
 Starts the wrapper in master-worker mode the way `make bench` does (same generated config, pinned to
-CPU 0, notify socket of ours; no load, so the figures are the wrapper's own cost, not the queueing of a
-busy CPU), reloads it RELOADS times, and traces with ftrace, restricted to the bench, the wrapper and
-the master: `signal:signal_generate` and `sched:sched_process_exec`, on CLOCK_MONOTONIC (`trace_clock
-mono`, the clock the bench reads). Per reload:
+CPU 0, notify socket of ours; with --load, the bench's wrk load on CPU 1), reloads it RELOADS times, and
+traces with ftrace, restricted to the bench, the wrapper and the master: `signal:signal_generate`,
+`sched:sched_process_exec` and the entries of `sendmsg`/`sendto`, on CLOCK_MONOTONIC. Per reload:
 
-    signal -> exec        the bench's SIGUSR2 to the wrapper -> the wrapper's re-exec
-    exec -> master        the re-exec -> the wrapper's SIGUSR2 to the haproxy master
-    hand-on               signal -> master: what the wrapper puts in front of haproxy's own reload
-    master -> READY       the master's SIGUSR2 -> the wrapper's READY=1 at the bench (haproxy's reload
-                          plus the relay of the master's READY=1)
+    signal->exec         the bench's SIGUSR2 to the wrapper -> the wrapper's re-exec
+    exec->master         the re-exec -> the wrapper's SIGUSR2 to the haproxy master
+    hand-on              the sum: what the wrapper puts in front of haproxy's own reload
+    master->its READY    the master's SIGUSR2 -> the master's last send before the wrapper's last send
+                         (its READY=1 to the wrapper)
+    relay                -> the wrapper's last send (its READY=1 to the bench)
+    total                the bench's signal -> the wrapper's READY=1
 
 tracefs is mounted on /sys/kernel/tracing if it is not, and unmounted again; the tracing settings
 touched are restored on every exit path.
