@@ -596,10 +596,10 @@ impl Supervisor {
         if self.master.is_some() {
             self.on_master_messages();
         }
-        // The workers before the signal: the ones already known plus what the process table shows
-        // (a worker the master started behind our back must not pass for the reload's new one).
+        // The workers before the signal are the ones already known: the master forks only at its
+        // start and its reloads, and the wrapper records the children after each of them (a late
+        // READY=1 too), so no /proc walk has to delay the signal.
         let mut old: Vec<i32> = self.c.workers.iter().chain(self.c.old_workers.iter()).copied().collect();
-        old.extend(procs::children_of(master));
         old.sort_unstable();
         old.dedup();
         a.old_workers = old;
