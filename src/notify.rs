@@ -1,68 +1,109 @@
 //! All sd_notify traffic: the wrapper's messages to systemd, the private socket on which the
 //! haproxy master (master-worker mode) reports to the wrapper, and the STATUS= line.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
-use sd_notify::NotifyState;
 
 use crate::cli::Mode;
 use crate::reexec::LastReload;
 
-/// The wrapper's messages to systemd. Without NOTIFY_SOCKET they are skipped.
+/// The wrapper's messages to systemd, on one socket opened at start (a socket per message would
+/// make the descriptor count flicker). Without NOTIFY_SOCKET they are skipped.
 pub struct Systemd {
+    target: Option<(OwnedFd, UnixAddr)>,
     last_status: String,
+}
+
+/// NOTIFY_SOCKET's address: a path, or `@name` in the abstract namespace.
+fn notify_address(value: &OsStr) -> nix::Result<UnixAddr> {
+    match value.as_bytes().strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name),
+        None => UnixAddr::new(value),
+    }
 }
 
 impl Systemd {
     pub fn new() -> Systemd {
-        Systemd { last_status: String::new() }
+        let target = std::env::var_os("NOTIFY_SOCKET").and_then(|value| {
+            let opened = notify_address(&value).and_then(|addr| {
+                let raw = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+                // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
+                Ok((unsafe { OwnedFd::from_raw_fd(raw) }, addr))
+            });
+            match opened {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warning!("NOTIFY_SOCKET={:?} is unusable: {}", value, e);
+                    None
+                }
+            }
+        });
+        Systemd { target, last_status: String::new() }
     }
 
-    fn send(&self, states: &[NotifyState]) {
-        if let Err(e) = sd_notify::notify(false, states) {
-            warning!("sd_notify failed: {}", e);
+    fn send(&self, fields: &[&str]) {
+        if let Some((fd, addr)) = &self.target {
+            let mut msg = fields.join("\n");
+            msg.push('\n');
+            if let Err(e) = socket::sendto(fd.as_raw_fd(), msg.as_bytes(), addr, MsgFlags::MSG_NOSIGNAL) {
+                warning!("sd_notify failed: {}", e);
+            }
         }
     }
 
     pub fn ready(&mut self, status: &str) {
         self.last_status = status.to_string();
-        let pid = std::process::id();
-        self.send(&[NotifyState::Ready, NotifyState::MainPid(pid), NotifyState::Status(status)]);
+        let pid = format!("MAINPID={}", std::process::id());
+        self.send(&["READY=1", &pid, &format!("STATUS={}", status)]);
     }
 
     pub fn reloading(&mut self, status: &str) {
         self.last_status = status.to_string();
         // systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 to match the reload to its request.
         let usec = format!("MONOTONIC_USEC={}", crate::supervisor::now_ns() / 1000);
-        self.send(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status(status)]);
+        self.send(&["RELOADING=1", &usec, &format!("STATUS={}", status)]);
     }
 
     pub fn stopping(&mut self) {
         self.last_status = "stopping".into();
-        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        self.send(&["STOPPING=1", "STATUS=stopping"]);
     }
 
     /// Sends STATUS= when it changed.
     pub fn status(&mut self, status: &str) {
         if status != self.last_status {
             self.last_status = status.to_string();
-            self.send(&[NotifyState::Status(status)]);
+            self.send(&[&format!("STATUS={}", status)]);
         }
     }
 
     pub fn watchdog(&self) {
-        self.send(&[NotifyState::Watchdog]);
+        self.send(&["WATCHDOG=1"]);
     }
 }
 
-/// The watchdog interval systemd asks for (WATCHDOG_USEC, for this pid), if any.
-pub fn watchdog_interval() -> Option<std::time::Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(std::time::Duration::from_micros(usec))
-    } else {
+/// The watchdog interval systemd asks for (WATCHDOG_USEC, meant for this pid), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec = std::env::var("WATCHDOG_USEC").ok();
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    watchdog_from(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok()?;
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok()? != me {
+            return None;
+        }
+    }
+    if usec == 0 {
         None
+    } else {
+        Some(Duration::from_micros(usec))
     }
 }
 
@@ -183,6 +224,22 @@ pub fn status_line(v: &StatusView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watchdog_only_for_this_pid() {
+        assert_eq!(watchdog_from(Some("500000"), None, 7), Some(Duration::from_millis(500)));
+        assert_eq!(watchdog_from(Some("500000"), Some("7"), 7), Some(Duration::from_millis(500)));
+        assert_eq!(watchdog_from(Some("500000"), Some("8"), 7), None);
+        assert_eq!(watchdog_from(Some("0"), None, 7), None);
+        assert_eq!(watchdog_from(Some("x"), None, 7), None);
+        assert_eq!(watchdog_from(None, Some("7"), 7), None);
+    }
+
+    #[test]
+    fn notify_addresses() {
+        assert_eq!(notify_address(OsStr::new("@abc")).unwrap().as_abstract(), Some(&b"abc"[..]));
+        assert_eq!(notify_address(OsStr::new("/run/systemd/notify")).unwrap().path(), Some(std::path::Path::new("/run/systemd/notify")));
+    }
 
     #[test]
     fn reads_keys_of_a_datagram() {
