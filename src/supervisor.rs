@@ -423,6 +423,9 @@ impl Supervisor {
     }
 
     fn on_master_ready(&mut self) {
+        // haproxy writes its lines before it sends READY=1, but they may still sit in the pipe when
+        // the datagram is read: take them first, they decide the verdict and give the reason.
+        self.on_output();
         let (first, old_workers, loading_failed) = match &self.phase {
             Phase::Starting(a) | Phase::Reloading(a) => (a.first, a.old_workers.clone(), a.loading_failed),
             Phase::Running => {
@@ -668,6 +671,8 @@ impl Supervisor {
     /// The attempt failed. A first start ends the wrapper with `start_code`; a reload leaves the
     /// serving generation untouched (resumed, in case haproxy paused its listeners).
     fn attempt_failed(&mut self, reason: String, start_code: Option<u8>) {
+        // Lines the failed haproxy wrote before it ended belong to this attempt's reason.
+        self.on_output();
         let a = match self.take_attempt() {
             Some(a) => a,
             None => return,
@@ -784,6 +789,8 @@ impl Supervisor {
 
     /// A new generation's haproxy ended before it was ready.
     fn new_haproxy_ended(&mut self, pid: i32, code: u8) {
+        // Its last lines (written before it exited) tell whether the hand-over was at fault.
+        self.on_output();
         let retry = match &mut self.phase {
             Phase::Starting(a) | Phase::Reloading(a)
                 if self.args.mode == Mode::Foreground && a.with_handover && !a.retried && handover_may_be_at_fault(&a.alerts) =>
