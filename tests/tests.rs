@@ -292,10 +292,7 @@ mod start_stop {
         fn ready_timeout_exits_69(mode) {
             let mut t = Ctx::new("timeout69");
             let cfg = t.write("h.cfg", "fake-hang\n");
-            let args = t.fake_args(mode, &cfg, &[]);
-            let mut args2 = vec!["--ready-timeout".to_string(), "1".to_string()];
-            args2.extend(args);
-            t.start(&args2);
+            t.start(&t.fake_args_with_options(mode, &cfg, &["--ready-timeout", "1"]));
             let st = t.wait_exit(T);
             assert_eq!(st.code(), Some(69), "{}", describe_status(&st));
             assert_eq!(t.notify().count(Msg::is_ready), 0, "READY=1 sent:\n{}", t.notify().dump());
@@ -369,10 +366,7 @@ mod start_stop {
         fn stop_timeout_kills_stuck_haproxy(mode) {
             let mut t = Ctx::new("stoptimeout");
             let cfg = t.write("h.cfg", "fake-ignore-term\n");
-            let args = t.fake_args(mode, &cfg, &[]);
-            let mut a = vec!["--stop-timeout".to_string(), "1".to_string()];
-            a.extend(args);
-            t.start(&a);
+            t.start(&t.fake_args_with_options(mode, &cfg, &["--stop-timeout", "1"]));
             t.wait_ready(T);
             let fake = first_fake(&t, mode);
             t.signal(Signal::SIGTERM);
@@ -968,11 +962,8 @@ mod reload {
         fn reload_not_ready_in_time_fails(mode) {
             let mut t = Ctx::new("reloadhang");
             let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
             // 3 s: the first start (Python) must fit in it even on a loaded machine.
-            let mut a = vec!["--ready-timeout".to_string(), "3".to_string()];
-            a.extend(args);
-            t.start(&a);
+            t.start(&t.fake_args_with_options(mode, &cfg, &["--ready-timeout", "3"]));
             t.wait_ready(T);
             let old = newest_serving(&t, mode);
             t.replace("h.cfg", "fake-hang\n");

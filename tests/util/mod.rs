@@ -563,6 +563,16 @@ impl Ctx {
         v
     }
 
+    /// `fake_args` with wrapper options (e.g. `--ready-timeout 1`) among the leading long options.
+    pub fn fake_args_with_options(&self, mode: Mode, cfg: &str, wrapper_opts: &[&str]) -> Vec<String> {
+        let mut v = self.fake_args(mode, cfg, &[]);
+        let at = 2; // after "--haproxy PATH"
+        for (i, o) in wrapper_opts.iter().enumerate() {
+            v.insert(at + i, o.to_string());
+        }
+        v
+    }
+
     /// A private copy of the wrapper program at `rel` (for tests that replace or rename it).
     pub fn copy_wrapper(&self, rel: &str) -> PathBuf {
         let dst = self.path(rel);
