@@ -78,10 +78,29 @@ fn run() -> Result<u8, Error> {
 /// children but their roles are unknown. Stop them (they are ours, by pid) rather than leave
 /// them unsupervised; systemd's Restart= brings the service back.
 fn stop_orphans(e: Error) -> Error {
+    use nix::sys::signal::Signal;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let me = std::process::id() as i32;
     for pid in procs::children_of(me) {
-        haproxy::signal(pid, nix::sys::signal::Signal::SIGTERM);
+        haproxy::signal(pid, Signal::SIGTERM);
     }
-    while nix::sys::wait::wait().is_ok() {}
+    // Bounded: what has not ended after 20 s is killed. This path runs once, with nothing else to do.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match waitpid(None::<nix::unistd::Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Ok(WaitStatus::StillAlive) => {
+                for pid in procs::children_of(me) {
+                    haproxy::signal(pid, Signal::SIGKILL);
+                }
+                while nix::sys::wait::wait().is_ok() {}
+                break;
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => break,
+        }
+    }
     e
 }

@@ -196,7 +196,7 @@ impl Supervisor {
         let me = std::process::id() as i32;
         let mut c = reexec::decode(state).map_err(|e| Error::Internal(format!("state carried across re-exec is unusable: {}", e)))?;
         if c.wrapper_pid != me {
-            return Err(Error::Internal(format!("carried state belongs to pid {}, not {}", c.wrapper_pid, me)));
+            return Err(Error::Internal(format!("state carried across re-exec belongs to pid {}, not {}", c.wrapper_pid, me)));
         }
         for fd in [Some(c.relay.0), Some(c.relay.1), c.master_sock].iter().flatten() {
             haproxy::set_cloexec(*fd, true).map_err(|e| internal("carried descriptor", e))?;

@@ -193,6 +193,26 @@ mod cli {
     }
 
     #[test]
+    fn unusable_reexec_state_exits_70_and_starts_nothing() {
+        // The state variable marks a wrapper re-executed by itself; a damaged one (or one that
+        // belongs to another pid) is an internal error, reported in one line, exit 70.
+        for state in ["garbage", "v=1;pid=1;exe=2f;relay=3,4"] {
+            let mut t = Ctx::new("badstate");
+            let cfg = t.write("h.cfg", "");
+            let mut cmd = t.command(&t.fake_args(Mode::Foreground, &cfg, &[]));
+            cmd.env("HAPROXY_SYSTEMD_WRAPPER_STATE", state);
+            t.spawn(cmd);
+            let st = t.wait_exit(T);
+            assert_eq!(st.code(), Some(70), "{}", describe_status(&st));
+            let log = t.log();
+            assert_eq!(log.trim().lines().count(), 1, "not one line:\n{}", log);
+            assert!(log.contains("re-exec"), "no error message naming the re-exec:\n{}", log);
+            assert_eq!(t.notify().count(Msg::is_ready), 0, "READY=1 sent:\n{}", t.notify().dump());
+            t.assert_no_fake_left();
+        }
+    }
+
+    #[test]
     fn haproxy_not_executable_exits_126() {
         let mut t = Ctx::new("notexec");
         let cfg = t.write("h.cfg", "");
