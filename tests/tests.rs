@@ -916,6 +916,24 @@ mod reload {
     }
 
     #[test]
+    fn started_by_bare_name_through_path() {
+        // argv[0] is a bare name: the haproxy beside the wrapper and the re-exec must still be found.
+        let mut t = Ctx::new("barename");
+        t.copy_wrapper("bin/haproxy-systemd-wrapper");
+        std::os::unix::fs::symlink(FAKE_HAPROXY, t.path("bin/haproxy")).unwrap();
+        let cfg = t.write("h.cfg", "");
+        let path = format!("{}:{}", t.p("bin"), std::env::var("PATH").unwrap_or_default());
+        let mut cmd = t.command_prog(Path::new("haproxy-systemd-wrapper"), &["-f", &cfg]);
+        cmd.env("PATH", path);
+        t.spawn(cmd);
+        t.wait_ready(T);
+        assert_eq!(t.ready_pids("fg").len(), 1, "the haproxy beside the wrapper was not used");
+        assert_reload_ok(&t.reload(T));
+        assert_eq!(t.ready_pids("fg").len(), 2);
+        stop_and_expect_0(&mut t, T);
+    }
+
+    #[test]
     fn reload_reexecs_the_program_now_on_disk() {
         let mut t = Ctx::new("upgrade");
         let wrapper = t.copy_wrapper("bin/hsw");
