@@ -454,9 +454,10 @@ mod start_stop {
             t.start(&args);
             t.wait_events("fake start", 1, T, |e| e.what == "start" && e.role == mode.role());
             t.signal(Signal::SIGUSR2);
-            // Nothing observable acknowledges the signal while starting; the wrapper is meant to
-            // read it at once, so it is sent well before the gate opens.
-            assert!(!t.notify().wait_for(Duration::from_millis(300), |m| m.iter().any(Msg::is_ready)));
+            // The wrapper's log line is the handshake: the signal was read while haproxy starts.
+            let seen = poll_until(T, || t.log().contains("received during a start or reload").then_some(()));
+            assert!(seen.is_some(), "the SIGUSR2 was not read during the start:\n{}", t.log());
+            assert_eq!(t.notify().count(Msg::is_ready), 0, "READY=1 before haproxy was ready:\n{}", t.notify().dump());
             fs::write(&gate, "").unwrap();
             let ok = t.notify().wait_for(T, |m| notify_sequence(m) == "R L R");
             assert!(ok, "expected start, then one reload:\n{}", t.notify().dump());
