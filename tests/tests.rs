@@ -325,10 +325,7 @@ mod start_stop {
         /// SIGTERM: STOPPING=1, haproxy gets SIGTERM, wrapper exits 0, nothing left behind.
         fn sigterm_stops_everything_and_exits_0(mode) {
             let mut t = Ctx::new("sigterm");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             let fake = first_fake(&t, mode);
             stop_and_expect_0(&mut t, T);
             assert!(t.events().iter().any(|e| e.pid == fake && e.what == "signal" && e.rest == "SIGTERM"), "haproxy did not get SIGTERM:\n{}", t.events_text());
@@ -355,10 +352,7 @@ mod start_stop {
         /// haproxy ending with 143 after our SIGTERM is a clean stop: exit 0.
         fn sigterm_with_haproxy_exit_143_is_clean(mode) {
             let mut t = Ctx::new("term143");
-            let cfg = t.write("h.cfg", "fake-term-exit 143\n");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "fake-term-exit 143\n");
             stop_and_expect_0(&mut t, T);
             t.assert_no_fake_left();
         }
@@ -368,10 +362,7 @@ mod start_stop {
         /// SIGUSR1: graceful stop, haproxy gets SIGUSR1 (soft-stop), wrapper exits 0.
         fn sigusr1_graceful_stop(mode) {
             let mut t = Ctx::new("sigusr1");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             let fake = first_fake(&t, mode);
             t.signal(Signal::SIGUSR1);
             let st = t.wait_exit(T);
@@ -401,10 +392,7 @@ mod start_stop {
         /// The serving haproxy killed by SIGKILL: the wrapper exits 128+9.
         fn haproxy_killed_by_sigkill_exits_137(mode) {
             let mut t = Ctx::new("kill9");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             let fake = first_fake(&t, mode);
             kill(Pid::from_raw(fake), Signal::SIGKILL).unwrap();
             let st = t.wait_exit(T);
@@ -416,10 +404,7 @@ mod start_stop {
         /// SIGTTOU and SIGTTIN are passed on to haproxy.
         fn sigttou_sigttin_are_passed_on(mode) {
             let mut t = Ctx::new("ttou");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             let fake = first_fake(&t, mode);
             t.signal(Signal::SIGTTOU);
             t.wait_events("SIGTTOU at haproxy", 1, T, |e| e.pid == fake && e.rest == "SIGTTOU");
@@ -433,10 +418,7 @@ mod start_stop {
         fn serving_haproxy_exit_status_is_passed_on(mode) {
             let mut t = Ctx::new("exit7");
             let die = t.p("die");
-            let cfg = t.write("h.cfg", &format!("fake-exit-on-file {die} 7\n"));
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, &format!("fake-exit-on-file {die} 7\n"));
             fs::write(&die, "").unwrap();
             let st = t.wait_exit(T);
             assert_eq!(st.code(), Some(7), "{}", describe_status(&st));
@@ -574,10 +556,7 @@ mod child_state {
         /// The wrapper's own fd count is the same after 10 reloads (re-execs) as before.
         fn wrapper_fd_count_stable_over_10_reloads(mode) {
             let mut t = Ctx::new("fds");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             let before = fd_count(t.pid);
             let before_list = fd_list(t.pid);
             for _ in 0..10 {
@@ -627,10 +606,7 @@ mod child_state {
         fn orphans_do_not_outlive_the_wrapper(mode) {
             let mut t = Ctx::new("orphan");
             let opid = t.p("orphan.pid");
-            let cfg = t.write("h.cfg", &format!("fake-orphan {opid}\n"));
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, &format!("fake-orphan {opid}\n"));
             let orphan: i32 = poll_until(T, || fs::read_to_string(&opid).ok().and_then(|s| s.trim().parse().ok()))
                 .expect("the fake did not leave its orphan");
             t.seen.insert(orphan);
@@ -654,10 +630,7 @@ mod reload {
         /// generation each time, then STOPPING=1.
         fn reload_sequence(mode) {
             let mut t = Ctx::new("reloadseq");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             let mut serving = vec![newest_serving(&t, mode)];
             for gen in 2..=4 {
                 let status = t.reload(T);
@@ -683,10 +656,7 @@ mod reload {
         /// Two SIGUSR2 1 ms apart: one or two reloads, never overlapping, each ending in READY=1.
         fn two_sigusr2_1ms_apart(mode) {
             let mut t = Ctx::new("usr2x2");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             t.signal(Signal::SIGUSR2);
             thread::sleep(Duration::from_millis(1)); // the spacing under test, not a wait
             t.signal(Signal::SIGUSR2);
@@ -712,10 +682,7 @@ mod reload {
         /// config is eventually served.
         fn sigusr2_right_after_sigusr2_is_not_lost(mode) {
             let mut t = Ctx::new("usr2lost");
-            let cfg = t.write("h.cfg", "fake-marker A\n");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "fake-marker A\n");
             t.replace("h.cfg", "fake-marker B\n");
             t.signal(Signal::SIGUSR2);
             t.replace("h.cfg", "fake-marker C\n");
@@ -740,10 +707,7 @@ mod reload {
         /// follow-up reload.
         fn sigusr2_during_reload_gives_one_followup(mode) {
             let mut t = Ctx::new("usr2during");
-            let cfg = t.write("h.cfg", "fake-marker A\n");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "fake-marker A\n");
             t.replace("h.cfg", "fake-marker B\n");
             t.signal(Signal::SIGUSR2);
             t.notify().wait_count("RELOADING=1", 1, T, Msg::is_reloading);
@@ -763,10 +727,7 @@ mod reload {
         /// SIGTERM right after SIGUSR2 is not lost: the wrapper stops and exits 0.
         fn sigterm_right_after_sigusr2_stops(mode) {
             let mut t = Ctx::new("usr2term");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             t.signal(Signal::SIGUSR2);
             t.signal(Signal::SIGTERM);
             let st = t.wait_exit(T);
@@ -780,10 +741,7 @@ mod reload {
         /// After reloads no child of the wrapper stays a zombie.
         fn no_zombies_after_reloads(mode) {
             let mut t = Ctx::new("zombies");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             for _ in 0..5 {
                 assert_reload_ok(&t.reload(T));
             }
@@ -800,10 +758,7 @@ mod reload {
         /// generation keeps running, and the next reload with a fixed config succeeds.
         fn failed_reload_keeps_old_generation(mode) {
             let mut t = Ctx::new("badreload");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             let old = newest_serving(&t, mode);
             t.replace("h.cfg", "fake-bad\n");
             let status = t.reload(T);
@@ -1054,10 +1009,7 @@ mod reload {
         /// SIGTERM while an old generation is still draining stops it too.
         fn stop_while_draining_stops_every_generation(mode) {
             let mut t = Ctx::new("stopdrain");
-            let cfg = t.write("h.cfg", "fake-ignore-usr1\n");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "fake-ignore-usr1\n");
             let old = newest_serving(&t, mode);
             assert_reload_ok(&t.reload(T));
             t.wait_events("soft-stop of the old generation", 1, T, |e| e.pid == old && e.rest == "SIGUSR1");
@@ -1182,10 +1134,7 @@ mod logs {
         /// [WARNING] → <4>, [ALERT] → <3>; every wrapper line has a priority prefix.
         fn haproxy_lines_are_reemitted_with_priority(mode) {
             let mut t = Ctx::new("logprio");
-            let cfg = t.write("h.cfg", "");
-            let args = t.fake_args(mode, &cfg, &[]);
-            t.start(&args);
-            t.wait_ready(T);
+            t.start_fake_ready(mode, "");
             wait_log_line(&t, "<4>", "fake haproxy started");
             t.replace("h.cfg", "fake-bad\n");
             t.reload(T);

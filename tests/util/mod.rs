@@ -563,6 +563,16 @@ impl Ctx {
         v
     }
 
+    /// Writes `h.cfg`, starts the wrapper on the fake haproxy in `mode` and waits for its READY=1;
+    /// returns the configuration's path.
+    pub fn start_fake_ready(&mut self, mode: Mode, cfg_text: &str) -> String {
+        let cfg = self.write("h.cfg", cfg_text);
+        let args = self.fake_args(mode, &cfg, &[]);
+        self.start(&args);
+        self.wait_ready(T);
+        cfg
+    }
+
     /// `fake_args` with wrapper options (e.g. `--ready-timeout 1`) among the leading long options.
     pub fn fake_args_with_options(&self, mode: Mode, cfg: &str, wrapper_opts: &[&str]) -> Vec<String> {
         let mut v = self.fake_args(mode, cfg, &[]);
