@@ -446,13 +446,11 @@ impl Supervisor {
         };
         let workers = procs::children_of(master);
         let new: Vec<i32> = workers.iter().copied().filter(|w| !old_workers.contains(w)).collect();
-        if first {
-            self.attempt_succeeded(master, new);
-        } else if loading_failed || new.is_empty() {
+        if !first && (loading_failed || new.is_empty()) {
             let reason = if loading_failed { "haproxy reported a loading failure" } else { "the master started no new worker" };
             self.attempt_failed(reason.to_string(), None);
         } else {
-            self.attempt_succeeded(master, new);
+            self.attempt_succeeded(master, new, &workers);
         }
     }
 
@@ -495,7 +493,7 @@ impl Supervisor {
     fn reload_now(&mut self) {
         let t0 = now_ns();
         self.pending_reload = false;
-        let status = self.status_with(&format!("reloading gen {} ({})", self.c.next_gen, self.args.mode.name()));
+        let status = self.status_with(&self.phase_text("reloading", self.c.next_gen));
         self.systemd.reloading(&status);
         if let Some(partial) = self.relay.take_partial() {
             crate::log::write(crate::log::haproxy_line_priority(&partial), format_args!("{}", partial));
@@ -543,14 +541,12 @@ impl Supervisor {
             }
             Mode::MasterWorker => self.start_master_worker(&mut a),
         };
-        let label = if first { "starting" } else { "reloading" };
-        let phase_text = format!("{} gen {} ({})", label, gen, self.args.mode.name());
         match result {
             Ok(()) => {
                 self.phase = if first { Phase::Starting(a) } else { Phase::Reloading(a) };
                 if first {
                     // A reload announced itself with RELOADING=1 before the re-exec.
-                    let status = self.status_with(&phase_text);
+                    let status = self.status_with(&self.phase_text("starting", gen));
                     self.systemd.status(&status);
                 }
             }
@@ -622,7 +618,8 @@ impl Supervisor {
         }
     }
 
-    fn attempt_succeeded(&mut self, pid: i32, workers: Vec<i32>) {
+    /// `workers`: master-worker, the new workers; `children`: all the master's children now.
+    fn attempt_succeeded(&mut self, pid: i32, workers: Vec<i32>, children: &[i32]) {
         let a = match self.take_attempt() {
             Some(a) => a,
             None => return,
@@ -642,8 +639,7 @@ impl Supervisor {
                 old.extend(a.old_workers.iter().copied());
                 old.sort_unstable();
                 old.dedup();
-                let alive = procs::children_of(pid);
-                self.c.old_workers = old.into_iter().filter(|w| alive.contains(w) && !workers.contains(w)).collect();
+                self.c.old_workers = old.into_iter().filter(|w| children.contains(w) && !workers.contains(w)).collect();
                 self.c.workers = workers;
                 self.next_drain_check_ns = now_ns() + DRAIN_POLL.as_nanos() as u64;
             }
@@ -653,16 +649,14 @@ impl Supervisor {
         if a.first {
             let what = if self.args.mode == Mode::MasterWorker { "master" } else { "haproxy" };
             notice!("gen {}: {} pid {} serving, ready in {} ms", a.gen, what, pid, ms);
-            let status = self.status_with("");
-            self.systemd.ready(&status);
         } else {
             self.c.reloads += 1;
             self.c.last_reload = LastReload::Ok { ms };
             let draining: Vec<i32> = self.draining_pids();
             notice!("reload {} ok in {} ms: gen {} pid {} serving, draining {:?}", self.c.reloads, ms, a.gen, pid, draining);
-            let status = self.status_with("");
-            self.systemd.ready(&status);
         }
+        let status = self.status_with("");
+        self.systemd.ready(&status);
         if self.pending_reload {
             self.reload_now();
         }
@@ -764,7 +758,7 @@ impl Supervisor {
                         Phase::Starting(a) | Phase::Reloading(a) => a.pid.unwrap_or(0),
                         _ => 0,
                     };
-                    self.attempt_succeeded(new_pid, vec![]);
+                    self.attempt_succeeded(new_pid, vec![], &[]);
                 }
                 return;
             }
@@ -928,11 +922,16 @@ impl Supervisor {
         })
     }
 
+    /// "starting gen 1 (foreground)", "reloading gen 4 (master-worker)".
+    fn phase_text(&self, label: &str, gen: u32) -> String {
+        format!("{} gen {} ({})", label, gen, self.args.mode.name())
+    }
+
     fn update_status(&mut self) {
         let phase = match &self.phase {
             Phase::Running => String::new(),
-            Phase::Starting(a) => format!("starting gen {} ({})", a.gen, self.args.mode.name()),
-            Phase::Reloading(a) => format!("reloading gen {} ({})", a.gen, self.args.mode.name()),
+            Phase::Starting(a) => self.phase_text("starting", a.gen),
+            Phase::Reloading(a) => self.phase_text("reloading", a.gen),
             Phase::Stopping { .. } => return,
         };
         let status = self.status_with(&phase);
