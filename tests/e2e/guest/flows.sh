@@ -116,6 +116,22 @@ reload() {
     timeout 30 systemctl reload $UNIT; RELOAD_RC=$?
     RELOAD_MS=$(( $(now_ms) - t0 ))
 }
+# N reloads, each with a configuration tagged TAG-i, under the running load (start_load first); then
+# stops the load and checks that every reload exited 0 in under 5 s.
+reload_series() {
+    local n=$1 tag=$2 i rcs= slow= times=
+    for i in $(seq 1 "$n"); do
+        write_cfg "$tag-$i"
+        reload
+        times="$times $RELOAD_MS"
+        [ "$RELOAD_RC" = 0 ] || rcs="$rcs #$i:rc=$RELOAD_RC"
+        [ "$RELOAD_MS" -lt 5000 ] || slow="$slow #$i:${RELOAD_MS}ms"
+    done
+    stop_load
+    say "       reload times (ms):$times; load: $LOAD_RESULT"
+    check "all $n reloads exit 0" expect "failed reloads" "$rcs" ""
+    check "each reload returns in < 5 s" expect "slow reloads" "$slow" ""
+}
 # The background load: new-connection requests until stopped; LOAD_RESULT is "ok=N failed=M ...".
 start_load() {
     LOAD_DIR=$(mktemp -d /tmp/load.XXXXXX)
@@ -177,18 +193,7 @@ begin 2 "20 x systemctl reload under a stream of new connections"
 if need_active; then
 pid0=$(mainpid); restarts0=$(prop NRestarts)
 check "load generator running" start_load
-rcs=; slow=; times=
-for i in $(seq 1 20); do
-    write_cfg "reload-$i"
-    reload
-    times="$times $RELOAD_MS"
-    [ "$RELOAD_RC" = 0 ] || rcs="$rcs #$i:rc=$RELOAD_RC"
-    [ "$RELOAD_MS" -lt 5000 ] || slow="$slow #$i:${RELOAD_MS}ms"
-done
-stop_load
-say "       reload times (ms):$times; load: $LOAD_RESULT"
-check "all 20 reloads exit 0" expect "failed reloads" "$rcs" ""
-check "each reload returns in < 5 s" expect "slow reloads" "$slow" ""
+reload_series 20 reload
 check "no request failed" load_clean
 check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
 check "no restart" expect NRestarts "$(prop NRestarts)" "$restarts0"
@@ -340,16 +345,7 @@ check "serves" wait_for 10 serves
 check "one haproxy, child of the wrapper" expect "haproxy ppid" "$(ps -o ppid= -C haproxy | tr -d ' ' | tr '\n' ' ')" "$(mainpid) "
 pid0=$(mainpid)
 check "load generator running" start_load
-rcs=; slow=; times=
-for i in 1 2 3 4 5; do
-    write_cfg "fg-$i"; reload; times="$times $RELOAD_MS"
-    [ "$RELOAD_RC" = 0 ] || rcs="$rcs #$i:rc=$RELOAD_RC"
-    [ "$RELOAD_MS" -lt 5000 ] || slow="$slow #$i:${RELOAD_MS}ms"
-done
-stop_load
-say "       reload times (ms):$times; load: $LOAD_RESULT"
-check "5 reloads exit 0" expect "failed reloads" "$rcs" ""
-check "each reload returns in < 5 s" expect "slow reloads" "$slow" ""
+reload_series 5 fg
 check "no request failed" load_clean
 check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
 check "StatusText: last reload: ok" expect_match StatusText "$(status_text)" "^foreground; .*last reload: ok"
