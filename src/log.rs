@@ -10,14 +10,13 @@ pub const NOTICE: u8 = 5;
 pub const INFO: u8 = 6;
 pub const DEBUG: u8 = 7;
 
-/// Writes one log line. A line never contains a newline: embedded ones become spaces.
+/// Writes one log line, in one write(2) so that no reader (journald, a tail) sees half of it.
+/// A line never contains a newline: embedded ones become spaces.
 pub fn write(priority: u8, args: fmt::Arguments) {
-    let text = fmt::format(args);
-    let text = text.replace('\n', " ");
-    let stderr = std::io::stderr();
-    let mut out = stderr.lock();
+    let text = fmt::format(args).replace('\n', " ");
+    let line = format!("<{}>{}\n", priority, text);
     // Nothing sensible can be done when stderr is gone; the wrapper keeps supervising.
-    let _ = writeln!(out, "<{}>{}", priority, text);
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::ERR, format_args!($($t)*)) } }
