@@ -1,5 +1,6 @@
-//! All sd_notify traffic: the wrapper's messages to systemd, the private socket on which the
-//! haproxy master (master-worker mode) reports to the wrapper, and the STATUS= line.
+//! All sd_notify traffic: the wrapper's messages to systemd, the watchdog interval systemd asks
+//! for, and the private socket on which the haproxy master (master-worker mode) reports to the
+//! wrapper.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -8,8 +9,6 @@ use std::time::Duration;
 
 use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
 
-use crate::cli::Mode;
-use crate::reexec::LastReload;
 
 /// The wrapper's messages to systemd, on one socket opened at start (a socket per message would
 /// make the descriptor count flicker). Without NOTIFY_SOCKET they are skipped.
@@ -64,7 +63,7 @@ impl Systemd {
     pub fn reloading(&mut self, status: &str) {
         self.last_status = status.to_string();
         // systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 to match the reload to its request.
-        let usec = format!("MONOTONIC_USEC={}", crate::supervisor::now_ns() / 1000);
+        let usec = format!("MONOTONIC_USEC={}", crate::clock::now_ns() / 1000);
         self.send(&["RELOADING=1", &usec, &format!("STATUS={}", status)]);
     }
 
@@ -177,50 +176,6 @@ pub fn value<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| l.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
 }
 
-/// What the service is doing, for the STATUS= line.
-pub struct StatusView<'a> {
-    pub mode: Mode,
-    pub phase: &'a str,
-    pub serving: Option<(u32, i32)>,
-    pub workers: &'a [i32],
-    pub draining: &'a [i32],
-    pub last: &'a LastReload,
-}
-
-fn join(p: &[i32]) -> String {
-    if p.is_empty() {
-        "none".to_string()
-    } else {
-        p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
-    }
-}
-
-/// The one-line STATUS= text (see docs/DESIGN.md for its shapes).
-pub fn status_line(v: &StatusView) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if v.phase.is_empty() {
-        parts.push(v.mode.name().to_string());
-    } else {
-        parts.push(v.phase.to_string());
-    }
-    if let Some((n, pid)) = v.serving {
-        parts.push(match v.mode {
-            Mode::Foreground => format!("gen {} serving (pid {})", n, pid),
-            Mode::MasterWorker => format!("gen {} serving (master {}, workers {})", n, pid, join(v.workers)),
-        });
-        parts.push(format!("draining: {}", join(v.draining)));
-        parts.push(match v.last {
-            LastReload::None => "last reload: none".to_string(),
-            LastReload::Ok { ms } => format!("last reload: ok in {} ms", ms),
-            LastReload::Failed { ms, reason } => format!("last reload: failed after {} ms: {}", ms, reason),
-        });
-    }
-    let line = parts.join("; ");
-    let line: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    // Keep STATUS= well inside one datagram.
-    line.chars().take(1000).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,23 +204,5 @@ mod tests {
         assert!(!says("NOTREADY=1", "READY"));
         assert_eq!(value(m, "MAINPID"), Some("5967"));
         assert_eq!(value(m, "STATUS"), Some("Ready."));
-    }
-
-    #[test]
-    fn status_lines() {
-        let none = LastReload::None;
-        let ok = LastReload::Ok { ms: 85 };
-        let failed = LastReload::Failed { ms: 30, reason: "config : parsing [a.cfg:3]\nx".into() };
-        let fg = StatusView { mode: Mode::Foreground, phase: "", serving: Some((3, 1234)), workers: &[], draining: &[1200, 1201], last: &ok };
-        assert_eq!(status_line(&fg), "foreground; gen 3 serving (pid 1234); draining: 1200 1201; last reload: ok in 85 ms");
-        let mw = StatusView { mode: Mode::MasterWorker, phase: "", serving: Some((3, 1234)), workers: &[1300, 1301], draining: &[], last: &failed };
-        assert_eq!(
-            status_line(&mw),
-            "master-worker; gen 3 serving (master 1234, workers 1300 1301); draining: none; last reload: failed after 30 ms: config : parsing [a.cfg:3] x"
-        );
-        let start = StatusView { mode: Mode::Foreground, phase: "starting gen 1 (foreground)", serving: None, workers: &[], draining: &[], last: &none };
-        assert_eq!(status_line(&start), "starting gen 1 (foreground)");
-        let rel = StatusView { mode: Mode::Foreground, phase: "reloading gen 4 (foreground)", serving: Some((3, 9)), workers: &[], draining: &[], last: &none };
-        assert_eq!(status_line(&rel), "reloading gen 4 (foreground); gen 3 serving (pid 9); draining: none; last reload: none");
     }
 }

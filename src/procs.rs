@@ -1,6 +1,20 @@
-//! What the kernel says about processes: parents and children, from /proc.
+//! What the kernel says about processes: parents and children, from /proc; and the wrapper's
+//! own program.
 
 use std::fs;
+use std::path::PathBuf;
+
+/// The wrapper's own program file: what /proc/self/exe names (without the " (deleted)" a package
+/// upgrade leaves there: the new file has the same name), else argv[0].
+pub fn own_program() -> PathBuf {
+    match fs::read_link("/proc/self/exe") {
+        Ok(p) => match p.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+            Some(stripped) => PathBuf::from(stripped),
+            None => p,
+        },
+        Err(_) => std::env::args_os().next().map(PathBuf::from).unwrap_or_default(),
+    }
+}
 
 /// The parent pid and state letter from the text of /proc/PID/stat.
 pub fn parse_stat(stat: &str) -> Option<(i32, char)> {
