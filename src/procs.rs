@@ -71,6 +71,25 @@ pub fn children_of(parent: i32) -> Vec<i32> {
     out
 }
 
+/// Every live process below `root` (children, their children, ...), parents before children.
+pub fn descendants_of(root: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut next = 0;
+    let mut parent = root;
+    loop {
+        for child in children_of(parent) {
+            if !found.contains(&child) {
+                found.push(child);
+            }
+        }
+        match found.get(next) {
+            Some(&p) => parent = p,
+            None => return found,
+        }
+        next += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +108,7 @@ mod tests {
         let pid = child.id() as i32;
         assert!(is_child_of(pid, me));
         assert!(children_of(me).contains(&pid));
+        assert!(descendants_of(me).contains(&pid));
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_child_of(pid, me));

@@ -34,6 +34,9 @@ use status::{phase_text, status_line, StatusView};
 
 /// How many ALERT lines of one attempt are kept for its failure reason.
 const MAX_ALERTS: usize = 20;
+/// After the SIGKILL of a stop, how often the wrapper looks for processes that became its own
+/// since (workers reparented to it, the subreaper) and kills them too.
+const KILL_SWEEP: Duration = Duration::from_millis(100);
 
 /// One attempt at a new generation, the first start or a reload: what the loop keeps of it.
 struct Attempt {
@@ -48,6 +51,9 @@ struct Attempt {
 struct Stop {
     /// When SIGKILL follows SIGTERM (None: a graceful stop, or already killed).
     kill_deadline_ns: Option<u64>,
+    /// The processes the wrapper SIGKILLed, and when it next looks for more.
+    killed: Vec<i32>,
+    next_sweep_ns: Option<u64>,
 }
 
 enum Phase {
@@ -122,7 +128,7 @@ impl Supervisor {
         let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns()];
         match &self.phase {
             Phase::Starting(a) | Phase::Reloading(a) => out.push(Some(a.deadline_ns)),
-            Phase::Stopping(stop) => out.push(stop.kill_deadline_ns),
+            Phase::Stopping(stop) => out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]),
             Phase::Running => {}
         }
         out
