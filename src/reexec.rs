@@ -36,14 +36,14 @@ fn unhex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-pub fn encode(c: &Carried) -> String {
+pub fn encode(state: &Carried) -> String {
     let mut out = vec![
         format!("v={}", VERSION),
-        format!("pid={}", c.wrapper_pid),
-        format!("exe={}", hex(c.exe.as_os_str().as_bytes())),
-        format!("next_gen={}", c.next_gen),
+        format!("pid={}", state.wrapper_pid),
+        format!("exe={}", hex(state.exe.as_os_str().as_bytes())),
+        format!("next_gen={}", state.next_gen),
     ];
-    match &c.generations {
+    match &state.generations {
         Generations::Foreground(fg) => {
             if let Some(g) = fg.serving {
                 out.push(format!("serving={}", gens(&[g])));
@@ -61,14 +61,14 @@ pub fn encode(c: &Carried) -> String {
             out.push(format!("master_sock={}", mw.socket_fd));
         }
     }
-    out.push(match &c.last_reload {
+    out.push(match &state.last_reload {
         LastReload::None => "last=none".to_string(),
         LastReload::Ok { ms } => format!("last=ok:{}", ms),
         LastReload::Failed { ms, reason } => format!("last=failed:{}:{}", ms, hex(reason.as_bytes())),
     });
-    out.push(format!("reloads={}", c.reloads));
-    out.push(format!("relay={},{}", c.relay_read, c.relay_write));
-    out.push(format!("reload_t0={}", c.reload_started_ns));
+    out.push(format!("reloads={}", state.reloads));
+    out.push(format!("relay={},{}", state.relay_read, state.relay_write));
+    out.push(format!("reload_t0={}", state.reload_started_ns));
     out.join(";")
 }
 
@@ -91,7 +91,7 @@ fn parse_pids(k: &str, v: &str) -> Result<Vec<i32>, String> {
 }
 
 pub fn decode(s: &str) -> Result<Carried, String> {
-    let mut c = Carried {
+    let mut state = Carried {
         wrapper_pid: 0,
         exe: PathBuf::new(),
         next_gen: 1,
@@ -111,15 +111,15 @@ pub fn decode(s: &str) -> Result<Carried, String> {
         let (k, v) = field.split_once('=').ok_or_else(|| format!("bad field '{}'", field))?;
         match k {
             "v" => version = Some(num::<u32>(k, v)?),
-            "pid" => c.wrapper_pid = num(k, v)?,
-            "exe" => c.exe = PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&unhex(v)?))),
-            "next_gen" => c.next_gen = num(k, v)?,
+            "pid" => state.wrapper_pid = num(k, v)?,
+            "exe" => state.exe = PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&unhex(v)?))),
+            "next_gen" => state.next_gen = num(k, v)?,
             "serving" => serving = parse_gens(k, v)?.into_iter().next(),
             "draining" => fg.draining = parse_gens(k, v)?,
             "workers" => mw.workers = parse_pids(k, v)?,
             "old_workers" => mw.old_workers = parse_pids(k, v)?,
             "last" => {
-                c.last_reload = if v == "none" {
+                state.last_reload = if v == "none" {
                     LastReload::None
                 } else if let Some(ms) = v.strip_prefix("ok:") {
                     LastReload::Ok { ms: num(k, ms)? }
@@ -130,17 +130,17 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                     return Err(format!("last: bad value '{}'", v));
                 }
             }
-            "reloads" => c.reloads = num(k, v)?,
+            "reloads" => state.reloads = num(k, v)?,
             "relay" => {
                 let (r, w) = v.split_once(',').ok_or("relay: bad value")?;
-                c.relay_read = num(k, r)?;
-                c.relay_write = num(k, w)?;
+                state.relay_read = num(k, r)?;
+                state.relay_write = num(k, w)?;
             }
             "master_sock" => {
                 mw.socket_fd = num(k, v)?;
                 master_worker = true;
             }
-            "reload_t0" => c.reload_started_ns = num(k, v)?,
+            "reload_t0" => state.reload_started_ns = num(k, v)?,
             "pidfile_written" => fg.pidfile_written = v == "1",
             // Unknown keys come from a newer wrapper; what this one needs is checked below.
             _ => {}
@@ -151,17 +151,17 @@ pub fn decode(s: &str) -> Result<Carried, String> {
         Some(v) => return Err(format!("state version {} is not {}", v, VERSION)),
         None => return Err("state has no version".into()),
     }
-    if c.wrapper_pid <= 0 || c.relay_read < 0 || c.relay_write < 0 || c.exe.as_os_str().is_empty() || (master_worker && mw.socket_fd < 0) {
+    if state.wrapper_pid <= 0 || state.relay_read < 0 || state.relay_write < 0 || state.exe.as_os_str().is_empty() || (master_worker && mw.socket_fd < 0) {
         return Err("state lacks pid, exe or relay".into());
     }
-    c.generations = if master_worker {
+    state.generations = if master_worker {
         mw.master = serving;
         Generations::MasterWorker(mw)
     } else {
         fg.serving = serving;
         Generations::Foreground(fg)
     };
-    Ok(c)
+    Ok(state)
 }
 
 /// Replaces the process image with `exe`, same argv, with the state in the environment.
@@ -171,7 +171,7 @@ pub fn exec(exe: &std::path::Path, state: &Carried) -> nix::Error {
     let mut argv = Vec::new();
     for a in std::env::args_os() {
         match to_c(a.as_bytes()) {
-            Ok(c) => argv.push(c),
+            Ok(state) => argv.push(state),
             Err(e) => return e,
         }
     }
@@ -184,16 +184,16 @@ pub fn exec(exe: &std::path::Path, state: &Carried) -> nix::Error {
         kv.push(b'=');
         kv.extend_from_slice(v.as_bytes());
         match to_c(&kv) {
-            Ok(c) => envp.push(c),
+            Ok(state) => envp.push(state),
             Err(e) => return e,
         }
     }
     match to_c(format!("{}={}", ENV, encode(state)).as_bytes()) {
-        Ok(c) => envp.push(c),
+        Ok(state) => envp.push(state),
         Err(e) => return e,
     }
     let path = match to_c(exe.as_os_str().as_bytes()) {
-        Ok(c) => c,
+        Ok(state) => state,
         Err(e) => return e,
     };
     match nix::unistd::execve(&path, &argv, &envp) {
@@ -239,21 +239,21 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for c in [sample(foreground()), sample(master_worker())] {
-            assert_eq!(decode(&encode(&c)).unwrap(), c);
+        for state in [sample(foreground()), sample(master_worker())] {
+            assert_eq!(decode(&encode(&state)).unwrap(), state);
         }
-        let mut d = sample(Generations::Foreground(ForegroundGenerations::default()));
-        d.last_reload = LastReload::Ok { ms: 85 };
-        assert_eq!(decode(&encode(&d)).unwrap(), d);
+        let mut other = sample(Generations::Foreground(ForegroundGenerations::default()));
+        other.last_reload = LastReload::Ok { ms: 85 };
+        assert_eq!(decode(&encode(&other)).unwrap(), other);
     }
 
     #[test]
     fn reads_the_state_of_the_wrapper_before_the_mode_split() {
         // Written by the previous wrapper (both modes' keys side by side): an upgrade re-execs into this one.
         let old = "v=1;pid=42;exe=2f78;next_gen=3;serving=2:100;draining=;workers=101;old_workers=;last=ok:5;reloads=1;relay=3,4;master_sock=5;reload_t0=9;pidfile_written=0";
-        let c = decode(old).unwrap();
+        let state = decode(old).unwrap();
         assert_eq!(
-            c.generations,
+            state.generations,
             Generations::MasterWorker(MasterWorkerGenerations { master: Some(Gen { n: 2, pid: 100 }), workers: vec![101], old_workers: vec![], socket_fd: 5 })
         );
     }

@@ -38,25 +38,25 @@ pub struct Foreground {
 /// Did a generation that used `-x` fail because of the hand-over? haproxy names the socket in
 /// its alert then; a configuration error does not deserve a second try.
 fn handover_may_be_at_fault(alerts: &[String]) -> bool {
-    alerts.is_empty() || alerts.iter().any(|a| a.contains("socket") || a.contains("-x"))
+    alerts.is_empty() || alerts.iter().any(|alert| alert.contains("socket") || alert.contains("-x"))
 }
 
 impl Foreground {
     pub fn fresh(launch: Launch) -> Foreground {
-        if let Some(pf) = &launch.args.pidfile {
-            note_old_pidfile(pf);
+        if let Some(path) = &launch.args.pidfile {
+            note_old_pidfile(path);
         }
         Foreground { launch, generations: ForegroundGenerations::default(), attempt: None }
     }
 
     /// Takes the carried generations back, keeping only what the kernel confirms is still ours.
     pub fn resume(launch: Launch, mut generations: ForegroundGenerations, wrapper_pid: i32) -> Foreground {
-        if let Some(g) = generations.serving {
-            if !procs::is_child_of(g.pid, wrapper_pid) {
-                warning!("serving gen {} pid {} is not our child any more", g.n, g.pid);
+        if let Some(generation) = generations.serving {
+            if !procs::is_child_of(generation.pid, wrapper_pid) {
+                warning!("serving gen {} pid {} is not our child any more", generation.n, generation.pid);
             }
         }
-        generations.draining.retain(|g| procs::is_child_of(g.pid, wrapper_pid));
+        generations.draining.retain(|generation| procs::is_child_of(generation.pid, wrapper_pid));
         Foreground { launch, generations, attempt: None }
     }
 
@@ -65,10 +65,10 @@ impl Foreground {
         let mut sf = Vec::new();
         let mut with_handover = false;
         let mut gen = 0;
-        if let Some(a) = &self.attempt {
-            sf.push(a.sentinel);
-            with_handover = a.with_handover;
-            gen = a.gen;
+        if let Some(attempt) = &self.attempt {
+            sf.push(attempt.sentinel);
+            with_handover = attempt.with_handover;
+            gen = attempt.gen;
         }
         sf.extend(self.signal_targets());
         let handover = if with_handover { self.launch.args.handover_socket.as_deref() } else { None };
@@ -82,8 +82,8 @@ impl Foreground {
             if handover.is_some() { " with listener hand-over" } else { "" },
             if sf.len() > 1 { format!(", old pids {:?}", &sf[1..]) } else { String::new() }
         );
-        if let Some(a) = &mut self.attempt {
-            a.haproxy = Some(pid);
+        if let Some(attempt) = &mut self.attempt {
+            attempt.haproxy = Some(pid);
         }
         Ok(())
     }
@@ -91,12 +91,12 @@ impl Foreground {
     /// The attempt's haproxy ended before it was ready: retry without `-x`, or fail.
     fn haproxy_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Outcome {
         let retry = match &mut self.attempt {
-            Some(a) if a.with_handover && !a.retried_without_handover && handover_may_be_at_fault(alerts) => {
+            Some(attempt) if attempt.with_handover && !attempt.retried_without_handover && handover_may_be_at_fault(alerts) => {
                 let code = error::status_code(status).unwrap_or(1);
-                warning!("gen {}: haproxy pid {} exited with status {} using listener hand-over; retrying once without it", a.gen, pid, code);
-                a.with_handover = false;
-                a.retried_without_handover = true;
-                a.haproxy = None;
+                warning!("gen {}: haproxy pid {} exited with status {} using listener hand-over; retrying once without it", attempt.gen, pid, code);
+                attempt.with_handover = false;
+                attempt.retried_without_handover = true;
+                attempt.haproxy = None;
                 true
             }
             _ => false,
@@ -111,57 +111,57 @@ impl Foreground {
     }
 
     fn child_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Outcome {
-        if let Some(a) = &mut self.attempt {
-            if a.sentinel == pid {
+        if let Some(attempt) = &mut self.attempt {
+            if attempt.sentinel == pid {
                 // Only haproxy's SIGUSR1 makes the sentinel exit 0.
                 return match status {
                     WaitStatus::Exited(_, 0) => Outcome::Attempt(Verdict::Serving),
                     _ => Outcome::Nothing,
                 };
             }
-            if a.haproxy == Some(pid) {
+            if attempt.haproxy == Some(pid) {
                 return self.haproxy_ended(pid, status, alerts);
             }
-            if !a.first && self.generations.serving.map(|g| g.pid) == Some(pid) {
+            if !attempt.first && self.generations.serving.map(|generation| generation.pid) == Some(pid) {
                 // The new generation may have told it to stop already; the reload decides.
                 info!("gen serving before the reload (pid {}) ended (status {})", pid, error::status_code(status).unwrap_or(1));
-                a.serving_ended = Some(*status);
+                attempt.serving_ended = Some(*status);
                 return Outcome::Attempt(Verdict::Pending);
             }
         }
-        if self.generations.serving.map(|g| g.pid) == Some(pid) {
+        if self.generations.serving.map(|generation| generation.pid) == Some(pid) {
             self.generations.serving = None;
             return Outcome::ServingEnded(*status);
         }
-        if let Some(i) = self.generations.draining.iter().position(|g| g.pid == pid) {
-            let g = self.generations.draining.remove(i);
-            info!("gen {}: haproxy pid {} finished draining (status {})", g.n, pid, error::status_code(status).unwrap_or(1));
+        if let Some(i) = self.generations.draining.iter().position(|generation| generation.pid == pid) {
+            let generation = self.generations.draining.remove(i);
+            info!("gen {}: haproxy pid {} finished draining (status {})", generation.n, pid, error::status_code(status).unwrap_or(1));
             return Outcome::StatusChanged;
         }
         Outcome::Nothing
     }
 
     fn write_pidfile(&mut self) {
-        if let (Some(pf), Some(g)) = (&self.launch.args.pidfile, self.generations.serving) {
-            match pidfile::write(pf, &[g.pid]) {
+        if let (Some(path), Some(generation)) = (&self.launch.args.pidfile, self.generations.serving) {
+            match pidfile::write(path, &[generation.pid]) {
                 Ok(()) => self.generations.pidfile_written = true,
-                Err(e) => warning!("cannot write pid file {}: {}", pf.display(), e),
+                Err(e) => warning!("cannot write pid file {}: {}", path.display(), e),
             }
         }
     }
 }
 
-fn note_old_pidfile(pf: &std::path::Path) {
-    match pidfile::read(pf) {
+fn note_old_pidfile(path: &std::path::Path) {
+    match pidfile::read(path) {
         Ok(pids) => {
             let me = std::process::id() as i32;
             for p in pids {
                 if procs::stat(p).is_some() && !procs::is_child_of(p, me) {
-                    notice!("pid file {} names pid {}, which is not ours: ignored and overwritten", pf.display(), p);
+                    notice!("pid file {} names pid {}, which is not ours: ignored and overwritten", path.display(), p);
                 }
             }
         }
-        Err(e) if pf.exists() => notice!("pid file {} ignored ({}); it will be overwritten", pf.display(), e),
+        Err(e) if path.exists() => notice!("pid file {} ignored ({}); it will be overwritten", path.display(), e),
         Err(_) => {}
     }
 }
@@ -195,31 +195,31 @@ impl Protocol for Foreground {
     }
 
     fn decides_attempt(&self, pid: i32) -> bool {
-        self.attempt.as_ref().map_or(false, |a| a.sentinel == pid)
+        self.attempt.as_ref().map_or(false, |attempt| attempt.sentinel == pid)
     }
 
     fn commit(&mut self) -> i32 {
-        let a = match self.attempt.take() {
-            Some(a) => a,
+        let attempt = match self.attempt.take() {
+            Some(attempt) => attempt,
             None => return 0,
         };
-        let pid = a.haproxy.unwrap_or(0);
+        let pid = attempt.haproxy.unwrap_or(0);
         if let Some(old) = self.generations.serving.take() {
-            if a.serving_ended.is_none() {
+            if attempt.serving_ended.is_none() {
                 self.generations.draining.push(old);
             }
         }
-        self.generations.serving = Some(Gen { n: a.gen, pid });
+        self.generations.serving = Some(Gen { n: attempt.gen, pid });
         self.write_pidfile();
         pid
     }
 
     fn abandon(&mut self, reload_failed: bool) -> Option<WaitStatus> {
-        let a = self.attempt.take()?;
-        for pid in a.haproxy.iter().chain(Some(&a.sentinel)) {
+        let attempt = self.attempt.take()?;
+        for pid in attempt.haproxy.iter().chain(Some(&attempt.sentinel)) {
             haproxy::signal(*pid, Signal::SIGKILL);
         }
-        if a.serving_ended.is_some() {
+        if attempt.serving_ended.is_some() {
             self.generations.serving = None;
         }
         if reload_failed {
@@ -228,19 +228,19 @@ impl Protocol for Foreground {
                 haproxy::signal(pid, Signal::SIGTTIN);
             }
         }
-        a.serving_ended
+        attempt.serving_ended
     }
 
     fn signal_targets(&self) -> Vec<i32> {
-        self.generations.serving.iter().chain(self.generations.draining.iter()).map(|g| g.pid).collect()
+        self.generations.serving.iter().chain(self.generations.draining.iter()).map(|generation| generation.pid).collect()
     }
 
     fn serving_pid(&self) -> Option<i32> {
-        self.generations.serving.map(|g| g.pid)
+        self.generations.serving.map(|generation| generation.pid)
     }
 
     fn serving_text(&self) -> Option<String> {
-        self.generations.serving.map(|g| format!("gen {} serving (pid {})", g.n, g.pid))
+        self.generations.serving.map(|generation| format!("gen {} serving (pid {})", generation.n, generation.pid))
     }
 
     fn serving_label(&self, pid: i32) -> String {
@@ -248,7 +248,7 @@ impl Protocol for Foreground {
     }
 
     fn draining(&self) -> Vec<i32> {
-        self.generations.draining.iter().map(|g| g.pid).collect()
+        self.generations.draining.iter().map(|generation| generation.pid).collect()
     }
 
     fn next_tick_ns(&self) -> Option<u64> {
@@ -265,8 +265,8 @@ impl Protocol for Foreground {
 
     fn finish(&mut self) {
         if self.generations.pidfile_written {
-            if let Some(pf) = &self.launch.args.pidfile {
-                let _ = std::fs::remove_file(pf);
+            if let Some(path) = &self.launch.args.pidfile {
+                let _ = std::fs::remove_file(path);
             }
         }
     }
@@ -301,8 +301,8 @@ mod tests {
         } else {
             ForegroundGenerations { serving: Some(Gen { n: 1, pid: SERVING }), draining: vec![Gen { n: 0, pid: DRAINING }], pidfile_written: false }
         };
-        let a = Attempt { gen: 2, first, sentinel: SENTINEL, haproxy: Some(NEW), with_handover, retried_without_handover: false, serving_ended: None };
-        Foreground { launch, generations, attempt: Some(a) }
+        let attempt = Attempt { gen: 2, first, sentinel: SENTINEL, haproxy: Some(NEW), with_handover, retried_without_handover: false, serving_ended: None };
+        Foreground { launch, generations, attempt: Some(attempt) }
     }
 
     #[test]
@@ -345,10 +345,10 @@ mod tests {
             Outcome::Attempt(Verdict::Failed { reason, code: 127 }) => assert!(reason.contains("not found"), "{}", reason),
             other => panic!("no retry: {:?}", other),
         }
-        assert!(p.attempt.as_ref().map_or(false, |a| a.retried_without_handover && !a.with_handover));
+        assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried_without_handover && !attempt.with_handover));
         // The retry's own end is final.
-        if let Some(a) = &mut p.attempt {
-            a.haproxy = Some(NEW);
+        if let Some(attempt) = &mut p.attempt {
+            attempt.haproxy = Some(NEW);
         }
         assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
         assert!(handover_may_be_at_fault(&[]));

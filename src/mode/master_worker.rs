@@ -66,29 +66,29 @@ impl MasterWorker {
     /// Takes the carried generations back, keeping only the workers the kernel confirms.
     pub fn resume(launch: Launch, socket: MasterSocket, mut generations: MasterWorkerGenerations) -> MasterWorker {
         let me = std::process::id() as i32;
-        if let Some(g) = generations.master {
-            if !procs::is_child_of(g.pid, me) {
-                warning!("serving gen {} pid {} is not our child any more", g.n, g.pid);
+        if let Some(generation) = generations.master {
+            if !procs::is_child_of(generation.pid, me) {
+                warning!("serving gen {} pid {} is not our child any more", generation.n, generation.pid);
             }
-            generations.workers.retain(|&w| procs::is_child_of(w, g.pid));
-            generations.old_workers.retain(|&w| procs::is_child_of(w, g.pid));
+            generations.workers.retain(|&w| procs::is_child_of(w, generation.pid));
+            generations.old_workers.retain(|&w| procs::is_child_of(w, generation.pid));
         }
         MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: clock::deadline_after(DRAIN_POLL) }
     }
 
     fn master_pid(&self) -> Option<i32> {
-        self.generations.master.map(|g| g.pid)
+        self.generations.master.map(|generation| generation.pid)
     }
 
     /// The pid whose messages count: the attempt's master, else the serving one.
     fn answering_master(&self) -> Option<i32> {
-        self.attempt.as_ref().map(|a| a.master).or_else(|| self.master_pid())
+        self.attempt.as_ref().map(|attempt| attempt.master).or_else(|| self.master_pid())
     }
 
     fn master_said(&mut self, message: &str, children: Option<&Vec<i32>>) -> Outcome {
-        if let (Some(a), Some(status)) = (&mut self.attempt, notify::value(message, "STATUS")) {
-            if !a.first && status.to_ascii_lowercase().contains("fail") {
-                a.loading_failed = true;
+        if let (Some(attempt), Some(status)) = (&mut self.attempt, notify::value(message, "STATUS")) {
+            if !attempt.first && status.to_ascii_lowercase().contains("fail") {
+                attempt.loading_failed = true;
             }
         }
         let children = match children {
@@ -96,9 +96,9 @@ impl MasterWorker {
             _ => return Outcome::Nothing,
         };
         match &mut self.attempt {
-            Some(a) => {
-                a.children_at_ready = children.clone();
-                Outcome::Attempt(judge_ready(a, children))
+            Some(attempt) => {
+                attempt.children_at_ready = children.clone();
+                Outcome::Attempt(judge_ready(attempt, children))
             }
             None => {
                 // A late answer to a reload that already timed out: learn the current workers.
@@ -160,16 +160,16 @@ impl Protocol for MasterWorker {
     fn on_event(&mut self, event: &Event, _alerts: &[String]) -> Outcome {
         match event {
             Event::Line(line) => {
-                if let Some(a) = &mut self.attempt {
+                if let Some(attempt) = &mut self.attempt {
                     if line.contains("Loading failure") {
-                        a.loading_failed = true;
+                        attempt.loading_failed = true;
                     }
                 }
                 Outcome::Nothing
             }
             Event::MasterSaid { message, children } => self.master_said(message, children.as_ref()),
             Event::ChildEnded { pid, status } => match &self.attempt {
-                Some(a) if a.first && a.master == *pid => Outcome::Attempt(exited(status)),
+                Some(attempt) if attempt.first && attempt.master == *pid => Outcome::Attempt(exited(status)),
                 _ if self.master_pid() == Some(*pid) => {
                     self.generations.master = None;
                     Outcome::ServingEnded(*status)
@@ -186,27 +186,27 @@ impl Protocol for MasterWorker {
     }
 
     fn commit(&mut self) -> i32 {
-        let a = match self.attempt.take() {
-            Some(a) => a,
+        let attempt = match self.attempt.take() {
+            Some(attempt) => attempt,
             None => return 0,
         };
-        let children = a.children_at_ready;
-        let new: Vec<i32> = children.iter().copied().filter(|w| !a.workers_before.contains(w)).collect();
+        let children = attempt.children_at_ready;
+        let new: Vec<i32> = children.iter().copied().filter(|w| !attempt.workers_before.contains(w)).collect();
         let mut old = std::mem::take(&mut self.generations.workers);
-        old.extend(a.workers_before.iter().copied());
+        old.extend(attempt.workers_before.iter().copied());
         old.sort_unstable();
         old.dedup();
         self.generations.old_workers = old.into_iter().filter(|w| children.contains(w) && !new.contains(w)).collect();
         self.generations.workers = new;
-        self.generations.master = Some(Gen { n: a.gen, pid: a.master });
+        self.generations.master = Some(Gen { n: attempt.gen, pid: attempt.master });
         self.next_drain_check_ns = clock::deadline_after(DRAIN_POLL);
-        a.master
+        attempt.master
     }
 
     fn abandon(&mut self, _reload_failed: bool) -> Option<WaitStatus> {
-        let a = self.attempt.take()?;
-        if a.first {
-            haproxy::signal(a.master, Signal::SIGKILL);
+        let attempt = self.attempt.take()?;
+        if attempt.first {
+            haproxy::signal(attempt.master, Signal::SIGKILL);
         }
         None
     }
@@ -221,7 +221,7 @@ impl Protocol for MasterWorker {
     }
 
     fn serving_text(&self) -> Option<String> {
-        self.generations.master.map(|g| format!("gen {} serving (master {}, workers {})", g.n, g.pid, super::pid_list(&self.generations.workers)))
+        self.generations.master.map(|generation| format!("gen {} serving (master {}, workers {})", generation.n, generation.pid, super::pid_list(&self.generations.workers)))
     }
 
     fn serving_label(&self, pid: i32) -> String {

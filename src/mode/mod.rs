@@ -139,14 +139,14 @@ pub fn protocol(launch: Launch, carried: Option<Generations>, wrapper_pid: i32) 
     let internal = |what: &str, e: nix::Error| Error::Internal(format!("{}: {}", what, e));
     Ok(match (launch.args.mode, carried) {
         (Mode::Foreground, None) => Box::new(foreground::Foreground::fresh(launch)),
-        (Mode::Foreground, Some(Generations::Foreground(g))) => Box::new(foreground::Foreground::resume(launch, g, wrapper_pid)),
+        (Mode::Foreground, Some(Generations::Foreground(generations))) => Box::new(foreground::Foreground::resume(launch, generations, wrapper_pid)),
         (Mode::MasterWorker, None) => {
             let socket = crate::notify::MasterSocket::bind().map_err(|e| internal("master notify socket", e))?;
             Box::new(master_worker::MasterWorker::fresh(launch, socket))
         }
-        (Mode::MasterWorker, Some(Generations::MasterWorker(g))) => {
-            let socket = crate::notify::MasterSocket::from_fd(g.socket_fd).map_err(|e| internal("carried master socket", e))?;
-            Box::new(master_worker::MasterWorker::resume(launch, socket, g))
+        (Mode::MasterWorker, Some(Generations::MasterWorker(generations))) => {
+            let socket = crate::notify::MasterSocket::from_fd(generations.socket_fd).map_err(|e| internal("carried master socket", e))?;
+            Box::new(master_worker::MasterWorker::resume(launch, socket, generations))
         }
         (mode, Some(_)) => {
             return Err(Error::Internal(format!("state carried across re-exec is not of {} mode", mode.name())));

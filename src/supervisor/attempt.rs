@@ -94,7 +94,7 @@ impl Supervisor {
 
     pub(super) fn take_attempt(&mut self) -> Option<Attempt> {
         match std::mem::replace(&mut self.phase, Phase::Running) {
-            Phase::Starting(a) | Phase::Reloading(a) => Some(a),
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => Some(attempt),
             other => {
                 self.phase = other;
                 None
@@ -103,18 +103,18 @@ impl Supervisor {
     }
 
     pub(super) fn attempt_succeeded(&mut self) {
-        let a = match self.take_attempt() {
-            Some(a) => a,
+        let attempt = match self.take_attempt() {
+            Some(attempt) => attempt,
             None => return,
         };
-        let ms = clock::ms_since(a.started_ns);
+        let ms = clock::ms_since(attempt.started_ns);
         let pid = self.protocol.commit();
-        if a.first {
-            notice!("gen {}: {} serving, ready in {} ms", a.gen, self.protocol.serving_label(pid), ms);
+        if attempt.first {
+            notice!("gen {}: {} serving, ready in {} ms", attempt.gen, self.protocol.serving_label(pid), ms);
         } else {
             self.reloads += 1;
             self.last_reload = LastReload::Ok { ms };
-            notice!("reload {} ok in {} ms: gen {} pid {} serving, draining {:?}", self.reloads, ms, a.gen, pid, self.protocol.draining());
+            notice!("reload {} ok in {} ms: gen {} pid {} serving, draining {:?}", self.reloads, ms, attempt.gen, pid, self.protocol.draining());
         }
         let status = self.status_with("");
         self.systemd.ready(&status);
@@ -128,23 +128,23 @@ impl Supervisor {
     pub(super) fn attempt_failed(&mut self, reason: String, code: u8) {
         // Lines the failed haproxy wrote before it ended belong to this attempt's reason.
         self.relay_output();
-        let a = match self.take_attempt() {
-            Some(a) => a,
+        let attempt = match self.take_attempt() {
+            Some(attempt) => attempt,
             None => return,
         };
-        let ms = clock::ms_since(a.started_ns);
-        let reason = match a.alerts.first() {
+        let ms = clock::ms_since(attempt.started_ns);
+        let reason = match attempt.alerts.first() {
             Some(alert) => format!("{} ({})", alert, reason),
             None => reason,
         };
-        let serving_ended = self.protocol.abandon(!a.first);
-        if a.first {
-            error!("gen {}: haproxy failed to start after {} ms: {}", a.gen, ms, reason);
+        let serving_ended = self.protocol.abandon(!attempt.first);
+        if attempt.first {
+            error!("gen {}: haproxy failed to start after {} ms: {}", attempt.gen, ms, reason);
             self.exit_code = Some(code);
             self.begin_stop(false);
             return;
         }
-        self.next_gen = a.gen;
+        self.next_gen = attempt.gen;
         self.last_reload = LastReload::Failed { ms, reason: reason.clone() };
         error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason);
         if let Some(status) = serving_ended {

@@ -127,7 +127,7 @@ impl Supervisor {
     fn deadlines(&self) -> Vec<Option<u64>> {
         let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns()];
         match &self.phase {
-            Phase::Starting(a) | Phase::Reloading(a) => out.push(Some(a.deadline_ns)),
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(Some(attempt.deadline_ns)),
             Phase::Stopping(stop) => out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]),
             Phase::Running => {}
         }
@@ -136,17 +136,17 @@ impl Supervisor {
 
     fn attempt_mut(&mut self) -> Option<&mut Attempt> {
         match &mut self.phase {
-            Phase::Starting(a) | Phase::Reloading(a) => Some(a),
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => Some(attempt),
             _ => None,
         }
     }
 
     /// Hands an event to the protocol and acts on what it means.
     fn judge(&mut self, event: Event) {
-        let alerts = self.attempt_mut().map(|a| std::mem::take(&mut a.alerts)).unwrap_or_default();
+        let alerts = self.attempt_mut().map(|attempt| std::mem::take(&mut attempt.alerts)).unwrap_or_default();
         let outcome = self.protocol.on_event(&event, &alerts);
-        if let Some(a) = self.attempt_mut() {
-            a.alerts = alerts;
+        if let Some(attempt) = self.attempt_mut() {
+            attempt.alerts = alerts;
         }
         match outcome {
             Outcome::Nothing => {
@@ -157,8 +157,8 @@ impl Supervisor {
             Outcome::Attempt(Verdict::Pending) => {}
             Outcome::StatusChanged => self.update_status(),
             Outcome::StartedOver => {
-                if let Some(a) = self.attempt_mut() {
-                    a.alerts.clear();
+                if let Some(attempt) = self.attempt_mut() {
+                    attempt.alerts.clear();
                 }
             }
             Outcome::Attempt(Verdict::Serving) => self.attempt_succeeded(),
@@ -193,7 +193,7 @@ impl Supervisor {
         let now = now_ns();
         if let Some(interval) = self.watchdog {
             if now >= self.next_watchdog_ns {
-                let serving_alive = self.protocol.serving_pid().map_or(false, |pid| procs::stat(pid).map_or(false, |(_, st)| st != 'Z'));
+                let serving_alive = self.protocol.serving_pid().map_or(false, |pid| procs::stat(pid).map_or(false, |(_, state)| state != 'Z'));
                 if serving_alive {
                     self.systemd.watchdog();
                 }
@@ -204,7 +204,7 @@ impl Supervisor {
             self.update_status();
         }
         let timed_out = match &self.phase {
-            Phase::Starting(a) | Phase::Reloading(a) => now >= a.deadline_ns,
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => now >= attempt.deadline_ns,
             _ => false,
         };
         if timed_out {
@@ -219,10 +219,10 @@ impl Supervisor {
     fn relay_output(&mut self) {
         for line in self.relay.read_lines() {
             crate::log::write(crate::log::haproxy_line_priority(&line), format_args!("{}", line));
-            if let Some(a) = self.attempt_mut() {
+            if let Some(attempt) = self.attempt_mut() {
                 if let Some(alert) = crate::log::alert_text(&line) {
-                    if a.alerts.len() < MAX_ALERTS {
-                        a.alerts.push(alert.to_string());
+                    if attempt.alerts.len() < MAX_ALERTS {
+                        attempt.alerts.push(alert.to_string());
                     }
                 }
             }
@@ -296,8 +296,8 @@ impl Supervisor {
     fn update_status(&mut self) {
         let phase = match &self.phase {
             Phase::Running => String::new(),
-            Phase::Starting(a) => phase_text("starting", a.gen, self.protocol.name()),
-            Phase::Reloading(a) => phase_text("reloading", a.gen, self.protocol.name()),
+            Phase::Starting(attempt) => phase_text("starting", attempt.gen, self.protocol.name()),
+            Phase::Reloading(attempt) => phase_text("reloading", attempt.gen, self.protocol.name()),
             Phase::Stopping(_) => return,
         };
         let status = self.status_with(&phase);
