@@ -317,10 +317,11 @@ mod tests {
     }
 
     #[test]
-    fn a_sentinel_killed_otherwise_decides_nothing() {
+    fn a_sentinel_ending_otherwise_decides_nothing() {
         let mut p = attempt(false, false);
         let killed = Event::ChildEnded { pid: SENTINEL, status: WaitStatus::Signaled(Pid::from_raw(SENTINEL), Signal::SIGKILL, false) };
         assert_eq!(p.on_event(&killed, &[]), Outcome::Nothing);
+        assert_eq!(p.on_event(&exit(SENTINEL, 1), &[]), Outcome::Nothing);
     }
 
     #[test]
