@@ -43,9 +43,6 @@ fn handover_may_be_at_fault(alerts: &[String]) -> bool {
 
 impl Foreground {
     pub fn fresh(launch: Launch) -> Foreground {
-        if let Some(path) = &launch.args.pidfile {
-            note_old_pidfile(path);
-        }
         Foreground { launch, generations: ForegroundGenerations::default(), attempt: None }
     }
 
@@ -180,6 +177,11 @@ impl Protocol for Foreground {
     }
 
     fn begin(&mut self, gen: u32, first: bool) -> Result<(), Error> {
+        if first {
+            if let Some(path) = &self.launch.args.pidfile {
+                note_old_pidfile(path);
+            }
+        }
         let with_handover = !first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists());
         let sentinel = haproxy::spawn_sentinel().map_err(|e| Error::Internal(format!("fork: {}", e)))?;
         self.attempt = Some(Attempt { gen, first, sentinel, haproxy: None, with_handover, retried_without_handover: false, serving_ended: None });

@@ -73,7 +73,8 @@ impl MasterWorker {
             generations.workers.retain(|&w| procs::is_child_of(w, generation.pid));
             generations.old_workers.retain(|&w| procs::is_child_of(w, generation.pid));
         }
-        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: clock::deadline_after(DRAIN_POLL) }
+        // Draining workers are looked for right away: some may have ended during the re-exec.
+        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0 }
     }
 
     fn master_pid(&self) -> Option<i32> {
