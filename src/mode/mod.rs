@@ -159,10 +159,15 @@ pub fn not_ready(ready_timeout: Duration) -> Verdict {
     Verdict::Failed { reason: format!("not ready after {} s", ready_timeout.as_secs_f64()), code: error::EXIT_NOT_READY }
 }
 
-/// "haproxy exited with status N" and N as the exit status.
+/// "haproxy exited with status N" and N as the exit status. A haproxy that exits 0 before it
+/// was ready (a configuration that only checks, `-cc` conditions) never served: should this be
+/// the first start, the wrapper must not exit 0 as if stopped on request, so the status is 69,
+/// "never became ready", like a start that timed out.
 pub fn exited(status: &WaitStatus) -> Verdict {
-    let code = error::status_code(status).unwrap_or(1);
-    Verdict::Failed { reason: format!("haproxy exited with status {}", code), code }
+    match error::status_code(status).unwrap_or(1) {
+        0 => Verdict::Failed { reason: "haproxy exited with status 0 before it was ready".into(), code: error::EXIT_NOT_READY },
+        code => Verdict::Failed { reason: format!("haproxy exited with status {}", code), code },
+    }
 }
 
 /// "1300 1301", or "none".
@@ -171,5 +176,21 @@ pub fn pid_list(pids: &[i32]) -> String {
         "none".to_string()
     } else {
         pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal;
+    use nix::unistd::Pid;
+
+    #[test]
+    fn an_exit_before_ready_is_a_failure_and_never_exit_status_0() {
+        let p = Pid::from_raw(4_300_001);
+        let failed = |reason: &str, code| Verdict::Failed { reason: reason.into(), code };
+        assert_eq!(exited(&WaitStatus::Exited(p, 0)), failed("haproxy exited with status 0 before it was ready", 69));
+        assert_eq!(exited(&WaitStatus::Exited(p, 3)), failed("haproxy exited with status 3", 3));
+        assert_eq!(exited(&WaitStatus::Signaled(p, Signal::SIGSEGV, true)), failed("haproxy exited with status 139", 139));
     }
 }
