@@ -65,3 +65,96 @@ mod start {
         }
     }
 }
+
+// ================================================================================================
+/// systemd's notify socket: sends never block the loop; an empty NOTIFY_SOCKET is unset.
+mod notify_socket {
+    use super::*;
+    use std::path::Path;
+
+    /// Fills the receive queue of the datagram socket at `path` (which nobody reads) until a
+    /// fresh sender cannot queue a single datagram more; returns how many were queued.
+    fn fill(path: &Path) -> usize {
+        let mut queued = 0;
+        loop {
+            let sender = UnixDatagram::unbound().expect("socket");
+            sender.set_nonblocking(true).unwrap();
+            let mut here = 0;
+            loop {
+                match sender.send_to(b"X_TEST_FILLER=1", path) {
+                    Ok(_) => here += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("filling {}: {e}", path.display()),
+                }
+            }
+            queued += here;
+            if here == 0 {
+                return queued;
+            }
+            assert!(queued < 1_000_000, "{} never filled", path.display());
+        }
+    }
+
+    both_modes! {
+        /// A NOTIFY_SOCKET whose queue is full: the wrapper keeps running its loop (haproxy starts,
+        /// READY=1 arrives once there is room, it warns once) and stops promptly on SIGTERM.
+        fn an_unread_notify_socket_never_blocks_the_wrapper(mode) {
+            let mut t = Ctx::without_notify("fullnotify");
+            let path = t.path("full.sock");
+            let receiver = UnixDatagram::bind(&path).expect("bind");
+            receiver.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let queued = fill(&path);
+            assert!(queued > 0);
+            let cfg = t.write("h.cfg", "");
+            let mut cmd = t.command(&t.fake_args(mode, &cfg, &[]));
+            cmd.env("NOTIFY_SOCKET", &path);
+            t.spawn(cmd);
+            first_fake(&t, mode);
+            // READY=1 is not lost: once the test reads its queue, the wrapper's retry delivers it.
+            let ready = format!("MAINPID={}", t.pid);
+            let deadline = Instant::now() + T;
+            let mut buf = [0u8; 4096];
+            let mut got_ready = false;
+            while !got_ready && Instant::now() < deadline {
+                if let Ok(n) = receiver.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    got_ready = text.lines().any(|l| l == "READY=1") && text.lines().any(|l| l == ready);
+                }
+            }
+            assert!(got_ready, "READY=1 of the wrapper never arrived; log:\n{}", t.log());
+            // Full again: SIGTERM still stops everything promptly.
+            fill(&path);
+            let t0 = Instant::now();
+            t.signal(Signal::SIGTERM);
+            let st = t.wait_exit(T);
+            assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+            assert!(t0.elapsed() < Duration::from_secs(5), "the stop took {:?}", t0.elapsed());
+            t.assert_no_fake_left();
+            let warnings = t.log().matches("notify socket is full (").count();
+            assert_eq!(warnings, 1, "the full socket is warned about once; log:\n{}", t.log());
+            drop(receiver);
+        }
+    }
+
+    /// `NOTIFY_SOCKET=` (empty) is no socket: no warning, no attempt to send.
+    #[test]
+    fn an_empty_notify_socket_is_unset() {
+        let mut t = Ctx::without_notify("emptynotify");
+        let cfg = t.write("h.cfg", "");
+        let mut cmd = t.command(&t.fake_args(Mode::Foreground, &cfg, &[]));
+        cmd.env("NOTIFY_SOCKET", "");
+        t.spawn(cmd);
+        first_fake(&t, Mode::Foreground);
+        // The wrapper logs the generation serving once its READY=1 would have gone out.
+        let serving = poll_until(T, || if t.log().contains(" serving, ready in ") { Some(()) } else { None });
+        assert!(serving.is_some(), "log:\n{}", t.log());
+        t.signal(Signal::SIGTERM);
+        let st = t.wait_exit(T);
+        assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+        let log = t.log();
+        assert!(!log.contains("NOTIFY_SOCKET") && !log.contains("sd_notify"), "an empty NOTIFY_SOCKET was used; log:\n{log}");
+        // The wrapper's own warnings and errors (haproxy's re-emitted lines start with its tag).
+        let own = log.lines().filter(|l| (l.starts_with("<4>") || l.starts_with("<3>")) && !l[3..].starts_with('[')).count();
+        assert_eq!(own, 0, "warnings or errors for an empty NOTIFY_SOCKET; log:\n{log}");
+    }
+}

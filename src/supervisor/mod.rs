@@ -125,7 +125,7 @@ impl Supervisor {
     }
 
     fn deadlines(&self) -> Vec<Option<u64>> {
-        let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns()];
+        let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns(), self.systemd.next_retry_ns()];
         match &self.phase {
             Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(Some(attempt.deadline_ns)),
             Phase::Stopping(stop) => out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]),
@@ -191,6 +191,9 @@ impl Supervisor {
 
     fn on_tick(&mut self) {
         let now = now_ns();
+        if self.systemd.next_retry_ns().map_or(false, |t| now >= t) {
+            self.systemd.flush(now);
+        }
         if let Some(interval) = self.watchdog {
             if now >= self.next_watchdog_ns {
                 let serving_alive = self.protocol.serving_pid().map_or(false, |pid| procs::stat(pid).map_or(false, |(_, state)| state != 'Z'));
