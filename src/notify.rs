@@ -206,6 +206,9 @@ pub fn watchdog_interval() -> Option<Duration> {
     }
 }
 
+/// How many datagrams of the master's socket one turn of the loop reads at most.
+const MAX_RECV: usize = 256;
+
 /// The datagram socket the haproxy master sends its sd_notify messages to.
 pub struct MasterSocket {
     fd: OwnedFd,
@@ -237,10 +240,11 @@ impl MasterSocket {
         self.fd.as_raw_fd()
     }
 
-    /// Every datagram waiting, with the sender's pid (0 when the kernel gave none).
+    /// The datagrams waiting (at most `MAX_RECV` per call: a flood must not keep the loop from
+    /// signals), with the sender's pid (0 when the kernel gave none).
     pub fn recv_all(&self) -> Vec<(i32, String)> {
         let mut out = Vec::new();
-        loop {
+        while out.len() < MAX_RECV {
             let mut buf = [0u8; 4096];
             let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];

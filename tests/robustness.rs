@@ -158,3 +158,47 @@ mod notify_socket {
         assert_eq!(own, 0, "warnings or errors for an empty NOTIFY_SOCKET; log:\n{log}");
     }
 }
+
+// ================================================================================================
+/// The master's private notify socket (master-worker mode) is reachable by anyone on the host.
+mod master_socket {
+    use super::*;
+    use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+
+    /// A flood of datagrams from another process (this test) on the master's socket: a handful of
+    /// log lines, not one per datagram; the wrapper still reloads and stops.
+    #[test]
+    fn a_flood_of_foreign_datagrams_is_logged_a_few_times() {
+        let mut t = Ctx::new("flood");
+        t.start_fake_ready(Mode::MasterWorker, "");
+        let master = first_fake(&t, Mode::MasterWorker);
+        let report = t.report(master);
+        let address = report.lines().find_map(|l| l.strip_prefix("env NOTIFY_SOCKET=@")).expect("the master's NOTIFY_SOCKET").to_string();
+        let addr = UnixAddr::new_abstract(address.as_bytes()).unwrap();
+        let sock = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None).unwrap();
+        const FLOOD: usize = 50_000;
+        let t0 = Instant::now();
+        let mut sent = 0;
+        while sent < FLOOD && t0.elapsed() < Duration::from_secs(20) {
+            match socket::sendto(sock, b"READY=1\nSTATUS=spoofed", &addr, MsgFlags::empty()) {
+                Ok(_) => sent += 1,
+                Err(nix::errno::Errno::EAGAIN) => std::thread::yield_now(),
+                Err(e) => panic!("sendto the master's socket: {e}"),
+            }
+        }
+        let flood_time = t0.elapsed();
+        nix::unistd::close(sock).unwrap();
+        assert!(sent > 10_000, "only {sent} datagrams in {flood_time:?}");
+        // The wrapper kept up and still works: a reload answers (after the flood was read).
+        let status = t.reload(T);
+        assert!(status.contains("last reload: ok"), "{status}");
+        let lines = t.log().lines().filter(|l| l.contains("not the master")).count();
+        let bound = 5 * (flood_time.as_secs() as usize + 2) + 5;
+        assert!(lines > 0, "foreign datagrams are not logged at all; log:\n{}", t.log());
+        assert!(lines <= bound, "{lines} log lines for {sent} foreign datagrams in {flood_time:?} (bound {bound})");
+        t.signal(Signal::SIGTERM);
+        let st = t.wait_exit(T);
+        assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+        eprintln!("flood: {sent} datagrams in {flood_time:?}, {lines} log lines");
+    }
+}

@@ -12,6 +12,7 @@ use super::{exited, not_ready, Event, Launch, Outcome, Protocol, Verdict};
 use crate::clock;
 use crate::error::Error;
 use crate::haproxy;
+use crate::log::RateLimit;
 use crate::notify::{self, MasterSocket};
 use crate::procs;
 use crate::state::{Gen, Generations, MasterWorkerGenerations};
@@ -40,7 +41,12 @@ pub struct MasterWorker {
     generations: MasterWorkerGenerations,
     attempt: Option<Attempt>,
     next_drain_check_ns: u64,
+    /// Logs of datagrams from other processes than the master.
+    foreign_log: RateLimit,
 }
+
+/// At most this many datagrams from other processes than the master are logged per second.
+const FOREIGN_LOG_BURST: u32 = 5;
 
 /// The verdict on a READY=1 of the master: `children` are its children then.
 fn judge_ready(attempt: &Attempt, children: &[i32]) -> Verdict {
@@ -60,7 +66,7 @@ fn judge_ready(attempt: &Attempt, children: &[i32]) -> Verdict {
 impl MasterWorker {
     pub fn fresh(launch: Launch, socket: MasterSocket) -> MasterWorker {
         let generations = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: socket.fd() };
-        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0 }
+        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0, foreign_log: RateLimit::new(FOREIGN_LOG_BURST, Duration::from_secs(1)) }
     }
 
     /// Takes the carried generations back, keeping only the workers the kernel confirms.
@@ -74,7 +80,7 @@ impl MasterWorker {
             generations.old_workers.retain(|&w| procs::is_child_of(w, generation.pid));
         }
         // Draining workers are looked for right away: some may have ended during the re-exec.
-        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0 }
+        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0, foreign_log: RateLimit::new(FOREIGN_LOG_BURST, Duration::from_secs(1)) }
     }
 
     fn master_pid(&self) -> Option<i32> {
@@ -125,7 +131,13 @@ impl Protocol for MasterWorker {
         let mut events = Vec::new();
         for (pid, message) in self.socket.recv_all() {
             if Some(pid) != master {
-                debug!("ignoring a notify message from pid {} (not the master): {:?}", pid, message);
+                // Anyone may send to the socket: a flood makes a few lines, not one per datagram.
+                let message: String = message.chars().take(200).collect();
+                match self.foreign_log.allow(clock::now_ns()) {
+                    Some(0) => notice!("ignoring a notify message from pid {} (not the master): {:?}", pid, message),
+                    Some(n) => notice!("ignoring a notify message from pid {} (not the master): {:?} ({} more ignored before it, not logged)", pid, message, n),
+                    None => {}
+                }
                 continue;
             }
             debug!("master {} says {:?}", pid, message);
