@@ -202,3 +202,73 @@ mod master_socket {
         eprintln!("flood: {sent} datagrams in {flood_time:?}, {lines} log lines");
     }
 }
+
+// ================================================================================================
+/// The master-worker verdict reads the master's children in /proc: a walk that fails is an
+/// unknown list, never an empty one.
+mod proc_walk {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The wrapper's descriptors that survive its re-exec: all but its signalfd and its socket
+    /// to systemd, which the new image opens again (the relay pipe and the master's socket are
+    /// carried across; they are close-on-exec only outside the exec).
+    fn kept_across_exec(pid: i32) -> BTreeSet<i32> {
+        let unix = fs::read_to_string("/proc/net/unix").unwrap();
+        let master_socket_inode = |inode: &str| unix.lines().any(|l| l.split_whitespace().nth(6) == Some(inode) && l.contains("haproxy-systemd-wrapper/"));
+        let mut kept = BTreeSet::new();
+        for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+            let target = match fs::read_link(entry.path()) {
+                Ok(t) => t.display().to_string(),
+                Err(_) => continue,
+            };
+            let recreated = target.contains("signalfd")
+                || target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).map_or(false, |inode| !master_socket_inode(inode));
+            if !recreated {
+                kept.insert(fd);
+            }
+        }
+        kept
+    }
+
+    fn set_nofile(pid: i32, soft: u64) -> u64 {
+        let mut old = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
+        let rc = unsafe { nix::libc::prlimit(pid, nix::libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+        let new = nix::libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
+        // SAFETY: as above.
+        let rc = unsafe { nix::libc::prlimit(pid, nix::libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+        old.rlim_cur
+    }
+
+    /// The wrapper out of descriptors when the master says READY=1: the reload that did start a
+    /// new worker is reported ok (not "the master started no new worker"), with a warning; STATUS
+    /// says the workers are unknown, then names the new one once /proc can be read again.
+    #[test]
+    fn a_reload_when_proc_cannot_be_read_trusts_the_masters_ready() {
+        let mut t = Ctx::new("nofile");
+        t.start_fake_ready(Mode::MasterWorker, "");
+        let old_worker = t.wait_events("first worker", 1, T, |e| e.what == "ready" && e.role == "worker")[0].pid;
+        // After the re-exec the wrapper opens its signalfd and its systemd socket again: leave it
+        // room for those two and nothing more, so every walk of /proc fails with EMFILE.
+        let kept = kept_across_exec(t.pid);
+        let limit = (0..).filter(|fd| !kept.contains(fd)).nth(2).unwrap() as u64;
+        let before = set_nofile(t.pid, limit);
+        let status = t.reload(T);
+        let new_worker = t.wait_events("second worker", 2, T, |e| e.what == "ready" && e.role == "worker")[1].pid;
+        assert!(status.contains("last reload: ok"), "the reload is reported failed: {status:?}");
+        assert!(status.contains("workers unknown"), "{status:?}");
+        assert!(!status.contains(&old_worker.to_string()) || status.contains("draining"), "{status:?}");
+        assert!(t.log().contains("cannot list the children of master"), "log:\n{}", t.log());
+        set_nofile(t.pid, before);
+        let named = format!("workers {new_worker}); draining: none");
+        let learnt = t.notify().wait_for(T, |m| m.iter().any(|m| m.get("STATUS").map_or(false, |s| s.contains(&named))));
+        assert!(learnt, "STATUS never named the new worker {new_worker}:\n{}", t.notify().dump());
+        t.signal(Signal::SIGTERM);
+        let st = t.wait_exit(T);
+        assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+    }
+}

@@ -31,8 +31,8 @@ struct Attempt {
     workers_before: Vec<i32>,
     /// haproxy said its loading failed ("Loading failure", STATUS=...fail...).
     loading_failed: bool,
-    /// The master's children when it said READY=1.
-    children_at_ready: Vec<i32>,
+    /// The master's children when it said READY=1 (None: /proc could not be read).
+    children_at_ready: Option<Vec<i32>>,
 }
 
 pub struct MasterWorker {
@@ -43,19 +43,29 @@ pub struct MasterWorker {
     next_drain_check_ns: u64,
     /// Logs of datagrams from other processes than the master.
     foreign_log: RateLimit,
+    /// The current workers are not known (the master's children could not be read at its
+    /// READY=1): the next drain check learns them.
+    workers_unknown: bool,
+    /// Logs of failed walks of the master's children during drain checks.
+    walk_log: RateLimit,
 }
+
+/// How many times the master's children are read when one walk of /proc fails.
+const WALK_TRIES: u32 = 3;
 
 /// At most this many datagrams from other processes than the master are logged per second.
 const FOREIGN_LOG_BURST: u32 = 5;
 
-/// The verdict on a READY=1 of the master: `children` are its children then.
-fn judge_ready(attempt: &Attempt, children: &[i32]) -> Verdict {
+/// The verdict on a READY=1 of the master: `children` are its children then, None when they
+/// could not be read: the master's READY=1 is trusted then (a warning was logged), since an
+/// error reading /proc says nothing about haproxy.
+fn judge_ready(attempt: &Attempt, children: Option<&[i32]>) -> Verdict {
     if attempt.first {
         return Verdict::Serving;
     }
     let reason = if attempt.loading_failed {
         "haproxy reported a loading failure"
-    } else if children.iter().all(|c| attempt.workers_before.contains(c)) {
+    } else if children.map_or(false, |children| children.iter().all(|c| attempt.workers_before.contains(c))) {
         "the master started no new worker"
     } else {
         return Verdict::Serving;
@@ -66,7 +76,16 @@ fn judge_ready(attempt: &Attempt, children: &[i32]) -> Verdict {
 impl MasterWorker {
     pub fn fresh(launch: Launch, socket: MasterSocket) -> MasterWorker {
         let generations = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: socket.fd() };
-        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0, foreign_log: RateLimit::new(FOREIGN_LOG_BURST, Duration::from_secs(1)) }
+        MasterWorker {
+            launch,
+            socket,
+            generations,
+            attempt: None,
+            next_drain_check_ns: 0,
+            foreign_log: RateLimit::new(FOREIGN_LOG_BURST, Duration::from_secs(1)),
+            workers_unknown: false,
+            walk_log: RateLimit::new(1, Duration::from_secs(10)),
+        }
     }
 
     /// Takes the carried generations back, keeping only the workers the kernel confirms.
@@ -80,7 +99,16 @@ impl MasterWorker {
             generations.old_workers.retain(|&w| procs::is_child_of(w, generation.pid));
         }
         // Draining workers are looked for right away: some may have ended during the re-exec.
-        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0, foreign_log: RateLimit::new(FOREIGN_LOG_BURST, Duration::from_secs(1)) }
+        MasterWorker {
+            launch,
+            socket,
+            generations,
+            attempt: None,
+            next_drain_check_ns: 0,
+            foreign_log: RateLimit::new(FOREIGN_LOG_BURST, Duration::from_secs(1)),
+            workers_unknown: false,
+            walk_log: RateLimit::new(1, Duration::from_secs(10)),
+        }
     }
 
     fn master_pid(&self) -> Option<i32> {
@@ -93,26 +121,78 @@ impl MasterWorker {
     }
 
     fn master_said(&mut self, message: &str, children: Option<&Vec<i32>>) -> Outcome {
+        let ready = notify::says(message, "READY");
         if let (Some(attempt), Some(status)) = (&mut self.attempt, notify::value(message, "STATUS")) {
             if !attempt.first && status.to_ascii_lowercase().contains("fail") {
                 attempt.loading_failed = true;
             }
         }
-        let children = match children {
-            Some(c) if notify::says(message, "READY") => c,
-            _ => return Outcome::Nothing,
-        };
-        match &mut self.attempt {
-            Some(attempt) => {
-                attempt.children_at_ready = children.clone();
-                Outcome::Attempt(judge_ready(attempt, children))
+        if !ready {
+            return Outcome::Nothing;
+        }
+        match (&mut self.attempt, children) {
+            (Some(attempt), children) => {
+                attempt.children_at_ready = children.cloned();
+                Outcome::Attempt(judge_ready(attempt, children.map(|c| c.as_slice())))
             }
-            None => {
+            (None, Some(children)) => {
                 // A late answer to a reload that already timed out: learn the current workers.
                 let old = &self.generations.old_workers;
                 self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
+                self.workers_unknown = false;
                 Outcome::StatusChanged
             }
+            (None, None) => {
+                self.workers_unknown = true;
+                Outcome::StatusChanged
+            }
+        }
+    }
+}
+
+impl MasterWorker {
+    /// What a drain check found: the master's live children. True when STATUS changes.
+    fn learn_workers(&mut self, alive: &[i32]) -> bool {
+        let before = self.generations.old_workers.len();
+        self.generations.old_workers.retain(|w| alive.contains(w));
+        self.generations.workers.retain(|w| alive.contains(w));
+        let mut changed = self.generations.old_workers.len() != before;
+        if changed {
+            info!("old workers still draining: {}", self.generations.old_workers.len());
+        }
+        if self.workers_unknown {
+            let old = &self.generations.old_workers;
+            self.generations.workers = alive.iter().copied().filter(|w| !old.contains(w)).collect();
+            self.workers_unknown = false;
+            info!("workers of the serving generation: {:?}", self.generations.workers);
+            changed = true;
+        }
+        changed
+    }
+}
+
+fn held_back(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({} similar lines not logged)", n)
+    }
+}
+
+/// The master's children when it says READY=1. A walk of /proc that fails (out of descriptors)
+/// is tried again; if it keeps failing, None: the verdict then trusts the master's READY=1
+/// without a worker list, and says so.
+fn master_children_at_ready(master: i32) -> Option<Vec<i32>> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match procs::children_of(master) {
+            Ok(children) => return Some(children),
+            Err(e) if tries >= WALK_TRIES => {
+                warning!("cannot list the children of master {} ({}, {} tries): trusting its READY=1 without a worker list", master, e, tries);
+                return None;
+            }
+            Err(_) => {}
         }
     }
 }
@@ -142,7 +222,7 @@ impl Protocol for MasterWorker {
             }
             debug!("master {} says {:?}", pid, message);
             // The fact the verdict needs, read once, when the master says it is ready.
-            let children = if notify::says(&message, "READY") { Some(procs::children_of(pid)) } else { None };
+            let children = if notify::says(&message, "READY") { master_children_at_ready(pid) } else { None };
             events.push(Event::MasterSaid { message, children });
         }
         events
@@ -154,7 +234,7 @@ impl Protocol for MasterWorker {
             let pid = haproxy::spawn(program, &self.launch.args.base, self.launch.relay_write, Some(&self.socket.address))
                 .map_err(|e| Error::from_spawn(program, &e))?;
             info!("gen {}: started haproxy master pid {}", gen, pid);
-            self.attempt = Some(Attempt { gen, first, master: pid, workers_before: vec![], loading_failed: false, children_at_ready: vec![] });
+            self.attempt = Some(Attempt { gen, first, master: pid, workers_before: vec![], loading_failed: false, children_at_ready: None });
             return Ok(());
         }
         let master = self.master_pid().ok_or_else(|| Error::Internal("no master to reload".into()))?;
@@ -166,7 +246,7 @@ impl Protocol for MasterWorker {
         before.dedup();
         haproxy::signal(master, Signal::SIGUSR2);
         info!("gen {}: asked master {} to reload (workers before: {:?})", gen, master, before);
-        self.attempt = Some(Attempt { gen, first, master, workers_before: before, loading_failed: false, children_at_ready: vec![] });
+        self.attempt = Some(Attempt { gen, first, master, workers_before: before, loading_failed: false, children_at_ready: None });
         Ok(())
     }
 
@@ -203,14 +283,24 @@ impl Protocol for MasterWorker {
             Some(attempt) => attempt,
             None => return 0,
         };
-        let children = attempt.children_at_ready;
-        let new: Vec<i32> = children.iter().copied().filter(|w| !attempt.workers_before.contains(w)).collect();
         let mut old = std::mem::take(&mut self.generations.workers);
         old.extend(attempt.workers_before.iter().copied());
         old.sort_unstable();
         old.dedup();
-        self.generations.old_workers = old.into_iter().filter(|w| children.contains(w) && !new.contains(w)).collect();
-        self.generations.workers = new;
+        match attempt.children_at_ready {
+            Some(children) => {
+                let new: Vec<i32> = children.iter().copied().filter(|w| !attempt.workers_before.contains(w)).collect();
+                self.generations.old_workers = old.into_iter().filter(|w| children.contains(w) && !new.contains(w)).collect();
+                self.generations.workers = new;
+                self.workers_unknown = false;
+            }
+            None => {
+                // Every worker known before is presumed draining; the drain check sorts them
+                // out and learns the new ones.
+                self.generations.old_workers = old;
+                self.workers_unknown = true;
+            }
+        }
         self.generations.master = Some(Gen { n: attempt.gen, pid: attempt.master });
         self.next_drain_check_ns = clock::deadline_after(DRAIN_POLL);
         attempt.master
@@ -234,7 +324,8 @@ impl Protocol for MasterWorker {
     }
 
     fn serving_text(&self) -> Option<String> {
-        self.generations.master.map(|generation| format!("gen {} serving (master {}, workers {})", generation.n, generation.pid, super::pid_list(&self.generations.workers)))
+        let workers = if self.workers_unknown { "unknown".to_string() } else { super::pid_list(&self.generations.workers) };
+        self.generations.master.map(|generation| format!("gen {} serving (master {}, workers {})", generation.n, generation.pid, workers))
     }
 
     fn serving_label(&self, pid: i32) -> String {
@@ -246,7 +337,7 @@ impl Protocol for MasterWorker {
     }
 
     fn next_tick_ns(&self) -> Option<u64> {
-        if self.generations.old_workers.is_empty() {
+        if self.generations.old_workers.is_empty() && !self.workers_unknown {
             None
         } else {
             Some(self.next_drain_check_ns)
@@ -256,19 +347,21 @@ impl Protocol for MasterWorker {
     /// Which old workers are still draining, which are the current ones.
     fn on_tick(&mut self, now_ns: u64) -> bool {
         let master = match self.master_pid() {
-            Some(m) if !self.generations.old_workers.is_empty() && now_ns >= self.next_drain_check_ns => m,
+            Some(m) if (!self.generations.old_workers.is_empty() || self.workers_unknown) && now_ns >= self.next_drain_check_ns => m,
             _ => return false,
         };
         self.next_drain_check_ns = now_ns + DRAIN_POLL.as_nanos() as u64;
-        let alive = procs::children_of(master);
-        let before = self.generations.old_workers.len();
-        self.generations.old_workers.retain(|w| alive.contains(w));
-        self.generations.workers.retain(|w| alive.contains(w));
-        if self.generations.old_workers.len() != before {
-            info!("old workers still draining: {}", self.generations.old_workers.len());
-            return true;
-        }
-        false
+        let alive = match procs::children_of(master) {
+            Ok(alive) => alive,
+            Err(e) => {
+                // Unknown is not "all gone": keep the lists, look again at the next check.
+                if let Some(n) = self.walk_log.allow(now_ns) {
+                    warning!("cannot list the children of master {} ({}); draining workers are looked for again later{}", master, e, held_back(n));
+                }
+                return false;
+            }
+        };
+        self.learn_workers(&alive)
     }
 
     fn generations(&self) -> Generations {
@@ -304,7 +397,7 @@ mod tests {
             p.generations.workers = vec![W1];
         }
         let workers_before = if reload { vec![W1] } else { vec![] };
-        p.attempt = Some(Attempt { gen: 1 + reload as u32, first: !reload, master: MASTER, workers_before, loading_failed: false, children_at_ready: vec![] });
+        p.attempt = Some(Attempt { gen: 1 + reload as u32, first: !reload, master: MASTER, workers_before, loading_failed: false, children_at_ready: None });
         p
     }
 
@@ -371,6 +464,33 @@ mod tests {
         let killed = WaitStatus::Signaled(Pid::from_raw(MASTER), Signal::SIGKILL, false);
         assert_eq!(p.on_event(&Event::ChildEnded { pid: MASTER, status: killed }, &[]), Outcome::ServingEnded(killed));
         assert_eq!(p.serving_pid(), None);
+    }
+
+    #[test]
+    fn a_ready_whose_children_could_not_be_read_is_trusted_and_the_workers_learnt_later() {
+        let mut p = protocol(true);
+        let said = Event::MasterSaid { message: "READY=1\n".into(), children: None };
+        assert_eq!(p.on_event(&said, &[]), Outcome::Attempt(Verdict::Serving));
+        assert_eq!(p.commit(), MASTER);
+        // Not "none" and not the old worker: unknown, until a drain check reads them.
+        assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers unknown)", MASTER));
+        assert_eq!(p.draining(), vec![W1]);
+        assert!(p.next_tick_ns().is_some());
+        assert!(p.learn_workers(&[W1, W2]));
+        assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+        assert_eq!(p.draining(), vec![W1]);
+        assert!(p.learn_workers(&[W2]));
+        assert_eq!(p.draining(), Vec::<i32>::new());
+        assert!(p.next_tick_ns().is_none());
+        // A loading failure still fails the reload without a worker list.
+        let mut p = protocol(true);
+        assert_eq!(p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+        assert_eq!(p.on_event(&said, &[]), failed("haproxy reported a loading failure"));
+        // A late READY=1 whose children are unknown: the next drain check learns them.
+        let mut p = protocol(true);
+        p.attempt = None;
+        assert_eq!(p.on_event(&said, &[]), Outcome::StatusChanged);
+        assert!(p.serving_text().unwrap().ends_with("workers unknown)"));
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub enum Event {
     /// One line haproxy printed.
     Line(String),
     /// master-worker: a datagram from the master on its private socket. `children` are the
-    /// master's children read when the datagram said READY=1 (None for other datagrams).
+    /// master's children read when the datagram said READY=1; None for other datagrams, and
+    /// for a READY=1 when /proc could not be read (an unknown list, never an empty one).
     MasterSaid { message: String, children: Option<Vec<i32>> },
     /// The attempt in progress was not ready within --ready-timeout.
     Deadline { ready_timeout: Duration },

@@ -28,7 +28,11 @@ impl Supervisor {
         let mut targets = self.protocol.signal_targets();
         if !graceful {
             // Anything else of ours: orphaned workers of a dead master, leftovers.
-            targets.extend(procs::children_of(self.wrapper_pid));
+            match procs::children_of(self.wrapper_pid) {
+                Ok(children) => targets.extend(children),
+                // The SIGKILL rounds after --stop-timeout walk the tree again.
+                Err(e) => warning!("cannot list the wrapper's children ({}): SIGTERM to haproxy only", e),
+            }
             targets.sort_unstable();
             targets.dedup();
         }
@@ -51,7 +55,15 @@ impl Supervisor {
         if !first_round && !sweep {
             return;
         }
-        let pids = procs::descendants_of(self.wrapper_pid);
+        let pids = match procs::descendants_of(self.wrapper_pid) {
+            Ok(pids) => pids,
+            Err(e) => {
+                // Kill what is known now; the next sweep walks the tree again.
+                let known = self.protocol.signal_targets();
+                warning!("cannot list the processes below the wrapper ({}): SIGKILL to {:?}, trying again in {} ms", e, known, KILL_SWEEP.as_millis());
+                known
+            }
+        };
         if first_round {
             warning!("haproxy still running {} s after SIGTERM: sending SIGKILL to pids {:?}", self.opts.stop_timeout.as_secs_f64(), pids);
         } else if !pids.is_empty() {
