@@ -272,3 +272,49 @@ mod proc_walk {
         assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
     }
 }
+
+// ================================================================================================
+/// A requested stop ends by --stop-timeout plus a small bound, whatever haproxy and what it left
+/// behind do with SIGTERM.
+mod stop {
+    use super::*;
+
+    /// How long after --stop-timeout the wrapper may take to SIGKILL, reap and exit.
+    const BOUND: Duration = Duration::from_millis(1500);
+
+    both_modes! {
+        /// haproxy ignores SIGTERM, left a detached grandchild (reparented to the wrapper, a
+        /// subreaper) and has a child of its own (reparented to the wrapper only once haproxy is
+        /// killed), both ignoring SIGTERM: all are SIGKILLed at --stop-timeout and the wrapper
+        /// exits 0 within the bound, with nothing left.
+        fn stubborn_haproxy_and_orphan_are_gone_by_the_stop_timeout(mode) {
+            let mut t = Ctx::new("stubborn");
+            let opid = t.p("orphan.pid");
+            let cpid = t.p("child.pid");
+            let cfg = t.write("h.cfg", &format!("fake-ignore-term\nfake-orphan {opid}\nfake-orphan-ignore-term\nfake-child {cpid}\n"));
+            t.start(&t.fake_args_with_options(mode, &cfg, &["--stop-timeout", "1"]));
+            t.wait_ready(T);
+            let fake = first_fake(&t, mode);
+            let orphan = orphan_pid(&opid);
+            t.seen.insert(orphan);
+            let child = orphan_pid(&cpid);
+            t.seen.insert(child);
+            assert_eq!(proc_stat(child).map(|p| p.ppid), Some(fake), "the child is haproxy's");
+            let reparented = poll_until(T, || proc_stat(orphan).filter(|p| p.ppid == t.pid));
+            assert!(reparented.is_some(), "orphan {orphan} not reparented to the wrapper");
+            let t0 = Instant::now();
+            t.signal(Signal::SIGTERM);
+            let st = t.wait_exit(Duration::from_secs(1) + BOUND + T);
+            let took = t0.elapsed();
+            assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+            eprintln!("stop with stubborn processes: {took:?} (--stop-timeout 1)");
+            assert!(took >= Duration::from_millis(900), "the stubborn processes were not given --stop-timeout: {took:?}");
+            assert!(took <= Duration::from_secs(1) + BOUND, "the stop took {took:?}, more than --stop-timeout 1 s + {BOUND:?}");
+            assert!(!alive(orphan), "orphan {orphan} outlived the wrapper");
+            assert!(!alive(fake), "haproxy {fake} outlived the wrapper");
+            assert!(!alive(child), "haproxy's child {child} outlived the wrapper");
+            t.assert_no_fake_left();
+            assert!(t.log().contains("sending SIGKILL"), "log:\n{}", t.log());
+        }
+    }
+}
