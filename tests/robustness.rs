@@ -318,3 +318,140 @@ mod stop {
         }
     }
 }
+
+// ================================================================================================
+/// SIGUSR1, the graceful stop: re-sent until haproxy acted on it (a master-worker master busy
+/// reloading drops it), escalated after --stop-timeout without an answer, never cut once haproxy
+/// acted (draining connections take the time they take).
+mod graceful_stop {
+    use super::*;
+
+    fn events_of(t: &Ctx, pid: i32, what: &str, rest: &str) -> usize {
+        t.events().iter().filter(|e| e.pid == pid && e.what == what && e.rest == rest).count()
+    }
+
+    /// Starts master-worker with --stop-timeout `stop_timeout`, then a reload that stays busy
+    /// (dropping signals) until `busy` exists; returns the master's pid once it is busy.
+    fn busy_reload(t: &mut Ctx, stop_timeout: &str) -> (i32, String) {
+        let busy = t.p("busy");
+        let cfg = t.write("h.cfg", "");
+        t.start(&t.fake_args_with_options(Mode::MasterWorker, &cfg, &["--stop-timeout", stop_timeout]));
+        t.wait_ready(T);
+        let master = first_fake(t, Mode::MasterWorker);
+        t.replace("h.cfg", &format!("fake-busy-reload {busy}\n"));
+        t.signal(Signal::SIGUSR2);
+        t.wait_events("busy reload", 1, T, |e| e.pid == master && e.what == "reload" && e.rest == "busy");
+        (master, busy)
+    }
+
+    /// The master drops the SIGUSR1 while it reloads; once it is done, the wrapper's next
+    /// SIGUSR1 stops it gracefully: no SIGTERM, exit 0, nothing left.
+    #[test]
+    fn a_sigusr1_the_busy_master_dropped_is_sent_again() {
+        let mut t = Ctx::new("usr1dropped");
+        let (master, busy) = busy_reload(&mut t, "20");
+        t.signal(Signal::SIGUSR1);
+        t.wait_events("SIGUSR1 dropped", 1, T, |e| e.pid == master && e.what == "dropped" && e.rest == "SIGUSR1");
+        fs::write(&busy, "").unwrap();
+        let st = t.wait_exit(T);
+        assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+        assert!(events_of(&t, master, "signal", "SIGUSR1") >= 1, "the master never got a SIGUSR1 it acted on:\n{}", t.events_text());
+        assert_eq!(events_of(&t, master, "signal", "SIGTERM"), 0, "the graceful stop was escalated:\n{}", t.events_text());
+        t.assert_no_fake_left();
+    }
+
+    /// A master that never acts on SIGUSR1: after --stop-timeout the stop becomes a SIGTERM stop;
+    /// the wrapper exits 0 well within twice --stop-timeout.
+    #[test]
+    fn a_sigusr1_never_acted_on_becomes_a_sigterm_after_the_stop_timeout() {
+        let mut t = Ctx::new("usr1escalate");
+        let (master, _busy) = busy_reload(&mut t, "1");
+        let t0 = Instant::now();
+        t.signal(Signal::SIGUSR1);
+        let st = t.wait_exit(T);
+        let took = t0.elapsed();
+        assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+        assert!(events_of(&t, master, "dropped", "SIGUSR1") >= 2, "SIGUSR1 was not sent again:\n{}", t.events_text());
+        assert_eq!(events_of(&t, master, "signal", "SIGTERM"), 1, "no SIGTERM after --stop-timeout:\n{}", t.events_text());
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(2), "the stop took {took:?} with --stop-timeout 1");
+        assert!(t.log().contains("did not act on SIGUSR1"), "log:\n{}", t.log());
+        t.assert_no_fake_left();
+    }
+
+    both_modes! {
+        /// haproxy acted on SIGUSR1 and keeps draining (its serving processes ignore the
+        /// soft-stop here): the wrapper waits, well past --stop-timeout, and never escalates.
+        fn a_long_drain_is_never_cut(mode) {
+            let mut t = Ctx::new("longdrain");
+            let cfg = t.write("h.cfg", "fake-ignore-usr1\n");
+            t.start(&t.fake_args_with_options(mode, &cfg, &["--stop-timeout", "1"]));
+            t.wait_ready(T);
+            let serving = t.wait_events("serving", 1, T, |e| e.what == "ready" && e.role == mode.serving_role())[0].pid;
+            t.signal(Signal::SIGUSR1);
+            t.wait_events("SIGUSR1 at the serving process", 1, T, |e| e.pid == serving && e.what == "signal" && e.rest == "SIGUSR1");
+            // Three times --stop-timeout: nothing is escalated, the drain goes on.
+            let exited = poll_until(Duration::from_secs(3), || t.wrapper.as_mut().unwrap().try_wait().unwrap());
+            assert!(exited.is_none(), "the wrapper ended a draining haproxy: {:?}\nlog:\n{}", exited, t.log());
+            assert!(alive(serving), "the draining process {serving} was ended");
+            let escalated: Vec<Event> = t.events().into_iter().filter(|e| e.what == "signal" && (e.rest == "SIGTERM" || e.rest == "SIGKILL")).collect();
+            assert!(escalated.is_empty(), "the graceful stop was escalated: {escalated:?}");
+            if mode == Mode::MasterWorker {
+                assert!(t.log().contains("haproxy acted on the graceful stop"), "log:\n{}", t.log());
+                let master = first_fake(&t, mode);
+                assert_eq!(events_of(&t, master, "signal", "SIGUSR1"), 1, "SIGUSR1 sent again after the master acted:\n{}", t.events_text());
+            }
+            t.signal(Signal::SIGTERM);
+            let st = t.wait_exit(T);
+            assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+            t.assert_no_fake_left();
+        }
+    }
+}
+
+// ================================================================================================
+/// The real haproxy (/usr/sbin/haproxy), where the behaviour is haproxy's own.
+mod real_haproxy {
+    use super::*;
+    use std::path::Path;
+
+    fn start_master_worker(name: &str, wrapper_opts: &[&str]) -> Ctx {
+        assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps` (installs the test dependencies)");
+        let mut t = Ctx::new(name);
+        let cfg = t.write(
+            "haproxy.cfg",
+            &format!(
+                "global\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
+                 frontend fe\n    bind 127.0.0.1:{}\n    http-request return status 200 content-type text/plain string ok\n",
+                t.port
+            ),
+        );
+        let mut args: Vec<String> = vec!["--haproxy".into(), REAL_HAPROXY.into()];
+        args.extend(wrapper_opts.iter().map(|s| s.to_string()));
+        args.extend(["-Ws".to_string(), "-f".to_string(), cfg]);
+        t.start(&args);
+        t.wait_ready(T_REAL);
+        t.track_haproxy(REAL_HAPROXY);
+        t
+    }
+
+    /// SIGUSR1 right after SIGUSR2: the master re-executes itself for the reload and may drop the
+    /// SIGUSR1 (haproxy 2.6). Either way the wrapper ends within twice --stop-timeout (plus a
+    /// margin), exit 0, nothing left. Ten rounds, since whether the signal is dropped is a race.
+    #[test]
+    fn sigusr1_during_a_reload_ends_in_bounded_time() {
+        for round in 0..10 {
+            let mut t = start_master_worker(&format!("real-usr1-reload-{round}"), &["--stop-timeout", "2"]);
+            let t0 = Instant::now();
+            t.signal(Signal::SIGUSR2);
+            t.signal(Signal::SIGUSR1);
+            let st = t.wait_exit(Duration::from_secs(4) + T);
+            let took = t0.elapsed();
+            assert_eq!(st.code(), Some(0), "round {round}: {}", describe_status(&st));
+            assert!(took < Duration::from_secs(5), "round {round}: the graceful stop took {took:?} (bound: 2 x --stop-timeout 2 s)");
+            let left: Vec<i32> = t.seen.iter().copied().filter(|p| alive(*p)).collect();
+            assert!(left.is_empty(), "round {round}: haproxy processes left: {left:?}");
+            let resent = t.log().contains("sending it again");
+            eprintln!("round {round}: stopped in {took:?}{}", if resent { " (SIGUSR1 sent again)" } else { "" });
+        }
+    }
+}

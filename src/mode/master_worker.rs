@@ -121,6 +121,9 @@ impl MasterWorker {
     }
 
     fn master_said(&mut self, message: &str, children: Option<&Vec<i32>>) -> Outcome {
+        if notify::says(message, "STOPPING") {
+            return Outcome::Stopping;
+        }
         let ready = notify::says(message, "READY");
         if let (Some(attempt), Some(status)) = (&mut self.attempt, notify::value(message, "STATUS")) {
             if !attempt.first && status.to_ascii_lowercase().contains("fail") {
@@ -272,6 +275,13 @@ impl Protocol for MasterWorker {
             Event::Deadline { ready_timeout } if self.attempt.is_some() => Outcome::Attempt(not_ready(*ready_timeout)),
             Event::Deadline { .. } => Outcome::Nothing,
         }
+    }
+
+    fn acknowledges_stop(&self) -> bool {
+        // The master says STOPPING=1 when it acts on SIGUSR1/SIGTERM (haproxy >= 1.8 with -Ws;
+        // seen on 2.6). While it re-executes itself (a reload, and right after its start on
+        // 2.6) it drops signals.
+        true
     }
 
     fn decides_attempt(&self, _pid: i32) -> bool {
@@ -491,6 +501,16 @@ mod tests {
         p.attempt = None;
         assert_eq!(p.on_event(&said, &[]), Outcome::StatusChanged);
         assert!(p.serving_text().unwrap().ends_with("workers unknown)"));
+    }
+
+    #[test]
+    fn the_master_saying_stopping_acknowledges_a_stop() {
+        let mut p = protocol(true);
+        assert!(p.acknowledges_stop());
+        let stopping = Event::MasterSaid { message: "STOPPING=1\n".into(), children: None };
+        assert_eq!(p.on_event(&stopping, &[]), Outcome::Stopping);
+        let status = Event::MasterSaid { message: "STATUS=stopping\n".into(), children: None };
+        assert_eq!(p.on_event(&status, &[]), Outcome::Nothing);
     }
 
     #[test]

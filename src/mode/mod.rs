@@ -64,6 +64,8 @@ pub enum Outcome {
     StartedOver,
     /// The serving generation ended on its own (outside an attempt that decides for it).
     ServingEnded(WaitStatus),
+    /// haproxy acted on a stop request (master-worker: the master said STOPPING=1).
+    Stopping,
 }
 
 /// Where haproxy is started from: its program, its classified arguments, the relay pipe's write end.
@@ -109,6 +111,11 @@ pub trait Protocol {
 
     /// The processes to pass SIGTTOU/SIGTTIN on to, and to stop (SIGTERM/SIGUSR1).
     fn signal_targets(&self) -> Vec<i32>;
+
+    /// Whether haproxy says when it acts on a stop request (`Outcome::Stopping`). A graceful stop
+    /// is then re-sent until haproxy acted on it, and escalated when it never does (a master busy
+    /// reloading drops signals); without it, the SIGUSR1 is sent once and the drain is awaited.
+    fn acknowledges_stop(&self) -> bool;
 
     /// The serving generation's process (haproxy or master), for the watchdog.
     fn serving_pid(&self) -> Option<i32>;
