@@ -10,7 +10,6 @@
 mod util;
 
 use std::fs;
-use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
