@@ -244,6 +244,79 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The wrapper's side: the ledger in memory and its file, stored after every change. A failure to
+/// store is logged once; the wrapper goes on (only `--wait-reload` clients lose their answer).
+pub struct Recorder {
+    dir: PathBuf,
+    pub ledger: Ledger,
+    failing: bool,
+}
+
+impl Recorder {
+    /// At the first start: a fresh ledger. After the re-exec: ours from the file; none there
+    /// (an older wrapper without a ledger re-executed into this one) means one request, the
+    /// reload that caused the exec.
+    pub fn open(dir: &Path, resumed: bool) -> Option<Recorder> {
+        let pid = std::process::id() as i32;
+        if let Err(e) = prepare_dir(dir) {
+            info!("no reload ledger (--wait-reload cannot answer): {}", e);
+            return None;
+        }
+        let start = start_time(pid).unwrap_or(0);
+        let ledger = match load(&path(dir, pid)) {
+            Ok(l) if resumed && l.pid == pid && l.start_time == start => l,
+            _ => {
+                let mut l = Ledger::new(pid, start);
+                l.requests = resumed as u64;
+                l
+            }
+        };
+        let mut r = Recorder { dir: dir.to_path_buf(), ledger, failing: false };
+        r.save();
+        Some(r)
+    }
+
+    fn save(&mut self) {
+        match store(&self.dir, &self.ledger) {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                warning!("cannot write the reload ledger in {}: {}", self.dir.display(), e);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A reload signal is pending: counted before it is read.
+    pub fn note_request(&mut self) {
+        self.ledger.requests += 1;
+        self.save();
+    }
+
+    pub fn begin(&mut self, gen: u32, now_ns: u64) -> u64 {
+        let seq = self.ledger.begin(gen, now_ns);
+        self.save();
+        seq
+    }
+
+    pub fn finish(&mut self, seq: u64, outcome: Outcome) {
+        self.ledger.finish(seq, outcome);
+        self.save();
+    }
+
+    pub fn stopping(&mut self) {
+        if !self.ledger.stopping {
+            self.ledger.stopping = true;
+            self.save();
+        }
+    }
+
+    /// At exit.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(path(&self.dir, self.ledger.pid));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

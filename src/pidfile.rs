@@ -1,7 +1,7 @@
 //! The `-p` pid file: output for other tools, never the source of truth for whom to signal.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Largest pid file the wrapper reads; anything longer is not a pid file.
@@ -109,7 +109,7 @@ pub fn remove(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
     #[test]
     fn parses_pids_and_rejects_garbage() {
