@@ -32,13 +32,11 @@ macro_rules! both_modes {
     };
 }
 
-/// Starts the wrapper on the fake with `--run-dir <test>/run` and waits for READY=1; returns the cfg path.
+/// Starts the wrapper on the fake (its ledger in `<test>/run`, see `Ctx::command`) and waits for
+/// READY=1; returns the cfg path.
 fn start(t: &mut Ctx, mode: Mode, cfg_text: &str, opts: &[&str]) -> String {
     let cfg = t.write("h.cfg", cfg_text);
-    let run = t.p("run");
-    let mut wrapper_opts = vec!["--run-dir", run.as_str()];
-    wrapper_opts.extend_from_slice(opts);
-    let args = t.fake_args_with_options(mode, &cfg, &wrapper_opts);
+    let args = t.fake_args_with_options(mode, &cfg, opts);
     t.start(&args);
     t.wait_ready(T);
     cfg
