@@ -268,7 +268,7 @@ impl Protocol for Foreground {
     fn finish(&mut self) {
         if self.generations.pidfile_written {
             if let Some(path) = &self.launch.args.pidfile {
-                let _ = std::fs::remove_file(path);
+                pidfile::remove(path);
             }
         }
     }

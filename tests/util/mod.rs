@@ -510,6 +510,8 @@ impl Ctx {
     /// `command` for another copy of the wrapper program.
     pub fn command_prog<S: AsRef<str>>(&self, program: &Path, args: &[S]) -> Command {
         let mut cmd = Command::new(program);
+        // Each test's reload ledger in its own directory, not the system's /run/haproxy-systemd-wrapper.
+        cmd.arg("--run-dir").arg(self.path("run"));
         cmd.args(args.iter().map(|a| a.as_ref()));
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -537,6 +539,8 @@ impl Ctx {
         sh.arg("-c")
             .arg("WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\"")
             .arg(WRAPPER)
+            .arg("--run-dir")
+            .arg(self.path("run"))
             .args(args.iter().map(|a| a.as_ref()));
         for (k, v) in cmd.get_envs() {
             match v {
