@@ -1,12 +1,16 @@
 //! Test harness: a per-test context (temp dir, free port, notify socket, the wrapper process and a
 //! guard that kills everything it started), the fake haproxy's report/event files, HTTP and load
-//! helpers, and small /proc readers.
+//! helpers, small /proc readers, and what the test files share (`both_modes!`, lookups of the fake
+//! haproxy's processes, common assertions).
+//!
+//! Each integration test file (tests/cli.rs, start_stop.rs, reload.rs, child_state.rs, pidfile.rs,
+//! notify_logs.rs, real_haproxy.rs) covers one concern and starts with `#[macro_use] mod util;`.
 //!
 //! Rules the helpers enforce: nothing here sleeps to wait for something; every wait is a handshake
 //! (notify datagram, event line, HTTP answer) or a poll with a deadline. Environment is passed to
 //! children through `Command::env`; the test process's own environment is never changed.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -936,4 +940,97 @@ impl Drop for Load {
             let _ = t.join();
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Shared by the test files: both modes, fake haproxy lookups, common assertions
+
+/// Generates `mod NAME { fn foreground(); fn master_worker(); }` running the same body in both
+/// haproxy modes.
+macro_rules! both_modes {
+    ($(#[$doc:meta])* fn $name:ident($mode:ident) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+            fn run($mode: Mode) $body
+            #[test]
+            fn foreground() {
+                run(Mode::Foreground)
+            }
+            #[test]
+            fn master_worker() {
+                run(Mode::MasterWorker)
+            }
+        }
+    };
+}
+
+/// The fake haproxy pid the wrapper started for this mode (foreground process or master), the
+/// first one that became ready.
+pub fn first_fake(t: &Ctx, mode: Mode) -> i32 {
+    t.wait_events("fake ready", 1, T, |e| e.what == "ready" && e.role == mode.role())[0].pid
+}
+
+/// The serving generation's fake process in foreground mode (newest ready fg), or the newest
+/// worker in master-worker mode.
+pub fn newest_serving(t: &Ctx, mode: Mode) -> i32 {
+    *t.ready_pids(mode.serving_role()).last().expect("no ready fake")
+}
+
+/// The arguments a fake haproxy got (its report's "arg X" lines).
+pub fn report_argv(report: &str) -> Vec<String> {
+    report.lines().filter_map(|l| l.strip_prefix("arg ")).map(str::to_string).collect()
+}
+
+/// The pids given to a fake after `-sf`/`-st`.
+pub fn sf_pids(argv: &[String]) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < argv.len() {
+        if argv[i] == "-sf" || argv[i] == "-st" {
+            while i + 1 < argv.len() && argv[i + 1].parse::<i32>().is_ok() {
+                i += 1;
+                out.push(argv[i].parse().unwrap());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether `s` contains haproxy's "(1234) :" pid tag.
+pub fn has_pid_tag(s: &str) -> bool {
+    s.match_indices('(').any(|(i, _)| {
+        let rest = &s[i + 1..];
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        digits > 0 && rest[digits..].starts_with(") :")
+    })
+}
+
+pub fn assert_reload_ok(status: &str) {
+    assert!(status.contains("last reload: ok"), "STATUS does not say the reload succeeded: {status:?}");
+}
+
+pub fn assert_all_from_wrapper(t: &Ctx) {
+    for m in t.notify().messages() {
+        assert_eq!(m.pid, t.pid, "notify datagram from pid {} (wrapper is {}): {:?}", m.pid, t.pid, m.text);
+    }
+}
+
+/// Every RELOADING=1 carries MONOTONIC_USEC = CLOCK_MONOTONIC at the time it was sent.
+pub fn assert_monotonic_usec(t: &Ctx) {
+    for m in t.notify().messages().iter().filter(|m| m.is_reloading()) {
+        let v: u64 = m
+            .get("MONOTONIC_USEC")
+            .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {:?}", m.text))
+            .parse()
+            .unwrap_or_else(|_| panic!("MONOTONIC_USEC not a number: {:?}", m.text));
+        assert!(v <= m.recv_usec && m.recv_usec - v < 10_000_000, "MONOTONIC_USEC={v} but received at {}", m.recv_usec);
+    }
+}
+
+pub fn stop_and_expect_0(t: &mut Ctx, timeout: Duration) {
+    t.signal(Signal::SIGTERM);
+    let st = t.wait_exit(timeout);
+    assert_eq!(st.code(), Some(0), "wrapper after SIGTERM: {}", describe_status(&st));
 }
