@@ -161,6 +161,16 @@ pub fn exe_of(pid: i32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
+/// The HAPROXY_SYSTEMD_WRAPPER_STATE value the process image of `pid` was exec'd with (from
+/// /proc/PID/environ, which shows the environment given to the last execve): present only in a
+/// wrapper that re-executed itself.
+pub fn reexec_state(pid: i32) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"HAPROXY_SYSTEMD_WRAPPER_STATE=".as_slice()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 pub fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).map(|rd| rd.count()).unwrap_or(0)
 }
@@ -1033,4 +1043,37 @@ pub fn stop_and_expect_0(t: &mut Ctx, timeout: Duration) {
     t.signal(Signal::SIGTERM);
     let st = t.wait_exit(timeout);
     assert_eq!(st.code(), Some(0), "wrapper after SIGTERM: {}", describe_status(&st));
+}
+
+/// Whether `s` has the shape `pattern`, where each `#` stands for one or more digits (a duration)
+/// and everything else must match exactly.
+pub fn has_shape(s: &str, pattern: &str) -> bool {
+    fn go(s: &[u8], p: &[u8]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some((b'#', rest)) => {
+                let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
+                (1..=digits).any(|n| go(&s[n..], rest))
+            }
+            Some((c, rest)) => s.first() == Some(c) && go(&s[1..], rest),
+        }
+    }
+    go(s.as_bytes(), pattern.as_bytes())
+}
+
+/// Asserts a STATUS= text (or any line) has the shape `pattern` (see `has_shape`).
+pub fn assert_shape(s: &str, pattern: &str) {
+    assert!(has_shape(s, pattern), "unexpected text\n  got:      {s:?}\n  expected: {pattern:?} (# = digits)");
+}
+
+/// Handshake for signals sent to the wrapper: sends SIGTTIN and waits until a fake haproxy logs
+/// it. The kernel hands pending signals out lowest number first, and the wrapper reads them in
+/// that order, so once SIGTTIN (21) has been passed on, every SIGHUP, SIGINT, SIGUSR1, SIGUSR2 or
+/// SIGTERM sent to the wrapper before this call has been read. Needs a living fake haproxy that
+/// the wrapper passes signals to (the serving generation or master).
+pub fn signals_read_handshake(t: &Ctx) {
+    let is_ttin = |e: &Event| e.what == "signal" && e.rest == "SIGTTIN" && (e.role == "fg" || e.role == "master");
+    let before = t.events().iter().filter(|e| is_ttin(e)).count();
+    t.signal(Signal::SIGTTIN);
+    t.wait_events("SIGTTIN passed on to haproxy (handshake)", before + 1, T, is_ttin);
 }
