@@ -654,6 +654,11 @@ impl Ctx {
         }
     }
 
+    /// The wrapper's exit status if it has exited (not waiting).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.wrapper.as_mut().expect("no wrapper").try_wait().expect("try_wait")
+    }
+
     /// Checks the wrapper is still running.
     pub fn assert_running(&mut self) {
         let child = self.wrapper.as_mut().expect("no wrapper");
