@@ -1,6 +1,6 @@
 //! Reloads with the fake haproxy (tests/fake-haproxy): sequence, coalescing, signals during the
 //! re-exec, failures, zombies, the haproxy command line per generation, the re-exec of the program
-//! now on disk.
+//! now on disk, user -sf/-st dropped; master-worker failure reasons at runtime.
 //!
 //! Every test owns its temp dir, port and notify socket (`util::Ctx`), which kills what the test
 //! spawned when it ends. No test sleeps to wait for something: each waits for a handshake (notify
@@ -417,4 +417,124 @@ both_modes! {
         stop_and_expect_0(&mut t, T);
         t.assert_no_fake_left();
     }
+}
+
+both_modes! {
+    /// Coalescing: five SIGUSR2, each read by the wrapper (a handshake after each, so the kernel
+    /// cannot merge them), while one reload waits for its new generation, give exactly one
+    /// follow-up reload, which loads the last configuration.
+    fn five_sigusr2_during_one_reload_give_one_followup(mode) {
+        let mut t = Ctx::new("coalesce");
+        let gate = t.p("gate");
+        fs::write(&gate, "").unwrap();
+        // fake-ignore-usr1: generation 1 stays alive to answer the handshakes.
+        let cfg = |marker: &str| format!("fake-ready-delay-file {gate}\nfake-ignore-usr1\nfake-marker {marker}\n");
+        t.start_fake_ready(mode, &cfg("A"));
+        fs::remove_file(&gate).unwrap();
+        t.replace("h.cfg", &cfg("B"));
+        t.signal(Signal::SIGUSR2);
+        t.notify().wait_count("RELOADING=1", 1, T, Msg::is_reloading);
+        match mode {
+            Mode::Foreground => t.wait_events("generation 2 waiting", 1, T, |e| e.what == "start" && e.rest == "B"),
+            Mode::MasterWorker => t.wait_events("the master's reload waiting", 1, T, |e| e.what == "reload" && e.rest == "gated"),
+        };
+        t.replace("h.cfg", &cfg("C"));
+        for _ in 0..5 {
+            t.signal(Signal::SIGUSR2);
+            signals_read_handshake(&t);
+        }
+        assert_eq!(notify_sequence(&t.notify().messages()), "R L", "the gated reload ended early:\n{}", t.notify().dump());
+        assert_eq!(t.log().matches("received during a start or reload").count(), 1, "{}", t.log());
+        fs::write(&gate, "").unwrap();
+        let role = mode.serving_role();
+        t.wait_events("a generation with the last config", 1, T, |e| e.what == "ready" && e.role == role && e.rest == "C");
+        assert!(t.notify().wait_for(T, |m| notify_sequence(m) == "R L R L R"), "{}", t.notify().dump());
+        let status = t.notify().last_status().unwrap_or_default();
+        assert_reload_ok(&status);
+        assert!(status.contains("gen 3 serving"), "{status:?}");
+        // A further reload would have sent RELOADING=1 right after that READY=1, before the
+        // wrapper reads the SIGTERM.
+        stop_and_expect_0(&mut t, T);
+        assert_eq!(notify_sequence(&t.notify().messages()), "R L R L R S", "{}", t.notify().dump());
+    }
+}
+
+both_modes! {
+    /// SIGTERM during a reload whose new generation never becomes ready: the wrapper stops at
+    /// once (long before --ready-timeout 60), exits 0, says STOPPING=1 and leaves nothing.
+    fn sigterm_during_a_hung_reload_stops(mode) {
+        let mut t = Ctx::new("termhung");
+        let cfg = t.write("h.cfg", "");
+        t.start(&t.fake_args_with_options(mode, &cfg, &["--ready-timeout", "60"]));
+        t.wait_ready(T);
+        t.replace("h.cfg", "fake-hang\n");
+        t.signal(Signal::SIGUSR2);
+        t.notify().wait_count("RELOADING=1", 1, T, Msg::is_reloading);
+        match mode {
+            Mode::Foreground => t.wait_events("the hung generation", 2, T, |e| e.what == "start" && e.role == "fg"),
+            Mode::MasterWorker => t.wait_events("the master's hung reload", 1, T, |e| e.what == "reload" && e.rest == "hang"),
+        };
+        t.signal(Signal::SIGTERM);
+        let st = t.wait_exit(T);
+        assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+        assert_eq!(notify_sequence(&t.notify().messages()), "R L S", "{}", t.notify().dump());
+        assert_eq!(t.notify().last_status().as_deref(), Some("stopping"));
+        t.assert_no_fake_left();
+    }
+}
+
+/// The master answers a reload with READY=1 but started no new worker (and printed no alert):
+/// the reload failed, for that reason, and the old worker serves on.
+#[test]
+fn master_worker_reload_without_a_new_worker_fails() {
+    let mut t = Ctx::new("nonewworker");
+    t.start_fake_ready(Mode::MasterWorker, "");
+    let master = first_fake(&t, Mode::MasterWorker);
+    let worker = newest_serving(&t, Mode::MasterWorker);
+    t.replace("h.cfg", "fake-quiet-exit 5\n");
+    let status = t.reload(T);
+    assert_shape(&status, &format!("master-worker; gen 1 serving (master {master}, workers {worker}); draining: none; last reload: failed after # ms: the master started no new worker"));
+    assert!(alive(worker));
+    t.assert_running();
+}
+
+/// The master prints "Loading failure!" (no [ALERT]) and answers READY=1: the reload failed,
+/// and the reason says haproxy reported it.
+#[test]
+fn master_worker_loading_failure_is_the_reason() {
+    let mut t = Ctx::new("loadingfail");
+    t.start_fake_ready(Mode::MasterWorker, "");
+    let master = first_fake(&t, Mode::MasterWorker);
+    let worker = newest_serving(&t, Mode::MasterWorker);
+    t.replace("h.cfg", "fake-loading-failure\n");
+    let status = t.reload(T);
+    assert_shape(&status, &format!("master-worker; gen 1 serving (master {master}, workers {worker}); draining: none; last reload: failed after # ms: haproxy reported a loading failure"));
+    assert!(alive(worker));
+    t.assert_running();
+}
+
+/// Foreground mode: `-st PIDS` on the command line is dropped with a warning; every generation
+/// is started with -sf (soft stop of the older ones), never -st, and the given pids are nobody's
+/// business.
+#[test]
+fn foreground_drops_user_st() {
+    let mut t = Ctx::new("fgst");
+    let cfg = t.write("h.cfg", "");
+    let args = t.fake_args(Mode::Foreground, &cfg, &["-st", "999999", "999998"]);
+    t.start(&args);
+    t.wait_ready(T);
+    let g1 = first_fake(&t, Mode::Foreground);
+    let argv1 = report_argv(&t.report(g1));
+    for bad in ["-st", "999999", "999998"] {
+        assert!(!argv1.iter().any(|a| a == bad), "{bad} passed to haproxy: {argv1:?}");
+    }
+    assert!(argv1.iter().any(|a| a == "-sf"), "{argv1:?}");
+    assert_eq!(sf_pids(&argv1).len(), 1, "gen 1 should get exactly the sentinel after -sf: {argv1:?}");
+    assert!(t.log().lines().any(|l| l.contains("-st dropped")), "no warning for the dropped -st:\n{}", t.log());
+    assert_reload_ok(&t.reload(T));
+    let g2 = newest_serving(&t, Mode::Foreground);
+    let argv2 = report_argv(&t.report(g2));
+    assert!(!argv2.iter().any(|a| a == "-st" || a == "999999" || a == "999998"), "{argv2:?}");
+    assert!(sf_pids(&argv2).contains(&g1), "gen 2 -sf does not name gen 1 ({g1}): {argv2:?}");
+    t.wait_events("soft-stop of gen 1", 1, T, |e| e.pid == g1 && e.rest == "SIGUSR1");
 }
