@@ -210,3 +210,53 @@ both_modes! {
         assert_reload_ok(&t.notify().last_status().unwrap_or_default());
     }
 }
+
+both_modes! {
+    /// SIGTTOU and SIGTTIN reach the draining generation too (foreground: the wrapper signals
+    /// each generation; master-worker: through the master, which has the old worker), not only
+    /// the serving one. A handshake between the two: this test is about who gets them.
+    fn sigttou_sigttin_reach_draining_generations(mode) {
+        let mut t = Ctx::new("ttoudrain");
+        t.start_fake_ready(mode, "fake-ignore-usr1\n");
+        let old = newest_serving(&t, mode);
+        assert_reload_ok(&t.reload(T));
+        let new = newest_serving(&t, mode);
+        assert_ne!(old, new);
+        t.wait_events("soft-stop of the old generation", 1, T, |e| e.pid == old && e.rest == "SIGUSR1");
+        assert!(alive(old), "the old generation should still be draining");
+        for sig in [Signal::SIGTTOU, Signal::SIGTTIN] {
+            let name = sig.as_str();
+            t.signal(sig);
+            t.wait_events(&format!("{name} at the draining generation {old}"), 1, T, |e| e.pid == old && e.rest == name);
+            t.wait_events(&format!("{name} at the serving generation {new}"), 1, T, |e| e.pid == new && e.rest == name);
+        }
+        t.assert_running();
+    }
+}
+
+both_modes! {
+    /// SIGUSR1 (graceful stop) with a haproxy that keeps draining: the wrapper waits as long as
+    /// haproxy lives, well past --stop-timeout 1 (no SIGKILL: that is for SIGTERM), says
+    /// STOPPING=1, and exits 0 once haproxy ends by itself.
+    fn sigusr1_waits_for_a_haproxy_that_keeps_draining(mode) {
+        let mut t = Ctx::new("usr1drain");
+        let done = t.p("done");
+        let cfg = t.write("h.cfg", &format!("fake-ignore-usr1\nfake-exit-on-file {done} 0\n"));
+        t.start(&t.fake_args_with_options(mode, &cfg, &["--stop-timeout", "1"]));
+        t.wait_ready(T);
+        let fake = first_fake(&t, mode);
+        let serving = newest_serving(&t, mode);
+        t.signal(Signal::SIGUSR1);
+        t.wait_events("SIGUSR1 at the serving haproxy", 1, T, |e| e.pid == serving && e.rest == "SIGUSR1");
+        assert!(t.notify().wait_for(T, |m| m.iter().any(Msg::is_stopping)), "no STOPPING=1:\n{}", t.notify().dump());
+        // Bounded negative check: for twice --stop-timeout, neither the wrapper nor haproxy ends.
+        let ended = poll_until(Duration::from_secs(2), || t.try_exit().map(|st| describe_status(&st)).or_else(|| if alive(serving) { None } else { Some(format!("haproxy {serving} ended")) }));
+        assert!(ended.is_none(), "graceful stop cut short: {ended:?}\n{}", t.log());
+        assert!(alive(fake) && alive(serving));
+        fs::write(&done, "").unwrap();
+        let st = t.wait_exit(T);
+        assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+        assert!(!t.log().contains("SIGKILL"), "{}", t.log());
+        t.assert_no_fake_left();
+    }
+}
