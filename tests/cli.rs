@@ -1,5 +1,6 @@
 //! Command line: --help/--version, usage errors, haproxy not found / not executable, -c and -v
-//! handed straight to haproxy (with the fake haproxy, tests/fake-haproxy).
+//! handed straight to haproxy, the unit's command line with wrapper options in WRAPPER_MODE (with
+//! the fake haproxy, tests/fake-haproxy).
 //!
 //! Every test owns its temp dir, port and notify socket (`util::Ctx`), which kills what the test
 //! spawned when it ends. No test sleeps to wait for something: each waits for a handshake (notify
@@ -9,6 +10,7 @@
 mod util;
 
 use std::fs;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -156,4 +158,38 @@ fn version_of_haproxy_execs_haproxy() {
     let starts: Vec<Event> = t.events().into_iter().filter(|e| e.what == "start").collect();
     assert_eq!(starts.len(), 1);
     assert_eq!(starts[0].pid, t.pid, "-vv must exec haproxy in place of the wrapper");
+}
+
+/// The unit runs `haproxy-systemd-wrapper $WRAPPER_MODE -f $CONFIG -p $PIDFILE $EXTRAOPTS`, with
+/// $WRAPPER_MODE unquoted (split on spaces). WRAPPER_MODE="--ready-timeout 2 --stop-timeout 1 -x
+/// SOCKET": the wrapper options in front are the wrapper's (foreground mode, --ready-timeout 2
+/// applies), -x SOCKET is passed on reloads only, -p is written by the wrapper, -S dropped.
+#[test]
+fn wrapper_mode_with_wrapper_options_in_front_of_x() {
+    let mut t = Ctx::new("wrappermode");
+    let cfg = t.write("h.cfg", "");
+    let sock = t.p("admin.sock");
+    let _listener = UnixListener::bind(&sock).unwrap();
+    let pidf = t.p("h.pid");
+    let wrapper_mode = format!("--ready-timeout 2 --stop-timeout 1 -x {sock}");
+    let mut args: Vec<String> = vec!["--haproxy".into(), FAKE_HAPROXY.into()];
+    args.extend(wrapper_mode.split(' ').map(str::to_string));
+    args.extend(["-f", &cfg, "-p", &pidf, "-S", "/run/haproxy-master.sock"].iter().map(|s| s.to_string()));
+    t.start(&args);
+    let ready = t.wait_ready(T);
+    let g1 = first_fake(&t, Mode::Foreground);
+    assert_eq!(ready.get("STATUS"), Some(format!("foreground; gen 1 serving (pid {g1}); draining: none; last reload: none").as_str()));
+    assert_eq!(fs::read_to_string(&pidf).unwrap_or_default().trim(), g1.to_string(), "pid file");
+    let argv1 = report_argv(&t.report(g1));
+    for bad in ["--ready-timeout", "--stop-timeout", "2", "1", "-x", "-p", "-S"] {
+        assert!(!argv1.iter().any(|a| a == bad), "{bad} passed to haproxy at start: {argv1:?}");
+    }
+    assert_reload_ok(&t.reload(T));
+    let g2 = newest_serving(&t, Mode::Foreground);
+    let argv2 = report_argv(&t.report(g2));
+    let i = argv2.iter().position(|a| a == "-x").unwrap_or_else(|| panic!("no -x on reload: {argv2:?}"));
+    assert_eq!(argv2.get(i + 1).map(String::as_str), Some(sock.as_str()));
+    t.replace("h.cfg", "fake-hang\n");
+    let status = t.reload(T);
+    assert_shape(&status, &format!("foreground; gen 2 serving (pid {g2}); draining: none; last reload: failed after # ms: not ready after 2 s"));
 }
