@@ -193,3 +193,27 @@ fn wrapper_mode_with_wrapper_options_in_front_of_x() {
     let status = t.reload(T);
     assert_shape(&status, &format!("foreground; gen 2 serving (pid {g2}); draining: none; last reload: failed after # ms: not ready after 2 s"));
 }
+
+/// A wrapper option after haproxy's own options (say WRAPPER_MODE="-x SOCKET --ready-timeout 5"
+/// in the unit) is bad input: a one-line usage error naming it, exit 64, nothing started. Fails
+/// until fixed: the wrapper passes it on to haproxy, which (the real one) prints its whole usage
+/// text and exits 1, so the unit fails to start with "haproxy exited with status 1".
+#[test]
+fn wrapper_option_after_haproxy_options_is_a_usage_error() {
+    let t = Ctx::new("lateopt");
+    let cfg = t.write("h.cfg", "");
+    let sock = t.p("admin.sock");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--haproxy", FAKE_HAPROXY, "-x", &sock, "--ready-timeout", "5", "-f", &cfg], "--ready-timeout"),
+        (vec!["--haproxy", FAKE_HAPROXY, "-Ws", "-f", &cfg, "--stop-timeout", "1"], "--stop-timeout"),
+    ];
+    for (args, opt) in &cases {
+        let (st, _out, err) = run_split(&t, args);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(st.code(), Some(64), "{args:?}: {} with stderr {err:?}", describe_status(&st));
+        assert_eq!(lines.len(), 1, "{args:?}: stderr {err:?}");
+        assert!(lines[0].contains(opt), "{args:?}: the error does not name {opt}: {err:?}");
+    }
+    t.notify().sync();
+    assert!(t.events().is_empty(), "haproxy was started:\n{}", t.events_text());
+}
