@@ -334,7 +334,10 @@ mod tests {
         assert_eq!(h.mode, Mode::Foreground);
         assert_eq!(h.base, os(&["-db", "-f", "a.cfg", "-f", "b.cfg", "-q"]));
         assert_eq!(h.handover_socket, Some(PathBuf::from("/run/s.sock")));
-        assert_eq!(h.notes.len(), 2);
+        assert_eq!(
+            h.notes,
+            vec!["-D dropped: haproxy stays under the wrapper".to_string(), "-S dropped: the master CLI needs master-worker mode (-Ws)".to_string()]
+        );
     }
 
     #[test]
