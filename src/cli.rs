@@ -231,6 +231,10 @@ pub fn classify(args: &[OsString]) -> Result<HaproxyArgs, Error> {
             kept.extend(args[i..].iter().cloned());
             break;
         }
+        if a.starts_with("--") {
+            // haproxy has no long options: a wrapper option that came after haproxy's arguments.
+            return Err(Error::Usage(format!("{} after haproxy's arguments: wrapper options go first", a)));
+        }
         if takes_value(&a) {
             let value = match args.get(i + 1) {
                 Some(v) if !v.is_empty() => v.clone(),
@@ -359,6 +363,16 @@ mod tests {
         assert_eq!(o.ready_timeout, Duration::from_secs(5));
         assert_eq!(o.stop_timeout, Duration::from_millis(1500));
         assert_eq!(h.base, os(&["-db", "-f", "x"]));
+    }
+
+    #[test]
+    fn wrapper_options_after_haproxys_arguments_are_refused() {
+        match parse(os(&["-x", "/run/a.sock", "--ready-timeout", "5", "-f", "x"])) {
+            Err(Error::Usage(m)) => assert!(m.starts_with("--ready-timeout after haproxy's arguments"), "{}", m),
+            other => panic!("{:?}", other),
+        }
+        // After "--" everything is haproxy's (configuration files).
+        assert!(parse(os(&["-f", "x", "--", "--odd-file-name"])).is_ok());
     }
 
     #[test]

@@ -217,3 +217,24 @@ fn wrapper_option_after_haproxy_options_is_a_usage_error() {
     t.notify().sync();
     assert!(t.events().is_empty(), "haproxy was started:\n{}", t.events_text());
 }
+
+/// The `<N>` priority prefix only when stderr is the journal (JOURNAL_STREAM names stderr's
+/// device and inode, as systemd's own tools check): by hand, a plain `usage error: ...`.
+#[test]
+fn priority_prefix_only_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let t = Ctx::new("journalstream");
+    // run_split's stderr is its own file, not the JOURNAL_STREAM the harness names: a terminal's case.
+    let (st, _, err) = run_split(&t, &["--bogus", "-f", "x"]);
+    assert_eq!(st.code(), Some(64));
+    assert!(err.starts_with("usage error: ") && !err.contains("<3>"), "{err:?}");
+    // stderr that is the stream JOURNAL_STREAM names: the prefix.
+    let file = fs::File::create(t.path("journal")).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut cmd = t.command(&["--bogus", "-f", "x"]);
+    cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())).stderr(Stdio::from(file));
+    let st = cmd.status().unwrap();
+    assert_eq!(st.code(), Some(64));
+    let err = fs::read_to_string(t.path("journal")).unwrap();
+    assert!(err.starts_with("<3>usage error: "), "{err:?}");
+}

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, IoSliceMut, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
@@ -541,6 +541,10 @@ impl Ctx {
             cmd.env("NOTIFY_SOCKET", &n.path);
         }
         let log = File::options().create(true).append(true).open(self.log_path()).unwrap();
+        // As under systemd, stderr is "the journal": JOURNAL_STREAM names its device and inode, so
+        // the wrapper writes the <N> priority prefixes the log tests check.
+        let meta = log.metadata().unwrap();
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
         cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log));
         cmd
     }
