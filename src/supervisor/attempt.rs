@@ -4,10 +4,11 @@
 use nix::sys::signal::Signal;
 
 use super::status::phase_text;
-use super::{Attempt, Phase, Supervisor};
+use super::{Attempt, Phase, Settle, Supervisor, SETTLE_MAX, SETTLE_POLL};
 use crate::clock::{self, now_ns};
 use crate::error::status_code;
 use crate::haproxy;
+use crate::procs;
 use crate::ledger;
 use crate::reexec;
 use crate::state::{Carried, LastReload};
@@ -84,7 +85,7 @@ impl Supervisor {
             (Some(ledger), false) => Some(ledger.begin(gen, started_ns)),
             _ => None,
         };
-        let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![], ledger_seq };
+        let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![], ledger_seq, settling: None };
         self.phase = if first { Phase::Starting(attempt) } else { Phase::Reloading(attempt) };
         match self.protocol.begin(gen, first) {
             // A reload announced itself with RELOADING=1 before the re-exec.
@@ -107,13 +108,47 @@ impl Supervisor {
         }
     }
 
+    /// The protocol says the new generation serves: it becomes the serving one now; the verdict
+    /// is given once the generations it retired have stopped listening (`Settle`).
     pub(super) fn attempt_succeeded(&mut self) {
+        let new_pid = self.protocol.commit();
+        let retired: Vec<i32> = self.protocol.draining().into_iter().filter(|&pid| procs::holds_listener(pid)).collect();
+        let now = now_ns();
+        match self.attempt_mut() {
+            Some(attempt) if !retired.is_empty() => {
+                debug!("gen {}: serving (pid {}); waiting for {:?} to stop listening", attempt.gen, new_pid, retired);
+                attempt.settling = Some(Settle { pids: retired, next_check_ns: now + SETTLE_POLL.as_nanos() as u64, deadline_ns: now + SETTLE_MAX.as_nanos() as u64 });
+            }
+            Some(_) => self.declare_serving(new_pid),
+            None => {}
+        }
+    }
+
+    /// While settling: once the retired generations have stopped listening (or the bound passed),
+    /// the verdict.
+    pub(super) fn settle_when_due(&mut self, now: u64) {
+        let settle = match self.attempt_mut().and_then(|attempt| attempt.settling.as_mut()) {
+            Some(settle) if now >= settle.next_check_ns => settle,
+            _ => return,
+        };
+        settle.pids.retain(|&pid| procs::holds_listener(pid));
+        if !settle.pids.is_empty() && now < settle.deadline_ns {
+            settle.next_check_ns = now + SETTLE_POLL.as_nanos() as u64;
+            return;
+        }
+        if !settle.pids.is_empty() {
+            warning!("pids {:?} still listen {} s after the new generation took over; declaring it serving", settle.pids, SETTLE_MAX.as_secs());
+        }
+        let new_pid = self.protocol.serving_pid().unwrap_or(0);
+        self.declare_serving(new_pid);
+    }
+
+    fn declare_serving(&mut self, pid: i32) {
         let attempt = match self.take_attempt() {
             Some(attempt) => attempt,
             None => return,
         };
         let ms = clock::ms_since(attempt.started_ns);
-        let pid = self.protocol.commit();
         if attempt.first {
             notice!("gen {}: {} serving, ready in {} ms", attempt.gen, self.protocol.serving_label(pid), ms);
         } else {

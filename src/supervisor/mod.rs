@@ -49,7 +49,23 @@ struct Attempt {
     alerts: Vec<String>,
     /// Its entry in the reload ledger (reloads only).
     ledger_seq: Option<u64>,
+    /// The new generation serves; the older ones still listen (see `Settle`).
+    settling: Option<Settle>,
 }
+
+/// A reload is declared done only once the generations it retired have stopped listening: an old
+/// haproxy soft-stopped by SIGUSR1 may still accept a connection for a moment (with `-x` it
+/// shares the very socket), and the first request after `systemctl reload` must reach the new
+/// configuration. Bounded: a generation that keeps listening does not hold the verdict forever.
+struct Settle {
+    pids: Vec<i32>,
+    next_check_ns: u64,
+    deadline_ns: u64,
+}
+
+/// How often, and how long at most, the retired generations' listeners are looked for.
+const SETTLE_POLL: Duration = Duration::from_millis(2);
+const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 struct Stop {
     /// When SIGKILL follows SIGTERM (None: a graceful stop, or already killed).
@@ -154,7 +170,10 @@ impl Supervisor {
     fn deadlines(&self) -> Vec<Option<u64>> {
         let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns()];
         match &self.phase {
-            Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(Some(attempt.deadline_ns)),
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(match &attempt.settling {
+                Some(settle) => Some(settle.next_check_ns),
+                None => Some(attempt.deadline_ns),
+            }),
             Phase::Stopping(stop) => out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]),
             Phase::Running => {}
         }
@@ -230,8 +249,9 @@ impl Supervisor {
         if self.protocol.on_tick(now) {
             self.update_status();
         }
+        self.settle_when_due(now);
         let timed_out = match &self.phase {
-            Phase::Starting(attempt) | Phase::Reloading(attempt) => now >= attempt.deadline_ns,
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => attempt.settling.is_none() && now >= attempt.deadline_ns,
             _ => false,
         };
         if timed_out {
