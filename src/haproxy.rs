@@ -105,10 +105,7 @@ pub fn spawn_sentinel() -> nix::Result<i32> {
 /// checked so that a missing or non-executable program fails before anything starts.
 pub fn locate(explicit: Option<&Path>, wrapper_exe: &Path) -> Result<PathBuf, crate::error::Error> {
     use crate::error::Error;
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => crate::cli::default_haproxy(wrapper_exe),
-    };
+    let path = program_path(explicit, wrapper_exe);
     match std::fs::metadata(&path) {
         Err(e) => Err(Error::from_spawn(&path, &e)),
         Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!("haproxy not executable: {} is a directory", path.display()))),
@@ -116,6 +113,14 @@ pub fn locate(explicit: Option<&Path>, wrapper_exe: &Path) -> Result<PathBuf, cr
             Ok(()) => Ok(path),
             Err(e) => Err(Error::from_spawn(&path, &std::io::Error::from(e))),
         },
+    }
+}
+
+/// The haproxy program's path, unchecked (`locate` checks it).
+pub fn program_path(explicit: Option<&Path>, wrapper_exe: &Path) -> PathBuf {
+    match explicit {
+        Some(p) => p.to_path_buf(),
+        None => crate::cli::default_haproxy(wrapper_exe),
     }
 }
 

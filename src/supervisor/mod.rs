@@ -144,10 +144,13 @@ impl Supervisor {
             if messages_ready {
                 self.on_messages();
             }
+            // Reload signals first, as the kernel would order them (SIGHUP and SIGUSR2 come
+            // before SIGTERM, SIGCHLD, SIGTTIN/SIGTTOU): a signal sent after a reload signal is
+            // read after it, also across the re-exec.
+            self.read_reload_signals();
             while let Some(sig) = signals::read_one(&mut self.signals) {
                 self.on_signal(sig);
             }
-            self.read_reload_signals();
             self.on_tick();
         }
     }
