@@ -289,10 +289,12 @@ impl Supervisor {
 
     // ---- haproxy's output and the protocol's messages ----
 
-    /// Re-emits haproxy's pending lines; an attempt in progress keeps its alerts.
+    /// Re-emits haproxy's pending lines, in bulk (a reload's old worker prints a line per proxy:
+    /// thousands); an attempt in progress keeps its alerts.
     fn relay_output(&mut self) {
-        for line in self.relay.read_lines() {
-            crate::log::write(crate::log::haproxy_line_priority(&line), format_args!("{}", line));
+        let lines = self.relay.read_lines();
+        crate::log::write_lines(lines.iter().map(|line| (crate::log::haproxy_line_priority(line), line.as_str())));
+        for line in lines {
             if let Some(attempt) = self.attempt_mut() {
                 if let Some(alert) = crate::log::alert_text(&line) {
                     if attempt.alerts.len() < MAX_ALERTS {
