@@ -209,26 +209,30 @@ mod proc_walk {
     use super::*;
     use std::collections::BTreeSet;
 
-    /// The wrapper's descriptors that survive its re-exec: all but its signalfd and its socket
-    /// to systemd, which the new image opens again (the relay pipe and the master's socket are
-    /// carried across; they are close-on-exec only outside the exec).
-    fn kept_across_exec(pid: i32) -> BTreeSet<i32> {
+    /// The wrapper's descriptors that survive its re-exec (0-2, the relay pipe's two ends, the
+    /// master's socket), and how many it opens again after it (its signalfds, its socket to
+    /// systemd). Anything else it inherited is close-on-exec.
+    fn descriptors_across_exec(pid: i32) -> (BTreeSet<i32>, usize) {
         let unix = fs::read_to_string("/proc/net/unix").unwrap();
         let master_socket_inode = |inode: &str| unix.lines().any(|l| l.split_whitespace().nth(6) == Some(inode) && l.contains("haproxy-systemd-wrapper/"));
-        let mut kept = BTreeSet::new();
+        let mut targets = Vec::new();
         for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
             let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
-            let target = match fs::read_link(entry.path()) {
-                Ok(t) => t.display().to_string(),
-                Err(_) => continue,
-            };
-            let recreated = target.contains("signalfd")
-                || target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).map_or(false, |inode| !master_socket_inode(inode));
-            if !recreated {
-                kept.insert(fd);
+            if let Ok(target) = fs::read_link(entry.path()) {
+                targets.push((fd, target.display().to_string()));
             }
         }
-        kept
+        let mut kept: BTreeSet<i32> = [0, 1, 2].into_iter().collect();
+        let mut reopened = 0;
+        for (fd, target) in &targets {
+            let socket_inode = target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'));
+            if target.contains("signalfd") || socket_inode.map_or(false, |inode| !master_socket_inode(inode)) {
+                reopened += 1;
+            } else if socket_inode.is_some() || (target.starts_with("pipe:") && targets.iter().filter(|(_, t)| t == target).count() == 2) {
+                kept.insert(*fd);
+            }
+        }
+        (kept, reopened)
     }
 
     fn set_nofile(pid: i32, soft: u64) -> u64 {
@@ -251,10 +255,10 @@ mod proc_walk {
         let mut t = Ctx::new("nofile");
         t.start_fake_ready(Mode::MasterWorker, "");
         let old_worker = t.wait_events("first worker", 1, T, |e| e.what == "ready" && e.role == "worker")[0].pid;
-        // After the re-exec the wrapper opens its signalfd and its systemd socket again: leave it
-        // room for those two and nothing more, so every walk of /proc fails with EMFILE.
-        let kept = kept_across_exec(t.pid);
-        let limit = (0..).filter(|fd| !kept.contains(fd)).nth(2).unwrap() as u64;
+        // After the re-exec the wrapper opens its signalfds and its systemd socket again: leave it
+        // room for those and nothing more, so every walk of /proc fails with EMFILE.
+        let (kept, reopened) = descriptors_across_exec(t.pid);
+        let limit = (0..).filter(|fd| !kept.contains(fd)).nth(reopened).unwrap() as u64;
         let before = set_nofile(t.pid, limit);
         let status = t.reload(T);
         let new_worker = t.wait_events("second worker", 2, T, |e| e.what == "ready" && e.role == "worker")[1].pid;

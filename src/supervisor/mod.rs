@@ -24,6 +24,7 @@ use crate::cli::Options;
 use crate::clock::{self, now_ns};
 use crate::error::{status_code, Error};
 use crate::haproxy::{self, Relay};
+use crate::ledger;
 use crate::mode::{Event, Outcome, Protocol, Verdict};
 use crate::notify::Systemd;
 use crate::procs;
@@ -46,7 +47,25 @@ struct Attempt {
     deadline_ns: u64,
     /// The [ALERT] texts haproxy printed during the attempt: the first one leads its failure reason.
     alerts: Vec<String>,
+    /// Its entry in the reload ledger (reloads only).
+    ledger_seq: Option<u64>,
+    /// The new generation serves; the older ones still listen (see `Settle`).
+    settling: Option<Settle>,
 }
+
+/// A reload is declared done only once the generations it retired have stopped listening: an old
+/// haproxy soft-stopped by SIGUSR1 may still accept a connection for a moment (with `-x` it
+/// shares the very socket), and the first request after `systemctl reload` must reach the new
+/// configuration. Bounded: a generation that keeps listening does not hold the verdict forever.
+struct Settle {
+    pids: Vec<i32>,
+    next_check_ns: u64,
+    deadline_ns: u64,
+}
+
+/// How often, and how long at most, the retired generations' listeners are looked for.
+const SETTLE_POLL: Duration = Duration::from_millis(2);
+const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 struct Stop {
     /// When SIGKILL follows SIGTERM (None: a graceful stop, or already killed).
@@ -85,6 +104,10 @@ pub struct Supervisor {
     phase: Phase,
     pending_reload: bool,
     signals: SignalFd,
+    /// SIGUSR2/SIGHUP only: each is counted in the ledger before it is read.
+    reload_signals: SignalFd,
+    /// Reload requests and verdicts for `--wait-reload` clients (None: no usable run directory).
+    ledger: Option<ledger::Recorder>,
     relay: Relay,
     systemd: Systemd,
     watchdog: Option<Duration>,
@@ -95,6 +118,15 @@ pub struct Supervisor {
     serving_status: Option<WaitStatus>,
     /// The error to end with once everything is stopped (the carried state was unusable).
     fatal: Option<Error>,
+}
+
+/// Waits (at most 50 ms: these signals are an administrator's, and rare) until `pid` no longer
+/// has `sig` pending.
+fn wait_until_handled(pid: i32, sig: Signal) {
+    let deadline = now_ns() + 50_000_000;
+    while procs::signal_pending(pid, sig as i32) && now_ns() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 impl Supervisor {
@@ -109,7 +141,11 @@ impl Supervisor {
                 }
             }
             let timeout = clock::poll_timeout_ms(&self.deadlines(), now_ns());
-            let mut fds = vec![PollFd::new(self.signals.as_raw_fd(), PollFlags::POLLIN), PollFd::new(self.relay.r, PollFlags::POLLIN)];
+            let mut fds = vec![
+                PollFd::new(self.signals.as_raw_fd(), PollFlags::POLLIN),
+                PollFd::new(self.relay.r, PollFlags::POLLIN),
+                PollFd::new(self.reload_signals.as_raw_fd(), PollFlags::POLLIN),
+            ];
             if let Some(fd) = self.protocol.message_fd() {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
@@ -120,13 +156,17 @@ impl Supervisor {
             // Order matters: haproxy's lines first (they explain what follows), then the
             // protocol's messages, then signals (SIGCHLD included).
             let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).map_or(false, |r| !r.is_empty());
-            let (output_ready, messages_ready) = (ready(1), ready(2));
+            let (output_ready, messages_ready) = (ready(1), ready(3));
             if output_ready {
                 self.relay_output();
             }
             if messages_ready {
                 self.on_messages();
             }
+            // Reload signals first, as the kernel would order them (SIGHUP and SIGUSR2 come
+            // before SIGTERM, SIGCHLD, SIGTTIN/SIGTTOU): a signal sent after a reload signal is
+            // read after it, also across the re-exec.
+            self.read_reload_signals();
             while let Some(sig) = signals::read_one(&mut self.signals) {
                 self.on_signal(sig);
             }
@@ -134,10 +174,28 @@ impl Supervisor {
         }
     }
 
+    /// Each reload signal is counted in the ledger before it is read: a `--wait-reload` client
+    /// that finds the signal no longer pending knows the ledger counts it (ledger.rs). One at a
+    /// time: a reload re-executes the wrapper, and what is still pending survives the exec.
+    fn read_reload_signals(&mut self) {
+        while signals::reload_pending() {
+            if let Some(ledger) = &mut self.ledger {
+                ledger.note_request();
+            }
+            match signals::read_one(&mut self.reload_signals) {
+                Some(sig) => self.on_signal(sig),
+                None => break,
+            }
+        }
+    }
+
     fn deadlines(&self) -> Vec<Option<u64>> {
         let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns(), self.systemd.next_retry_ns()];
         match &self.phase {
-            Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(Some(attempt.deadline_ns)),
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(match &attempt.settling {
+                Some(settle) => Some(settle.next_check_ns),
+                None => Some(attempt.deadline_ns),
+            }),
             Phase::Stopping(stop) => {
                 out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]);
                 if let Some(graceful) = &stop.unacknowledged {
@@ -196,8 +254,23 @@ impl Supervisor {
                 self.begin_stop(true);
             }
             Action::Forward(s) => {
+                // The signalfd hands out the lowest pending signal first: SIGTTIN (21) before
+                // SIGTTOU (22) when both are pending, whatever order they were sent in. Both
+                // pending means "pause, then resume" as far as anyone can tell, and the resume
+                // must win: never leave haproxy paused.
+                if s == Signal::SIGTTIN && signals::take_pending(Signal::SIGTTOU) {
+                    info!("SIGTTOU and SIGTTIN received together: passing both on to haproxy, SIGTTIN last");
+                    for pid in self.protocol.signal_targets() {
+                        haproxy::signal(pid, Signal::SIGTTOU);
+                    }
+                }
                 info!("{} received: passing it on to haproxy", sig);
                 for pid in self.protocol.signal_targets() {
+                    if s == Signal::SIGTTIN {
+                        // haproxy, too, takes the lowest pending signal first: a SIGTTIN that
+                        // reaches it while its SIGTTOU is still pending would be undone by it.
+                        wait_until_handled(pid, Signal::SIGTTOU);
+                    }
                     haproxy::signal(pid, s);
                 }
             }
@@ -222,8 +295,9 @@ impl Supervisor {
         if self.protocol.on_tick(now) {
             self.update_status();
         }
+        self.settle_when_due(now);
         let timed_out = match &self.phase {
-            Phase::Starting(attempt) | Phase::Reloading(attempt) => now >= attempt.deadline_ns,
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => attempt.settling.is_none() && now >= attempt.deadline_ns,
             _ => false,
         };
         if timed_out {
@@ -234,10 +308,12 @@ impl Supervisor {
 
     // ---- haproxy's output and the protocol's messages ----
 
-    /// Re-emits haproxy's pending lines; an attempt in progress keeps its alerts.
+    /// Re-emits haproxy's pending lines, in bulk (a reload's old worker prints a line per proxy:
+    /// thousands); an attempt in progress keeps its alerts.
     fn relay_output(&mut self) {
-        for line in self.relay.read_lines() {
-            crate::log::write(crate::log::haproxy_line_priority(&line), format_args!("{}", line));
+        let lines = self.relay.read_lines();
+        crate::log::write_lines(lines.iter().map(|line| (crate::log::haproxy_line_priority(line), line.as_str())));
+        for line in lines {
             if let Some(attempt) = self.attempt_mut() {
                 if let Some(alert) = crate::log::alert_text(&line) {
                     if attempt.alerts.len() < MAX_ALERTS {

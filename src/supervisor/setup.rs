@@ -4,17 +4,20 @@
 use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 
-use super::{Phase, Supervisor};
+use super::{Attempt, Phase, Supervisor};
 use crate::cli::{HaproxyArgs, Options};
 use crate::clock::now_ns;
 use crate::error::Error;
 use crate::haproxy::{self, Relay};
+use crate::ledger;
 use crate::mode::{self, Launch, Protocol};
 use crate::notify::{self, Systemd};
 use crate::procs;
 use crate::reexec;
 use crate::signals;
 use crate::state::{Carried, LastReload};
+
+type SignalFds = (nix::sys::signalfd::SignalFd, nix::sys::signalfd::SignalFd);
 
 fn internal(what: &str, e: nix::Error) -> Error {
     Error::Internal(format!("{}: {}", what, e))
@@ -49,7 +52,9 @@ fn close_inherited_on_exec() {
 }
 
 impl Supervisor {
-    fn new(opts: Options, protocol: Box<dyn Protocol>, exe: PathBuf, relay: Relay, signals: nix::sys::signalfd::SignalFd) -> Supervisor {
+    fn new(opts: Options, protocol: Box<dyn Protocol>, exe: PathBuf, relay: Relay, signalfds: SignalFds, resumed: bool) -> Supervisor {
+        let (signals, reload_signals) = signalfds;
+        let ledger = ledger::Recorder::open(&opts.run_dir, resumed);
         Supervisor {
             opts,
             protocol,
@@ -61,6 +66,8 @@ impl Supervisor {
             phase: Phase::Running,
             pending_reload: false,
             signals,
+            reload_signals,
+            ledger,
             relay,
             systemd: Systemd::new(),
             watchdog: notify::watchdog_interval(),
@@ -84,12 +91,12 @@ impl Supervisor {
             warning!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
         }
         close_inherited_on_exec();
-        let signals = signals::signalfd().map_err(|e| internal("signalfd", e))?;
+        let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
         let relay = Relay::new().map_err(|e| internal("pipe", e))?;
         let launch = Launch { program, args, relay_write: relay.w };
         let protocol = mode::protocol(launch.clone(), None, std::process::id() as i32)?;
         info!("starting {} ({} mode, haproxy {})", env!("CARGO_PKG_NAME"), protocol.name(), launch.program.display());
-        let mut s = Supervisor::new(opts, protocol, exe, relay, signals);
+        let mut s = Supervisor::new(opts, protocol, exe, relay, signals, false);
         s.begin_attempt(now_ns(), true);
         Ok(s)
     }
@@ -109,12 +116,21 @@ impl Supervisor {
         for fd in carried.descriptors() {
             haproxy::set_cloexec(fd, true).map_err(|e| unplaced(internal("carried descriptor", e)))?;
         }
-        let signals = signals::signalfd().map_err(|e| unplaced(internal("signalfd", e)))?;
-        let program = haproxy::locate(opts.haproxy.as_deref(), &carried.exe).map_err(unplaced)?;
+        let signals = signals::signalfds().map_err(|e| unplaced(internal("signalfd", e)))?;
+        // A haproxy program gone missing (removed, chmod -x) fails the reload, never the service:
+        // foreground mode finds out when it starts the new generation; master-worker mode does
+        // not even need it (it signals the master).
+        let program = match haproxy::locate(opts.haproxy.as_deref(), &carried.exe) {
+            Ok(program) => program,
+            Err(e) => {
+                warning!("{}", e);
+                haproxy::program_path(opts.haproxy.as_deref(), &carried.exe)
+            }
+        };
         let relay = Relay::from_fds(carried.relay_read, carried.relay_write);
         let launch = Launch { program, args, relay_write: carried.relay_write };
         let protocol = mode::protocol(launch, Some(carried.generations.clone()), me).map_err(unplaced)?;
-        let mut s = Supervisor::new(opts, protocol, carried.exe.clone(), relay, signals);
+        let mut s = Supervisor::new(opts, protocol, carried.exe.clone(), relay, signals, true);
         s.next_gen = carried.next_gen;
         s.reloads = carried.reloads;
         s.last_reload = carried.last_reload.clone();
@@ -122,8 +138,27 @@ impl Supervisor {
         // A child may have ended while we were exec'ing: its SIGCHLD is pending and read later,
         // but reap first so the reload starts from the truth.
         s.reap();
-        if let Phase::Running = s.phase {
-            s.begin_attempt(carried.reload_started_ns, false);
+        match carried.attempt {
+            // master-worker: the master was asked before the exec; its answer is awaited here
+            // (unless the service ended meanwhile: then the stop goes on).
+            Some(attempt) if matches!(s.phase, Phase::Running) => {
+                s.next_gen = attempt.gen + 1;
+                s.phase = Phase::Reloading(Attempt {
+                    gen: attempt.gen,
+                    first: false,
+                    started_ns: attempt.started_ns,
+                    deadline_ns: attempt.deadline_ns,
+                    alerts: vec![],
+                    ledger_seq: attempt.ledger_seq,
+                    settling: None,
+                });
+            }
+            Some(_) => {}
+            None => {
+                if let Phase::Running = s.phase {
+                    s.begin_attempt(carried.reload_started_ns, false);
+                }
+            }
         }
         Ok(s)
     }
@@ -136,10 +171,10 @@ impl Supervisor {
             Some((r, w)) if haproxy::set_cloexec(r, true).is_ok() && haproxy::set_cloexec(w, true).is_ok() => Relay::from_fds(r, w),
             _ => Relay::new().map_err(|e| internal("pipe", e))?,
         };
-        let signals = signals::signalfd().map_err(|e| internal("signalfd", e))?;
+        let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
         let launch = Launch { program: PathBuf::new(), args, relay_write: relay.w };
         let protocol = mode::protocol(launch, None, std::process::id() as i32)?;
-        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals);
+        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, true);
         match procs::children_of(s.wrapper_pid) {
             Ok(orphans) if orphans.is_empty() => {}
             Ok(orphans) => warning!("stopping pids {:?}: the state carried across the re-exec does not say what they are", orphans),

@@ -36,6 +36,9 @@ impl Supervisor {
         }
         if !matches!(self.phase, Phase::Stopping(_)) {
             self.systemd.stopping();
+            if let Some(ledger) = &mut self.ledger {
+                ledger.stopping();
+            }
         }
         let sig = if graceful { Signal::SIGUSR1 } else { Signal::SIGTERM };
         let mut targets = self.protocol.signal_targets();
@@ -137,6 +140,9 @@ impl Supervisor {
 
     pub(super) fn finish(mut self) -> Result<u8, Error> {
         self.protocol.finish();
+        if let Some(ledger) = &self.ledger {
+            ledger.remove();
+        }
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
