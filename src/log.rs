@@ -193,4 +193,36 @@ mod tests {
         assert_eq!(alert_text("[ALERT] 123/456 (7) : Starting frontend fe: cannot bind"), Some("123/456 (7) : Starting frontend fe: cannot bind"));
         assert_eq!(alert_text("[WARNING]  (1) : x"), None);
     }
+
+    #[test]
+    fn randomized_haproxy_lines_get_a_priority_and_alerts_their_text() {
+        use crate::fuzz::{Rng, CASES};
+        let mut rng = Rng::new(0x106);
+        let valid = [
+            "[ALERT]    (5967) : config : parsing [good.cfg:11] : unknown keyword 'garbage'",
+            "[WARNING]  (12) : Proxy fe stopped (cumulated conns: FE: 0, BE: 0).",
+            "[NOTICE]   (12) : New worker (13) forked",
+            "[ALERT] 123/456 (7) : Starting frontend fe: cannot bind",
+            "plain text",
+        ];
+        for case in 0..CASES {
+            let base = *rng.pick(&valid);
+            let line = if case % 3 == 0 { rng.text(60) } else { rng.mutate_text(base, b"[]():ALERT ") };
+            let priority = haproxy_line_priority(&line);
+            assert!((ERR..=DEBUG).contains(&priority), "case {}: {:?}", case, line);
+            let is_alert = line.trim_start().starts_with("[ALERT]");
+            assert_eq!(priority == ERR, is_alert || line.trim_start().starts_with("[EMERG]"), "case {}: {:?}", case, line);
+            match alert_text(&line) {
+                Some(text) => {
+                    assert!(is_alert, "case {}: {:?}", case, line);
+                    // A piece of the line itself, trimmed, without the tag.
+                    let start = text.as_ptr() as usize - line.as_ptr() as usize;
+                    assert!(start <= line.len() && line[start..].starts_with(text), "case {}: {:?}", case, line);
+                    assert_eq!(text, text.trim(), "case {}: {:?}", case, line);
+                    assert!(!text.starts_with("[ALERT]") || line.matches("[ALERT]").count() > 1, "case {}: {:?}", case, line);
+                }
+                None => assert!(!is_alert, "case {}: {:?}", case, line),
+            }
+        }
+    }
 }

@@ -380,4 +380,22 @@ mod tests {
         assert_eq!(value(m, "MAINPID"), Some("5967"));
         assert_eq!(value(m, "STATUS"), Some("Ready."));
     }
+
+    #[test]
+    fn randomized_datagrams_are_read_line_by_line() {
+        use crate::fuzz::{Rng, CASES};
+        let mut rng = Rng::new(0x40f1);
+        let valid = "READY=1\nMAINPID=5967\nSTATUS=Ready.\nRELOADING=1\nMONOTONIC_USEC=123\nSTOPPING=1\n";
+        for case in 0..CASES {
+            let msg = if case % 2 == 0 { rng.mutate_text(valid, b"=\n01RAEDYSTOPING") } else { rng.text(40) };
+            for key in ["READY", "RELOADING", "STOPPING", "STATUS", "MAINPID", "MONOTONIC_USEC", ""] {
+                // The model: KEY=1 on a line of its own; the value after the first '=' of the
+                // first line whose key is KEY.
+                let model_says = msg.lines().any(|l| l == format!("{}=1", key));
+                assert_eq!(says(&msg, key), model_says, "case {}: {:?} {:?}", case, key, msg);
+                let model_value = msg.lines().find(|l| l.starts_with(&format!("{}=", key))).map(|l| &l[key.len() + 1..]);
+                assert_eq!(value(&msg, key), model_value, "case {}: {:?} {:?}", case, key, msg);
+            }
+        }
+    }
 }

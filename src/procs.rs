@@ -297,4 +297,21 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+
+    #[test]
+    fn randomized_process_names_never_confuse_the_stat_parser() {
+        use crate::fuzz::{Rng, CASES};
+        // The name between the parentheses is the process's own choice (prctl, exec of any file).
+        let mut rng = Rng::new(0x57a7);
+        for case in 0..CASES {
+            let comm = rng.text(16);
+            let state = *rng.pick(&['R', 'S', 'D', 'Z', 'T', 'X']);
+            let ppid = rng.below(4_194_305) as i32;
+            let stat = format!("{} ({}) {} {} 42 42 0 -1 4194560 100 0", 1 + rng.below(4_194_304), comm, state, ppid);
+            assert_eq!(parse_stat(&stat), Some((ppid, state)), "case {}: {:?}", case, stat);
+            // Damaged text: an answer or None, never a panic.
+            let _ = parse_stat(&rng.mutate_text(&stat, b"() "));
+            let _ = parse_stat(&rng.text(40));
+        }
+    }
 }
