@@ -458,3 +458,97 @@ mod real_haproxy {
         }
     }
 }
+
+// ================================================================================================
+/// haproxy 2.6 and later, master-worker: a reload whose new worker cannot start (a chroot that
+/// does not exist) makes haproxy stop everything (exit-on-failure, its default).
+mod real_exit_on_failure {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_failing_new_worker_is_never_reported_as_the_old_generation_serving() {
+        assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps` (installs the test dependencies)");
+        let mut t = Ctx::new("real-exitonfailure");
+        let port = t.port;
+        let config = move |extra: &str| {
+            format!(
+                "global\n{extra}defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
+                 frontend fe\n    bind 127.0.0.1:{}\n    http-request return status 200 content-type text/plain string ok\n",
+                port
+            )
+        };
+        let cfg = t.write("haproxy.cfg", &config(""));
+        t.start(&["--haproxy", REAL_HAPROXY, "--stop-timeout", "2", "-Ws", "-f", &cfg]);
+        t.wait_ready(T_REAL);
+        t.track_haproxy(REAL_HAPROXY);
+        t.replace("haproxy.cfg", &config(&format!("    chroot {}\n", t.p("no-such-dir"))));
+        t.signal(Signal::SIGUSR2);
+        // haproxy 2.6 either stops everything (the wrapper then exits 1) or, when its new worker
+        // failed before the old one finished its soft-stop, hangs with the old worker stopped
+        // (state T) and nothing listening: the wrapper must say so, not "keeps serving".
+        let decided = poll_until(T_REAL, || {
+            let exited = t.wrapper.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || t.log().contains("reload failed") {
+                Some(exited)
+            } else {
+                None
+            }
+        });
+        let exited = decided.expect("no verdict on the reload");
+        let log = t.log();
+        assert!(!log.contains("keeps serving"), "the wrapper claimed the previous generation keeps serving:\n{log}");
+        let outcome = match exited {
+            Some(st) => {
+                assert_eq!(st.code(), Some(1), "{}", describe_status(&st));
+                assert!(log.contains("nothing serves") || log.contains("ended unexpectedly"), "log:\n{log}");
+                "haproxy stopped everything"
+            }
+            None => {
+                let settled = poll_until(T_REAL, || {
+                    let log = t.log();
+                    if log.contains("nothing serves") || log.contains("may not serve any more") || log.contains("ended unexpectedly") {
+                        Some(log)
+                    } else {
+                        None
+                    }
+                });
+                assert!(settled.is_some(), "log:\n{}", t.log());
+                t.signal(Signal::SIGTERM);
+                t.wait_exit(T_REAL);
+                "haproxy hung, reported as such"
+            }
+        };
+        eprintln!("real exit-on-failure: {outcome}");
+        assert!(!t.log().contains("keeps serving"), "log:\n{}", t.log());
+        let left: Vec<i32> = t.seen.iter().copied().filter(|p| alive(*p)).collect();
+        assert!(left.is_empty(), "haproxy processes left: {left:?}");
+    }
+}
+
+// ================================================================================================
+/// A failed reload after which nothing serves any more is reported as such, never as "the
+/// previous generation keeps serving".
+mod failed_reload_truth {
+    use super::*;
+
+    /// master-worker: the reload's new worker fails and haproxy (its exit-on-failure) stops every
+    /// worker; its master answers READY=1 and is slow to exit. The wrapper says nothing serves,
+    /// stops with a failure status for Restart=, and never claims that the previous generation
+    /// keeps serving. (When the master's end comes first, the wrapper reports that instead.)
+    #[test]
+    fn a_new_worker_failure_that_takes_haproxy_down_is_reported_truthfully() {
+        let mut t = Ctx::new("exitonfailure");
+        t.start_fake_ready(Mode::MasterWorker, "");
+        let master = first_fake(&t, Mode::MasterWorker);
+        t.replace("h.cfg", "fake-new-worker-fails 1\n");
+        t.signal(Signal::SIGUSR2);
+        let st = t.wait_exit(T);
+        assert_ne!(st.code(), Some(0), "{}", describe_status(&st));
+        t.wait_events("the master's end", 1, T, |e| e.pid == master && e.what == "exit");
+        let log = t.log();
+        assert!(!log.contains("keeps serving"), "the wrapper claimed the previous generation keeps serving:\n{log}");
+        assert!(log.contains("nothing serves"), "log:\n{log}");
+        t.assert_no_fake_left();
+    }
+}

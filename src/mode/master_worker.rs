@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::{exited, not_ready, Event, Launch, Outcome, Protocol, Verdict};
+use super::{exited, not_ready, Event, Launch, Outcome, Protocol, StillServing, Verdict};
 use crate::clock;
 use crate::error::Error;
 use crate::haproxy;
@@ -377,6 +377,40 @@ impl Protocol for MasterWorker {
         self.master_pid()
     }
 
+    fn still_serving(&mut self) -> StillServing {
+        let master = match self.master_pid() {
+            Some(master) => master,
+            None => return StillServing::No,
+        };
+        if matches!(procs::stat(master), None | Some((_, 'Z'))) {
+            return StillServing::No;
+        }
+        if self.workers_unknown {
+            return StillServing::Yes; // nothing known to check: the master lives
+        }
+        let alive = match procs::children_of(master) {
+            Ok(alive) => alive,
+            Err(_) => return StillServing::Yes,
+        };
+        // The serving workers known (some may have been found gone after a re-exec); with
+        // none known, any child of the master.
+        let known = !self.generations.workers.is_empty();
+        self.generations.workers.retain(|w| alive.contains(w));
+        self.generations.old_workers.retain(|w| alive.contains(w));
+        let serving: Vec<i32> = if known { self.generations.workers.clone() } else { alive };
+        if serving.is_empty() {
+            return StillServing::No;
+        }
+        // Alive is not serving: haproxy may have soft-stopped them for the new worker, or
+        // stopped them (2.6 leaves an old worker in state T when the new one fails early).
+        // Only TCP listeners are seen; this only words the log, nothing is stopped on it.
+        if serving.iter().any(|&w| procs::stat(w).map_or(false, |(_, state)| state != 'T') && procs::holds_listener(w)) {
+            StillServing::Yes
+        } else {
+            StillServing::Unsure(format!("its workers {} hold no listening TCP socket or are stopped", super::pid_list(&serving)))
+        }
+    }
+
     fn serving_text(&self) -> Option<String> {
         let workers = if self.workers_unknown { "unknown".to_string() } else { super::pid_list(&self.generations.workers) };
         self.generations.master.map(|generation| format!("gen {} serving (master {}, workers {})", generation.n, generation.pid, workers))
@@ -622,6 +656,27 @@ mod tests {
         p.attempt = None;
         assert_eq!(p.on_event(&said, &[]), Outcome::StatusChanged);
         assert!(p.serving_text().unwrap().ends_with("workers unknown)"));
+    }
+
+    #[test]
+    fn still_serving_means_a_live_master_with_a_live_worker() {
+        // A master that is gone serves nothing.
+        let mut p = protocol(true);
+        p.attempt = None;
+        assert_eq!(p.still_serving(), StillServing::No);
+        // This test process as the master, a child of it as its worker.
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        p.generations.master = Some(Gen { n: 1, pid: me });
+        p.generations.workers = vec![child.id() as i32];
+        // Alive but without a listening socket: maybe not serving.
+        assert!(matches!(p.still_serving(), StillServing::Unsure(_)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(p.still_serving(), StillServing::No, "its only worker is gone");
+        assert_eq!(p.generations.workers, Vec::<i32>::new(), "STATUS no longer names it");
+        p.workers_unknown = true;
+        assert_eq!(p.still_serving(), StillServing::Yes, "unknown workers: the live master is trusted");
     }
 
     #[test]

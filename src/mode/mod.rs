@@ -50,6 +50,16 @@ pub enum Verdict {
     Failed { reason: String, code: u8 },
 }
 
+/// After a failed reload, what is left of the serving generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StillServing {
+    Yes,
+    /// Its processes live, but by what /proc shows they may not serve (why).
+    Unsure(String),
+    /// Its processes are gone: nothing serves.
+    No,
+}
+
 /// What an event means to the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -119,6 +129,13 @@ pub trait Protocol {
 
     /// The serving generation's process (haproxy or master), for the watchdog.
     fn serving_pid(&self) -> Option<i32>;
+
+    /// After a failed reload: does the serving generation still serve? (master-worker: a new
+    /// worker that fails can make haproxy stop every process, its exit-on-failure.) Brings what
+    /// STATUS shows up to date. Foreground: the reload's verdict already knows (`abandon`).
+    fn still_serving(&mut self) -> StillServing {
+        StillServing::Yes
+    }
 
     /// "gen 3 serving (pid 1234)" for STATUS, or None before the first start.
     fn serving_text(&self) -> Option<String>;
