@@ -543,6 +543,21 @@ mod failed_reload_truth {
         let master = first_fake(&t, Mode::MasterWorker);
         t.replace("h.cfg", "fake-new-worker-fails 1\n");
         t.signal(Signal::SIGUSR2);
+        // The unit's ExecReload= client, right after the signal.
+        let client = std::process::Command::new(WRAPPER)
+            .args(["--wait-reload", &t.pid.to_string(), "--run-dir", &t.p("run")])
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the --wait-reload client");
+        let said = String::from_utf8_lossy(&client.stderr).into_owned();
+        eprintln!("--wait-reload: {:?}: {}", client.status.code(), said.trim());
+        assert!(!said.contains("keeps serving"), "the client claimed the previous generation keeps serving: {said}");
+        // 1 with the failure and that the service is stopping; when the client comes late, the
+        // wrapper may be stopping or gone already (its own answers for that, not checked here).
+        if client.status.code() == Some(1) {
+            assert!(said.contains("failed") && said.contains("the service is stopping"), "{said}");
+        }
         let st = t.wait_exit(T);
         assert_ne!(st.code(), Some(0), "{}", describe_status(&st));
         t.wait_events("the master's end", 1, T, |e| e.pid == master && e.what == "exit");

@@ -222,12 +222,17 @@ impl Supervisor {
         }
         self.next_gen = attempt.gen;
         self.last_reload = LastReload::Failed { ms, reason: reason.clone() };
+        let left = serving_ended.as_ref().map(|_| StillServing::No).unwrap_or_else(|| self.protocol.still_serving());
         if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
+            if left == StillServing::No {
+                // A --wait-reload client reads the failure and, with it, that nothing serves.
+                ledger.stopping();
+            }
             let mut reasons = vec![reason.clone()];
             reasons.extend(attempt.alerts.iter().cloned());
             ledger.finish(seq, ledger::Outcome::Failed { ms, reasons });
         }
-        match serving_ended.as_ref().map(|_| StillServing::No).unwrap_or_else(|| self.protocol.still_serving()) {
+        match left {
             StillServing::Yes => error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason),
             StillServing::Unsure(why) => {
                 error!("reload failed after {} ms; the previous generation may not serve any more ({}): {}", ms, why, reason)
