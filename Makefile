@@ -113,14 +113,15 @@ $(DIST_VENDOR): Cargo.lock
 	mkdir -p dist
 	CARGO=$(CARGO) packaging/dist.sh vendor $@
 
-# dpkg-source and dpkg-parsechangelog (dsc), rpmbuild (srpm, rpm): installed when missing.
+# dpkg-source and dpkg-parsechangelog (dsc), rpmbuild (srpm, rpm): installed when missing
 dpkg-tools:
 	@dpkg-query -W -f='$${Status}\n' dpkg-dev 2>/dev/null | grep -q 'install ok installed' || { \
 	  echo "installing dpkg-dev" >&2; apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null; }
+# (elfutils: eu-strip, which find-debuginfo runs for the -debuginfo package.)
 rpm-tools:
-	@command -v rpmbuild >/dev/null || { echo "installing rpm" >&2; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rpm >/dev/null; }
+	@command -v rpmbuild >/dev/null && command -v eu-strip >/dev/null || { echo "installing rpm elfutils" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rpm elfutils >/dev/null; }
 
 # Debian source package, 3.0 (quilt): .dsc, .orig.tar.gz (= the source tarball), .orig-vendor.tar.xz
 # (= the vendored crates, unpacked into vendor/) and .debian.tar.xz, in dist/ (packaging/dsc.sh).
@@ -154,12 +155,11 @@ deb: deb-deps
 # rpmbuild on this Debian host as well as on Fedora/RHEL: rpm/fallback.macros (%_unitdir,
 # %systemd_requires) is loaded only when rpm does not define them (no systemd-rpm-macros), and
 # --nodeps only when rpm's own database does not know rpm (a Debian host: BuildRequires name
-# Fedora packages). On a Debian host the debuginfo package is made as on Fedora when debugedit's
-# find-debuginfo is there (_enable_debug_packages). DEB_BUILD_OPTIONS=nocheck skips %check too.
+# Fedora packages). fallback.macros also makes the -debuginfo package as Fedora's redhat-rpm-config
+# does. DEB_BUILD_OPTIONS=nocheck skips %check too.
 RPM_ON_DEBIAN := $(if $(shell rpm -q rpm >/dev/null 2>&1 && echo known),,yes)
 RPMBUILD_FLAGS ?= $(if $(shell rpm --eval '%{?_unitdir}' 2>/dev/null),,--load=$(CURDIR)/rpm/fallback.macros) \
                   $(if $(RPM_ON_DEBIAN),--nodeps) \
-                  $(if $(RPM_ON_DEBIAN),$(if $(wildcard /usr/bin/find-debuginfo),--define '_enable_debug_packages 1')) \
                   $(if $(filter nocheck,$(DEB_BUILD_OPTIONS)),--nocheck)
 
 # Source RPM: rpm/haproxy-systemd-wrapper.spec with Source0 (the source tarball) and Source1 (the
