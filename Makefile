@@ -74,7 +74,7 @@ DSC         := dist/$(BIN)_$(DEB_VERSION).dsc
 RPM_RELEASE := $(shell sed -n 's/^Release: *\([0-9]*\).*/\1/p' rpm/$(BIN).spec)
 SRPM        := dist/$(BIN)-$(VERSION)-$(RPM_RELEASE).src.rpm
 
-.PHONY: install uninstall dist dsc srpm deb rpm deb-deps dpkg-tools rpm-tools test-packaging
+.PHONY: install uninstall dist dsc srpm deb rpm deb-deps dpkg-tools rpm-tools test-packaging print-rpmbuild-flags
 
 # The built file, not `build`: `sudo make install` after `make` does not compile again as root.
 $(RELEASE_BIN): Cargo.toml Cargo.lock $(shell find src -name '*.rs' 2>/dev/null)
@@ -184,6 +184,10 @@ rpm: srpm
 # Ends with "N passed, M failed".
 test-packaging: deb rpm
 	tests/packaging/run.sh
+
+# For tests/packaging/run.sh: the flags `make rpm` gives rpmbuild.
+print-rpmbuild-flags:
+	@echo $(RPMBUILD_FLAGS)
 
 
 ## ---- end-to-end under systemd (test-e2e) ----

@@ -3,8 +3,8 @@
 # (SOURCE_DATE_EPOCH, else the last commit's date, else debian/changelog's), modes without group or
 # other write, gzip -n / xz -T1.
 #
-#   packaging/dist.sh source OUT.tar.gz    the source tree (packaging/source-tree.sh), entries under
-#                                          haproxy-systemd-wrapper-VERSION/
+#   packaging/dist.sh source OUT.tar.gz    the source tree (packaging/source-tree.sh) but debian/,
+#                                          entries under haproxy-systemd-wrapper-VERSION/
 #   packaging/dist.sh vendor OUT.tar.xz    `cargo vendor --locked` of Cargo.lock: exactly the crates
 #                                          the lock names, laid out as cargo vendor does, under vendor/
 #                                          (the only step that downloads; CARGO picks the cargo)
@@ -32,7 +32,9 @@ source)
     out=${2:?output file}
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    packaging/source-tree.sh | tar -x -C "$tmp"
+    # Without debian/: Debian's packaging goes into the .debian.tar.xz of `make dsc`, so the
+    # upstream tarball (the .orig.tar.gz) stays the same when only the packaging changes.
+    packaging/source-tree.sh | tar -x -C "$tmp" --exclude='debian' --exclude='debian/*'
     (cd "$tmp" && find . ! -type d -print0 | LC_ALL=C sort -z) |
         reprotar "$tmp" "$BIN-$VERSION/" | gzip -9 -n > "$out.tmp"
     mv "$out.tmp" "$out"

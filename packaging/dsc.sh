@@ -29,8 +29,7 @@ cp "$src" "$work/${BIN}_$UPSTREAM.orig.tar.gz"
 cp "$vendor" "$work/${BIN}_$UPSTREAM.orig-vendor.tar.xz"
 tar -xzf "$src" -C "$work/$BIN-$UPSTREAM" --strip-components=1
 tar -xJf "$vendor" -C "$work/$BIN-$UPSTREAM/vendor" --strip-components=1
-# debian/ from the tree (the upstream tarball has the same one when both come from one checkout).
-rm -rf "$work/$BIN-$UPSTREAM/debian"
+# debian/ from the tree (the upstream tarball has none).
 packaging/source-tree.sh | tar -x -C "$work/$BIN-$UPSTREAM" --wildcards 'debian/*'
 (cd "$work" && dpkg-source --build "$BIN-$UPSTREAM" >dpkg-source.log) ||
     { cat "$work/dpkg-source.log" >&2; exit 1; }
