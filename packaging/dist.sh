@@ -1,7 +1,7 @@
 #!/bin/sh
 # The release tarballs (`make dist`), reproducible: sorted entries, owner 0, one fixed mtime
-# (SOURCE_DATE_EPOCH, else the last commit's date, else debian/changelog's), modes without group or
-# other write, gzip -n / xz -T1.
+# (SOURCE_DATE_EPOCH, else the last commit's date (for the vendor tarball: the last commit that
+# changed Cargo.lock), else debian/changelog's), modes without group or other write, gzip -n / xz -T1.
 #
 #   packaging/dist.sh source OUT.tar.gz    the source tree (packaging/source-tree.sh) but debian/,
 #                                          entries under haproxy-systemd-wrapper-VERSION/
@@ -14,16 +14,18 @@ cd "$(dirname "$0")/.."
 BIN=haproxy-systemd-wrapper
 VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
 
+# epoch [PATH]: the fixed mtime; with PATH, the date of the last commit that changed PATH (the
+# vendor tarball depends on Cargo.lock alone, so it does not change with every commit).
 epoch() {
     if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then echo "$SOURCE_DATE_EPOCH"
-    elif t=$(git log -1 --format=%ct 2>/dev/null) && [ -n "$t" ]; then echo "$t"
+    elif t=$(git log -1 --format=%ct -- ${1:+"$1"} 2>/dev/null) && [ -n "$t" ]; then echo "$t"
     else date -d "$(sed -n 's/^ -- .*>  //p' debian/changelog | head -n1)" +%s
     fi
 }
-# reprotar DIR PREFIX: a tar archive on stdout of the paths read (NUL-separated) on stdin, relative
-# to DIR, in the given order, each entry under PREFIX.
+# reprotar DIR PREFIX [PATH]: a tar archive on stdout of the paths read (NUL-separated) on stdin,
+# relative to DIR, in the given order, each entry under PREFIX, mtime epoch [PATH].
 reprotar() {
-    tar -c -C "$1" --null --no-recursion -T - --format=gnu --mtime="@$(epoch)" \
+    tar -c -C "$1" --null --no-recursion -T - --format=gnu --mtime="@$(epoch ${3:-})" \
         --owner=0 --group=0 --numeric-owner --mode='go-w,a+rX' --transform "s|^\./||;s|^|$2|"
 }
 
@@ -46,7 +48,7 @@ vendor)
     # --locked: Cargo.lock is the only source of versions (cargo fails rather than change it).
     ${CARGO:-cargo} vendor -q --locked --manifest-path "$PWD/Cargo.toml" "$tmp/vendor" >/dev/null
     (cd "$tmp" && find vendor -print0 | LC_ALL=C sort -z) |
-        reprotar "$tmp" "" | xz -9 -T1 -c > "$out.tmp"
+        reprotar "$tmp" "" Cargo.lock | xz -9 -T1 -c > "$out.tmp"
     mv "$out.tmp" "$out"
     ;;
 sums)

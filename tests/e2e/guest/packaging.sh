@@ -70,8 +70,8 @@ else
     check "autopkgtest exits 0 (rc $APT_RC)" expect "autopkgtest exit status" "$APT_RC" 0
     check "autopkgtest: the test 'service' passed" expect_match "summary" \
         "$(cat /tmp/autopkgtest-out/summary 2>/dev/null)" "^service +PASS"
-    check "autopkgtest: each step of the test reported ok (6)" expect "ok lines" \
-        "$(grep -c '^ok [0-9]' /tmp/autopkgtest-out/service-stdout 2>/dev/null)" 6
+    check "autopkgtest: each step of the test reported ok (7)" expect "ok lines" \
+        "$(grep -c "^ok [0-9]" /tmp/autopkgtest-out/service-stdout 2>/dev/null)" 7
 fi
 fi
 
