@@ -15,6 +15,13 @@ systemd_warnings() {
         journalctl -q --no-pager -o short-monotonic --after-cursor="$1" -p warning _PID=1 | grep -F haproxy.service
     } | sort -u
 }
+# purge_wrapper: the .deb of the wrapper purged (apt-get fails on a package it does not know at all).
+purge_wrapper() {
+    if dpkg-query -W -f '${Status}' haproxy-systemd-wrapper 2>/dev/null | grep -q ' installed$'; then
+        DEBIAN_FRONTEND=noninteractive timeout 300 apt-get purge -y haproxy-systemd-wrapper || return 1
+    fi
+    ! dpkg-query -W -f '${Status}' haproxy-systemd-wrapper 2>/dev/null | grep -q ' installed$'
+}
 journal_cursor() { journalctl -n1 --show-cursor --no-pager -q | sed -n 's/^-- cursor: //p'; }
 quiet_cycle() {                                          # start, reload, stop; sets CYCLE_RC
     CYCLE_RC=
@@ -60,10 +67,16 @@ if [ -z "$DSC" ]; then
     fail "no source package in /e2e/src (tests/e2e/run.sh copies dist/*.dsc and its tarballs)"
 else
     # autopkgtest installs the package itself (the test's Depends: @): start from a purged one.
-    check "apt-get purge haproxy-systemd-wrapper first" env DEBIAN_FRONTEND=noninteractive timeout 300 \
-        apt-get purge -y haproxy-systemd-wrapper
+    check "the .deb of the wrapper purged first" purge_wrapper
     rm -rf /tmp/autopkgtest-out
-    timeout 600 autopkgtest --output-dir /tmp/autopkgtest-out "$DSC" "$DEB" -- null > /tmp/autopkgtest.log 2>&1
+    # The guest is a booted container testbed. autopkgtest's null runner of bookworm declares
+    # isolation-container itself; trixie's declares nothing and takes --fake-capability for it.
+    caps=()
+    if autopkgtest-virt-null --help 2>&1 | grep -q -- --fake-capability; then
+        caps=(--fake-capability isolation-container)
+    fi
+    say "       autopkgtest $(dpkg-query -W -f '${Version}' autopkgtest): autopkgtest DSC DEB -- null ${caps[*]}"
+    timeout 600 autopkgtest --output-dir /tmp/autopkgtest-out "$DSC" "$DEB" -- null "${caps[@]}" > /tmp/autopkgtest.log 2>&1
     APT_RC=$?
     cp -r /tmp/autopkgtest-out "$OUT/autopkgtest" 2>/dev/null; cp /tmp/autopkgtest.log "$OUT/" 2>/dev/null
     say "       autopkgtest summary: $(tr '\n' ';' < /tmp/autopkgtest-out/summary 2>/dev/null)"
@@ -85,8 +98,7 @@ if [ ! -s /e2e/rpm/post.sh ] || [ ! -s /e2e/rpm/postun.sh ] || [ ! -d /e2e/rpm/r
     fail "no .rpm unpacked in /e2e/rpm (tests/e2e/copy-source.sh; make rpm first)"
 else
     say "       package: $(cat /e2e/rpm/name)"
-    check "no .deb of the wrapper installed first" env DEBIAN_FRONTEND=noninteractive timeout 300 \
-        apt-get purge -y haproxy-systemd-wrapper
+    check "no .deb of the wrapper installed first" purge_wrapper
     rpm_files=$(cd /e2e/rpm/root && find . ! -type d | sed 's|^\./||')
     mkdir -p /etc/sysconfig /etc/haproxy/conf.d
     printf 'CFGDIR=/etc/haproxy/conf.d\n' > /etc/sysconfig/haproxy
