@@ -70,13 +70,14 @@ else
     check "the .deb of the wrapper purged first" purge_wrapper
     rm -rf /tmp/autopkgtest-out
     # The guest is a booted container testbed. autopkgtest's null runner of bookworm declares
-    # isolation-container itself; trixie's declares nothing and takes --fake-capability for it.
-    caps=()
+    # isolation-container itself; trixie's (5.49) declares nothing (its --fake-capability for it
+    # trips an assertion of its own), so there autopkgtest is told to run the test anyway.
+    opts=()
     if autopkgtest-virt-null --help 2>&1 | grep -q -- --fake-capability; then
-        caps=(--fake-capability isolation-container)
+        opts=(--ignore-restrictions=isolation-container)
     fi
-    say "       autopkgtest $(dpkg-query -W -f '${Version}' autopkgtest): autopkgtest DSC DEB -- null ${caps[*]}"
-    timeout 600 autopkgtest --output-dir /tmp/autopkgtest-out "$DSC" "$DEB" -- null "${caps[@]}" > /tmp/autopkgtest.log 2>&1
+    say "       autopkgtest $(dpkg-query -W -f '${Version}' autopkgtest): autopkgtest ${opts[*]} DSC DEB -- null"
+    timeout 600 autopkgtest "${opts[@]}" --output-dir /tmp/autopkgtest-out "$DSC" "$DEB" -- null > /tmp/autopkgtest.log 2>&1
     APT_RC=$?
     cp -r /tmp/autopkgtest-out "$OUT/autopkgtest" 2>/dev/null; cp /tmp/autopkgtest.log "$OUT/" 2>/dev/null
     say "       autopkgtest summary: $(tr '\n' ';' < /tmp/autopkgtest-out/summary 2>/dev/null)"
