@@ -108,8 +108,13 @@ dist: $(DIST_VENDOR)
 	packaging/dist.sh source $(DIST_SRC)
 	packaging/dist.sh sums dist $(notdir $(DIST_SRC) $(DIST_VENDOR))
 
+# cargo downloads over TLS: on a fresh Debian host (no Build-Depends needs them any more) the CA
+# certificates are installed first.
 $(DIST_VENDOR): Cargo.lock
 	@command -v $(CARGO) >/dev/null || { echo "dist: no $(CARGO) (make deb installs Debian's cargo; or apt-get install cargo)" >&2; exit 1; }
+	@[ -e /etc/ssl/certs/ca-certificates.crt ] || ! command -v apt-get >/dev/null || { \
+	  echo "dist: installing ca-certificates (cargo vendor downloads from crates.io)" >&2; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates >/dev/null; }
 	mkdir -p dist
 	CARGO=$(CARGO) packaging/dist.sh vendor $@
 
