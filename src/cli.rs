@@ -429,4 +429,57 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(default_haproxy(&dir.join("haproxy-systemd-wrapper")), PathBuf::from("/usr/sbin/haproxy"));
     }
+
+    #[test]
+    fn randomized_command_lines_parse_or_fail_with_a_usage_error() {
+        use crate::fuzz::{assert_clear_error, Rng, CASES};
+        use std::os::unix::ffi::OsStringExt;
+        const WORDS: &[&str] = &[
+            "--haproxy", "--ready-timeout", "--stop-timeout", "--run-dir", "--wait-reload", "--timeout", "--help", "--version",
+            "--", "--bogus", "--haproxy=", "--ready-timeout=0.5", "-W", "-Ws", "-D", "-db", "-f", "-p", "-x", "-S", "-sf", "-st",
+            "-c", "-v", "-vv", "-q", "-L", "-C", "-N", "-m", "-n", "0", "0.0001", "0.001", "1", "30", "86400", "86401", "-1",
+            "1e3", "nan", "inf", "x", "", "/etc/haproxy/h.cfg", "1234", "/run/h.sock",
+        ];
+        let valid: &[&[&str]] = &[
+            &["-f", "/etc/haproxy/h.cfg"],
+            &["--ready-timeout", "5", "--", "-Ws", "-f", "h.cfg", "-p", "/run/h.pid", "-S", "/run/m.sock"],
+            &["--stop-timeout", "1.5", "-f", "h.cfg", "-x", "/run/a.sock", "-D", "-sf", "1", "2"],
+            &["--wait-reload", "1234", "--timeout", "10"],
+        ];
+        let mut rng = Rng::new(0xc11);
+        for case in 0..CASES {
+            let mut args: Vec<OsString> = match case % 3 {
+                0 => (0..rng.below(8)).map(|_| OsString::from(*rng.pick(WORDS))).collect(),
+                _ => rng.pick(valid).iter().map(OsString::from).collect(),
+            };
+            // Edits: a word replaced, inserted or removed; random bytes (not always UTF-8) as a word.
+            for _ in 0..rng.below(4) {
+                let at = rng.below(args.len() + 1);
+                let word = if rng.one_in(3) { OsString::from_vec(rng.bytes(12)) } else { OsString::from(*rng.pick(WORDS)) };
+                match rng.below(3) {
+                    0 => args.insert(at, word),
+                    1 if at < args.len() => args[at] = word,
+                    _ if at < args.len() => {
+                        args.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            match parse(args.clone()) {
+                Ok(Command::Supervise(o, h)) => {
+                    for t in [o.ready_timeout, o.stop_timeout] {
+                        assert!(t >= Duration::from_millis(1) && t <= Duration::from_secs(86400), "case {}: {:?} gave {:?}", case, args, t);
+                    }
+                    let mode_flag = if h.mode == Mode::MasterWorker { "-Ws" } else { "-db" };
+                    assert!(h.base.iter().any(|a| a == mode_flag), "case {}: {:?} gave {:?}", case, args, h.base);
+                }
+                Ok(Command::Exec(_, rest)) => assert!(!rest.is_empty(), "case {}: {:?}", case, args),
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.exit_code(), crate::error::EXIT_USAGE, "case {}: {:?}: {}", case, args, e);
+                    assert_clear_error(&args, &e.to_string());
+                }
+            }
+        }
+    }
 }

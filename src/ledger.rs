@@ -407,4 +407,37 @@ mod tests {
         assert_eq!(start_time(me), start_time(me));
         assert_eq!(start_time(i32::MAX), None);
     }
+
+    #[test]
+    fn randomized_ledgers_round_trip_and_damaged_ones_fail_clearly() {
+        use crate::fuzz::{assert_clear_error, Rng, CASES};
+        let mut rng = Rng::new(0x1ed9e5);
+        for case in 0..CASES / 5 {
+            let mut l = Ledger::new(1 + rng.below(4_194_304) as i32, rng.number());
+            for _ in 0..rng.below(40) {
+                l.requests += rng.below(3) as u64;
+                let seq = l.begin(rng.number() as u32, rng.number());
+                let outcome = match rng.below(3) {
+                    0 => Outcome::Pending,
+                    1 => Outcome::Ok { ms: rng.number() },
+                    // Reasons as haproxy or anyone may write them: the ledger keeps one line each.
+                    _ => Outcome::Failed { ms: rng.number(), reasons: (0..rng.below(4)).map(|_| rng.text(30)).collect() },
+                };
+                l.finish(seq, outcome);
+            }
+            l.stopping = rng.one_in(3);
+            let text = l.encode();
+            assert_eq!(Ledger::parse(&text).as_ref(), Ok(&l), "case {}:\n{}", case, text);
+            for _ in 0..5 {
+                let damaged = if rng.one_in(4) { rng.text(100) } else { rng.mutate_text(&text, b" \nattemptreasonpid0123456789") };
+                match Ledger::parse(&damaged) {
+                    Ok(back) => assert!(back.pid > 0, "case {}: {:?}", case, damaged),
+                    Err(e) => {
+                        assert_clear_error(&damaged, &e);
+                        assert!(!e.contains('\n') && e.chars().count() < 1100, "case {}: one line: {:?}", case, e);
+                    }
+                }
+            }
+        }
+    }
 }

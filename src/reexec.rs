@@ -38,9 +38,10 @@ fn unhex(s: &str) -> Result<Vec<u8>, String> {
     if s.len() % 2 != 0 {
         return Err("odd hex length".into());
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| "bad hex".to_string()))
+    // By bytes: a slice of the str could cut a multibyte character (a panic, not an error).
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()).ok_or_else(|| "bad hex".to_string()))
         .collect()
 }
 
@@ -380,5 +381,83 @@ mod tests {
         assert!(decode("v=1;pid=1;exe=2f").is_err());
         assert!(decode("v=1;pid=1;exe=2f;relay=3,4;draining=1:").is_err());
         assert!(decode("v=1;pid=1;exe=2f;relay=3,4;future_key=7").is_ok());
+    }
+
+    /// A carried state of either mode with every field random (within what a wrapper writes).
+    fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
+        let pid = |rng: &mut crate::fuzz::Rng| 1 + rng.below(4_194_304) as i32;
+        let gen = |rng: &mut crate::fuzz::Rng| Gen { n: rng.number() as u32, pid: 1 + rng.below(4_194_304) as i32 };
+        let mut exe = rng.bytes(40);
+        exe.retain(|&b| b != 0);
+        exe.insert(0, b'/');
+        let master_worker = rng.one_in(2);
+        let in_progress = master_worker && rng.one_in(2);
+        let generations = if master_worker {
+            Generations::MasterWorker(MasterWorkerGenerations {
+                master: if rng.one_in(4) { None } else { Some(gen(rng)) },
+                workers: (0..rng.below(4)).map(|_| pid(rng)).collect(),
+                old_workers: (0..rng.below(4)).map(|_| pid(rng)).collect(),
+                socket_fd: rng.below(1024) as i32,
+                reload: if in_progress {
+                    Some(MasterReload {
+                        gen: rng.number() as u32,
+                        workers_before: (0..rng.below(4)).map(|_| pid(rng)).collect(),
+                        signalled_ns: rng.number(),
+                        master_began: rng.one_in(2),
+                        loading_failed: rng.one_in(2),
+                    })
+                } else {
+                    None
+                },
+            })
+        } else {
+            Generations::Foreground(ForegroundGenerations {
+                serving: if rng.one_in(4) { None } else { Some(gen(rng)) },
+                draining: (0..rng.below(4)).map(|_| gen(rng)).collect(),
+                pidfile_written: rng.one_in(2),
+            })
+        };
+        Carried {
+            wrapper_pid: pid(rng),
+            exe: PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&exe))),
+            next_gen: rng.number() as u32,
+            last_reload: match rng.below(3) {
+                0 => LastReload::None,
+                1 => LastReload::Ok { ms: rng.number() },
+                _ => LastReload::Failed { ms: rng.number(), reason: rng.text(60) },
+            },
+            reloads: rng.number() as u32,
+            relay_read: rng.below(1024) as i32,
+            relay_write: rng.below(1024) as i32,
+            reload_started_ns: rng.number(),
+            generations,
+            attempt: if in_progress {
+                Some(CarriedAttempt {
+                    gen: rng.number() as u32,
+                    started_ns: rng.number(),
+                    deadline_ns: rng.number(),
+                    ledger_seq: if rng.one_in(2) { None } else { Some(rng.number()) },
+                })
+            } else {
+                None
+            },
+        }
+    }
+
+    #[test]
+    fn randomized_states_round_trip_and_damaged_ones_fail_clearly() {
+        use crate::fuzz::{assert_clear_error, Rng, CASES};
+        let mut rng = Rng::new(0x5747e);
+        for case in 0..CASES {
+            let state = random_state(&mut rng);
+            let encoded = encode(&state);
+            assert_eq!(decode(&encoded).as_ref(), Ok(&state), "case {}: {}", case, encoded);
+            // Damaged: a mutation of it, or random text; an error or a state, never a panic.
+            let damaged = if case % 4 == 0 { rng.text(80) } else { rng.mutate_text(&encoded, b";=:,-0123456789abcdef") };
+            match decode(&damaged) {
+                Ok(decoded) => assert!(decoded.wrapper_pid > 0 && decoded.relay_read >= 0 && decoded.relay_write >= 0, "case {}: {:?}", case, damaged),
+                Err(e) => assert_clear_error(&damaged, &e),
+            }
+        }
     }
 }

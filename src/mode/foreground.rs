@@ -228,6 +228,12 @@ impl Protocol for Foreground {
         }
     }
 
+    fn acknowledges_stop(&self) -> bool {
+        // Each generation handles SIGUSR1 itself, from its first instruction on (before haproxy
+        // installs its handler, the default action ends it): nothing drops it.
+        false
+    }
+
     fn decides_attempt(&self, pid: i32) -> bool {
         self.attempt.as_ref().map_or(false, |attempt| attempt.sentinel == pid)
     }
