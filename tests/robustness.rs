@@ -7,6 +7,7 @@
 //! exit-status paths, every wait is a handshake or a poll with a deadline, `util::Ctx` kills what
 //! a test spawned.
 
+#[macro_use]
 mod util;
 
 use std::fs;
@@ -19,24 +20,6 @@ use util::*;
 
 /// Generates `mod NAME { fn foreground(); fn master_worker(); }` running the same body in both
 /// haproxy modes.
-macro_rules! both_modes {
-    ($(#[$doc:meta])* fn $name:ident($mode:ident) $body:block) => {
-        $(#[$doc])*
-        mod $name {
-            use super::*;
-            fn run($mode: Mode) $body
-            #[test]
-            fn foreground() {
-                run(Mode::Foreground)
-            }
-            #[test]
-            fn master_worker() {
-                run(Mode::MasterWorker)
-            }
-        }
-    };
-}
-
 /// The fake haproxy pid the wrapper started for this mode (foreground process or master).
 fn first_fake(t: &Ctx, mode: Mode) -> i32 {
     t.wait_events("fake ready", 1, T, |e| e.what == "ready" && e.role == mode.role())[0].pid
@@ -544,12 +527,7 @@ mod failed_reload_truth {
         t.replace("h.cfg", "fake-new-worker-fails 1\n");
         t.signal(Signal::SIGUSR2);
         // The unit's ExecReload= client, right after the signal.
-        let client = std::process::Command::new(WRAPPER)
-            .args(["--wait-reload", &t.pid.to_string(), "--run-dir", &t.p("run")])
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run the --wait-reload client");
+        let client = t.wait_reload_command(t.pid, &[]).output().expect("run the --wait-reload client");
         let said = String::from_utf8_lossy(&client.stderr).into_owned();
         eprintln!("--wait-reload: {:?}: {}", client.status.code(), said.trim());
         assert!(!said.contains("keeps serving"), "the client claimed the previous generation keeps serving: {said}");
