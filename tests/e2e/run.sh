@@ -2,7 +2,7 @@
 # End-to-end flows of the .deb under a real systemd: boots a Debian guest per suite with
 # systemd-nspawn, installs the package there and runs tests/e2e/guest/flows.sh (see docs/e2e.md).
 #
-#   tests/e2e/run.sh [--deb FILE] [--smoke] [SUITE...]      SUITE: bookworm trixie (default: both)
+#   tests/e2e/run.sh [--deb FILE] [--smoke] [SUITE...]      SUITE: bookworm trixie sid (default: all three)
 #
 #   --deb FILE   the package to test (default: the newest dist/haproxy-systemd-wrapper_*.deb)
 #   --smoke      no package: only boot each guest, run the harness self-checks, power off
@@ -22,11 +22,12 @@ while [ $# -gt 0 ]; do
     case $1 in
         --deb) deb=${2:?--deb needs a file}; shift 2 ;;
         --smoke) smoke=1; shift ;;
-        bookworm|trixie) suites+=("$1"); shift ;;
-        *) echo "usage: $0 [--deb FILE] [--smoke] [bookworm] [trixie]" >&2; exit 2 ;;
+        bookworm|trixie|sid) suites+=("$1"); shift ;;
+        *) echo "usage: $0 [--deb FILE] [--smoke] [bookworm] [trixie] [sid]" >&2; exit 2 ;;
     esac
 done
-[ ${#suites[@]} -gt 0 ] || suites=(bookworm trixie)
+all_suites=(bookworm trixie sid)
+[ ${#suites[@]} -gt 0 ] || suites=("${all_suites[@]}")
 timeout_s=${E2E_TIMEOUT:-900}
 [ "$timeout_s" -ge 120 ] 2>/dev/null || { echo "e2e: E2E_TIMEOUT must be >= 120 (seconds)" >&2; exit 2; }
 guest_timeout=$(( timeout_s - 60 ))   # the guest gives up first, so its output still comes back
@@ -75,10 +76,10 @@ for suite in "${suites[@]}"; do
     printf 'E2E_SUITE=%s\nE2E_FLOWS="%s"\n' "$suite" "${E2E_FLOWS:-}" > "$run/env"
 
     # On these hosts nspawn cannot register with (or create a scope through) a host systemd, so it
-    # runs in our own cgroup (--keep-unit): one guest at a time. systemd >= 256 (trixie) refuses a
-    # legacy/hybrid cgroup hierarchy, so that guest gets the unified one.
+    # runs in our own cgroup (--keep-unit): one guest at a time. systemd >= 256 (trixie, sid) refuses
+    # a legacy/hybrid cgroup hierarchy, so those guests get the unified one.
     nspawn_env=()
-    [ "$suite" = trixie ] && nspawn_env=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1)
+    case $suite in trixie|sid) nspawn_env=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1) ;; esac
     set +e
     # unshare: nspawn runs as PID 1 of a PID namespace of its own, so even a SIGKILL (timeout's
     # --kill-after) takes the whole guest with it; a killed nspawn would otherwise leave the guest's
