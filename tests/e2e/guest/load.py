@@ -5,7 +5,8 @@
 
 Writes DIR/ready after the first successful request, stops when DIR/stop appears (or after
 MAX_SECONDS, default 300, so it can never outlive a hung test), then writes DIR/result as
-"ok=N failed=M timed_out=0|1 during=K" and, for each failure, a line in DIR/failures. Every request
+"ok=N failed=M timed_out=0|1 during=K span_ms=S" (S: from the first failure to the last, the length
+of an outage) and, for the first 50 failures, a line each in DIR/failures. Every request
 opens a new TCP connection (Connection: close), so each one exercises the listeners being handed
 over by a reload. With BODY, a 200 answer with another body counts as a failure too.
 DIR/window, when the caller wrote it before DIR/stop ("START END", seconds since the epoch), bounds
@@ -27,6 +28,7 @@ def main():
     ok = failed = 0
     failures = []
     ok_times = []  # wall-clock end of each successful request, for DIR/window
+    first_fail = last_fail = None
     ready = False
     while not os.path.exists(stop) and time.monotonic() < deadline:
         try:
@@ -48,7 +50,10 @@ def main():
         # Failures before the first success are the caller's "not serving yet", not reload failures.
         if ready:
             failed += 1
-            failures.append("%.3f %s" % (time.time(), error))
+            last_fail = time.time()
+            first_fail = first_fail or last_fail
+            if len(failures) < 50:
+                failures.append("%.3f %s" % (last_fail, error))
     during = 0
     try:
         with open(os.path.join(out, "window")) as f:
@@ -57,11 +62,12 @@ def main():
     except FileNotFoundError:
         pass
     with open(os.path.join(out, "failures"), "w") as f:
-        f.write("".join(line + "\n" for line in failures[:50]))
+        f.write("".join(line + "\n" for line in failures))
     tmp = os.path.join(out, "result.tmp")
     with open(tmp, "w") as f:
-        f.write("ok=%d failed=%d timed_out=%d during=%d\n"
-                % (ok, failed, 0 if os.path.exists(stop) else 1, during))
+        f.write("ok=%d failed=%d timed_out=%d during=%d span_ms=%d\n"
+                % (ok, failed, 0 if os.path.exists(stop) else 1, during,
+                   0 if first_fail is None else round((last_fail - first_fail) * 1000)))
     os.rename(tmp, os.path.join(out, "result"))
 
 
