@@ -420,10 +420,11 @@ fi
 # 7 (a) the package's own reload is held back (policy-rc.d), so the wrapper keeps running the
 #   deleted old file until the administrator's "systemctl reload" re-executes the new one;
 # 7 (b) a plain upgrade: the package's postinst reloads by itself.
-repack() {                                               # repack VERSION -> prints the new .deb
+repack() {                                   # repack VERSION [SED-SCRIPT FOR THE DROP-IN] -> prints the new .deb
     local dir=/tmp/repack-$1
     rm -rf "$dir"; dpkg-deb -R "$DEB" "$dir" &&
     sed -i "s/^Version: .*/Version: $1/" "$dir/DEBIAN/control" &&
+    { [ -z "${2:-}" ] || sed -i "$2" "$(find "$dir" -path '*/haproxy.service.d/haproxy-systemd-wrapper.conf')"; } &&
     dpkg-deb -b "$dir" "/tmp/haproxy-systemd-wrapper_$1_repack.deb" >/dev/null &&
     echo "/tmp/haproxy-systemd-wrapper_$1_repack.deb"
 }
@@ -458,6 +459,59 @@ say "       load: $LOAD_RESULT"
 check "no request failed" load_clean
 check "StatusText: last reload: ok" expect_match StatusText "$(status_text)" "last reload: ok"
 check "one generation" wait_one_generation 2
+fi
+fi
+
+# ---- flow unit-upgrade: from a unit without --wait-reload to this one, while the service runs ----
+# The releases before issue 10 ship a drop-in without RuntimeDirectory= and without the waiting
+# client. A user upgrading while haproxy runs gets the new drop-in through the postinst's
+# daemon-reload and reload, with the service still started under the old one (no
+# /run/haproxy-systemd-wrapper made at its start). The very next `systemctl reload` must already
+# wait and tell the truth, without a restart. (The old binary is the one under test, repacked with
+# the old drop-in: this checks the unit's transition, not an old binary's.)
+if wanted unit-upgrade; then
+begin unit-upgrade "upgrade from a drop-in without --wait-reload while haproxy runs: the next reloads wait and tell the truth"
+if need_active; then
+ver=$(dpkg-deb -f "$DEB" Version)
+DEB3=$(repack "$ver+e2e3" '/^RuntimeDirectory/d; /--wait-reload/d')
+DEB4=$(repack "$ver+e2e4")
+check "repacked $ver+e2e3 (drop-in without RuntimeDirectory= and --wait-reload) and $ver+e2e4" test -f "$DEB3" -a -f "$DEB4"
+check "apt-get install $ver+e2e3" apt_install "$DEB3"
+# Stopped under the old drop-in, systemd does not remove the directory the new one made: a user
+# coming from an older release never had it.
+check "systemctl stop under the old drop-in exits 0" timeout 60 systemctl stop $UNIT
+rm -rf /run/haproxy-systemd-wrapper
+check "systemctl start under the old drop-in exits 0" timeout 60 systemctl start $UNIT
+old_unit() {
+    [[ $(prop ExecReload) != *wait-reload* ]] && [ -z "$(prop RuntimeDirectory)" ] && return 0
+    WHY="ExecReload: $(prop ExecReload | grep -o 'path=[^ ]*' | tr '\n' ' '); RuntimeDirectory='$(prop RuntimeDirectory)'"
+    return 1
+}
+check "running under the old drop-in: no --wait-reload, no RuntimeDirectory" old_unit
+write_cfg "up-0"; reload
+check "serves" wait_for 10 serves up-0
+pid0=$(mainpid)
+check "load generator running" start_load
+check "apt-get install $ver+e2e4 (its postinst reloads)" apt_install "$DEB4"
+check "the unit now has the --wait-reload line" expect_match ExecReload "$(prop ExecReload)" "haproxy-systemd-wrapper --wait-reload"
+check "MainPID unchanged, runs the new file" eval 'expect MainPID "$(mainpid)" "$pid0" && wait_for 10 runs_installed_file "$pid0"'
+write_cfg "up-1"
+reload
+check "the first systemctl reload after the upgrade exits 0 in < $RELOAD_OK_MS ms (${RELOAD_MS} ms)" reload_ok_fast
+check "and the first connection after it is answered by the new configuration" serves up-1
+stop_load
+say "       load: $LOAD_RESULT"
+check "no request failed" load_clean
+write_cfg "up-unbindable" "$(printf 'frontend unbindable\n\tbind 192.0.2.1:8082\n')"
+BODY=up-1
+reload
+check "a bind-failing reload after the upgrade exits non-zero in < $RELOAD_FAIL_MS ms (rc $RELOAD_RC, ${RELOAD_MS} ms)" reload_failed_fast
+check "the old configuration serves" serves up-1
+write_cfg "up-2"
+reload
+check "the next good reload exits 0 in < $RELOAD_OK_MS ms (${RELOAD_MS} ms)" reload_ok_fast
+check "serves it (one probe)" serves up-2
+check "MainPID unchanged" expect MainPID "$(mainpid)" "$pid0"
 fi
 fi
 
