@@ -90,6 +90,18 @@ pub fn descendants_of(root: i32) -> Vec<i32> {
     }
 }
 
+/// The signals pending for a process (thread-directed and shared), from the text of
+/// /proc/PID/status: bit N-1 stands for signal N.
+pub fn parse_pending(status: &str) -> Option<u64> {
+    let mask = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    Some(mask("ShdPnd:")? | mask("SigPnd:")?)
+}
+
+/// Is `sig` pending for `pid` (sent, not yet handled)? False when it is gone or /proc cannot tell.
+pub fn signal_pending(pid: i32, sig: i32) -> bool {
+    fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| parse_pending(&s)).map_or(false, |bits| bits & (1u64 << (sig - 1)) != 0)
+}
+
 /// The inodes of the sockets in LISTEN state in the text of /proc/PID/net/tcp or tcp6.
 pub fn parse_listen_inodes(text: &str) -> Vec<u64> {
     text.lines()

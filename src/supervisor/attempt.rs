@@ -11,7 +11,7 @@ use crate::haproxy;
 use crate::procs;
 use crate::ledger;
 use crate::reexec;
-use crate::state::{Carried, LastReload};
+use crate::state::{Carried, CarriedAttempt, LastReload};
 
 impl Supervisor {
     pub(super) fn on_reload_request(&mut self, sig: Signal) {
@@ -42,20 +42,53 @@ impl Supervisor {
             relay_write: self.relay.w,
             reload_started_ns,
             generations: self.protocol.generations(),
+            attempt: match &self.phase {
+                Phase::Reloading(attempt) => Some(CarriedAttempt {
+                    gen: attempt.gen,
+                    started_ns: attempt.started_ns,
+                    deadline_ns: attempt.deadline_ns,
+                    ledger_seq: attempt.ledger_seq,
+                }),
+                _ => None,
+            },
         }
     }
 
-    /// Re-executes the wrapper (same pid, the program now on disk), which then starts the reload;
-    /// if the exec fails, reloads in this image.
+    /// Re-executes the wrapper (same pid, the program now on disk) and reloads. Master-worker
+    /// mode asks the master first (the exec is then off the reload's critical path) and carries
+    /// the attempt across; foreground mode starts the new generation after the exec. A program
+    /// on disk that is not the running one must accept the state first (`reexec::probe`): an
+    /// older release, or a file that is not a wrapper, does not, and the reload runs in this
+    /// image instead. If the exec fails, too.
     pub(super) fn reload_now(&mut self) {
         let t0 = now_ns();
         self.pending_reload = false;
         let status = self.status_with(&phase_text("reloading", self.next_gen, self.protocol.name()));
         self.systemd.reloading(&status);
+        let begun_here = self.protocol.reloads_before_reexec();
+        if begun_here {
+            self.begin_attempt(t0, false);
+        }
         if let Some(partial) = self.relay.take_partial() {
             crate::log::write(crate::log::haproxy_line_priority(&partial), format_args!("{}", partial));
         }
         let carried = self.carried(t0);
+        let usable = if reexec::is_running_image(&self.exe) {
+            Ok(())
+        } else {
+            reexec::probe(&self.exe, &carried)
+        };
+        match usable {
+            Ok(()) => self.exec_self(&carried),
+            Err(why) => warning!("not re-executing {}: it does not take this wrapper's state ({}); reloading with the running program", self.exe.display(), why),
+        }
+        if !begun_here {
+            self.begin_attempt(t0, false);
+        }
+    }
+
+    /// Returns only if the exec failed.
+    fn exec_self(&mut self, carried: &Carried) {
         let fds = carried.descriptors();
         let mut ok = true;
         for fd in &fds {
@@ -65,13 +98,12 @@ impl Supervisor {
             }
         }
         if ok {
-            let err = reexec::exec(&self.exe, &carried);
+            let err = reexec::exec(&self.exe, carried);
             warning!("re-exec of {} failed: {}; reloading without it", self.exe.display(), err);
         }
         for fd in &fds {
             let _ = haproxy::set_cloexec(*fd, true);
         }
-        self.begin_attempt(t0, false);
     }
 
     pub(super) fn begin_attempt(&mut self, started_ns: u64, first: bool) {

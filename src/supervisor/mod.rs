@@ -110,6 +110,15 @@ pub struct Supervisor {
     fatal: Option<Error>,
 }
 
+/// Waits (at most 50 ms: these signals are an administrator's, and rare) until `pid` no longer
+/// has `sig` pending.
+fn wait_until_handled(pid: i32, sig: Signal) {
+    let deadline = now_ns() + 50_000_000;
+    while procs::signal_pending(pid, sig as i32) && now_ns() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 impl Supervisor {
     // ---- the event loop ----
 
@@ -144,10 +153,13 @@ impl Supervisor {
             if messages_ready {
                 self.on_messages();
             }
+            // Reload signals first, as the kernel would order them (SIGHUP and SIGUSR2 come
+            // before SIGTERM, SIGCHLD, SIGTTIN/SIGTTOU): a signal sent after a reload signal is
+            // read after it, also across the re-exec.
+            self.read_reload_signals();
             while let Some(sig) = signals::read_one(&mut self.signals) {
                 self.on_signal(sig);
             }
-            self.read_reload_signals();
             self.on_tick();
         }
     }
@@ -226,8 +238,23 @@ impl Supervisor {
                 self.begin_stop(true);
             }
             Action::Forward(s) => {
+                // The signalfd hands out the lowest pending signal first: SIGTTIN (21) before
+                // SIGTTOU (22) when both are pending, whatever order they were sent in. Both
+                // pending means "pause, then resume" as far as anyone can tell, and the resume
+                // must win: never leave haproxy paused.
+                if s == Signal::SIGTTIN && signals::take_pending(Signal::SIGTTOU) {
+                    info!("SIGTTOU and SIGTTIN received together: passing both on to haproxy, SIGTTIN last");
+                    for pid in self.protocol.signal_targets() {
+                        haproxy::signal(pid, Signal::SIGTTOU);
+                    }
+                }
                 info!("{} received: passing it on to haproxy", sig);
                 for pid in self.protocol.signal_targets() {
+                    if s == Signal::SIGTTIN {
+                        // haproxy, too, takes the lowest pending signal first: a SIGTTIN that
+                        // reaches it while its SIGTTOU is still pending would be undone by it.
+                        wait_until_handled(pid, Signal::SIGTTOU);
+                    }
                     haproxy::signal(pid, s);
                 }
             }
@@ -262,10 +289,12 @@ impl Supervisor {
 
     // ---- haproxy's output and the protocol's messages ----
 
-    /// Re-emits haproxy's pending lines; an attempt in progress keeps its alerts.
+    /// Re-emits haproxy's pending lines, in bulk (a reload's old worker prints a line per proxy:
+    /// thousands); an attempt in progress keeps its alerts.
     fn relay_output(&mut self) {
-        for line in self.relay.read_lines() {
-            crate::log::write(crate::log::haproxy_line_priority(&line), format_args!("{}", line));
+        let lines = self.relay.read_lines();
+        crate::log::write_lines(lines.iter().map(|line| (crate::log::haproxy_line_priority(line), line.as_str())));
+        for line in lines {
             if let Some(attempt) = self.attempt_mut() {
                 if let Some(alert) = crate::log::alert_text(&line) {
                     if attempt.alerts.len() < MAX_ALERTS {
