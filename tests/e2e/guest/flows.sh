@@ -200,12 +200,17 @@ sync_series() {
     check "the first connection after each of the $n reloads is answered by its configuration" \
         expect "answered by another configuration or failed ($nstale of $n)" "$stale" ""
 }
-# bind_fail_probed TAG: a configuration that passes `haproxy -c` but cannot bind (192.0.2.1, TEST-NET-1,
-# is not on the guest's only interface), reloaded under a probe loop of new connections on 127.0.0.1
-# that accepts only the old configuration's answer. The reload must fail, and no probe may fail
-# during it or after it.
+# bind_fail_probed TAG PAUSE: a configuration that passes `haproxy -c` but cannot bind (192.0.2.1,
+# TEST-NET-1, is not on the guest's only interface), reloaded under a probe loop of new connections
+# on 127.0.0.1 that accepts only the old configuration's answer. The reload must fail. PAUSE "none":
+# no probe may fail, during the reload or after it (foreground mode). PAUSE "haproxy": haproxy's own
+# master pauses its workers' listeners while it retries the bind, natively too, and the wrapper
+# cannot prevent it (docs/DESIGN.md); refused probes are then allowed only while `systemctl reload`
+# runs and for at most HAPROXY_PAUSE_MS from the first to the last (measured here: 2.0 s through the
+# wrapper and natively, on haproxy 2.6, 3.0 and 3.2), and none once it has returned.
+HAPROXY_PAUSE_MS=3000
 bind_fail_probed() {
-    local tag=$1 old=$BODY pid0 start end i late=0
+    local tag=$1 pause=$2 old=$BODY pid0 start end i late=0
     pid0=$(mainpid)
     write_cfg "$tag-unbindable" "$(printf 'frontend unbindable\n\tbind 192.0.2.1:8082\n')"
     check "haproxy -c accepts the unbindable configuration" haproxy -c -q -f /etc/haproxy/haproxy.cfg
@@ -220,7 +225,17 @@ bind_fail_probed() {
     stop_load
     say "       probes: $LOAD_RESULT; after the reload: $late of 100 failed"
     check "systemctl reload exits non-zero in < $RELOAD_FAIL_MS ms (rc $RELOAD_RC, ${RELOAD_MS} ms)" reload_failed_fast
-    check "no probe failed during or after the reload (zero refused connections)" load_clean
+    if [ "$pause" = none ]; then
+        check "no probe failed during or after the reload (zero refused connections)" load_clean
+    else
+        within_pause() {
+            [[ $LOAD_RESULT =~ ^ok=[1-9][0-9]*\ failed=[0-9]+\ timed_out=0\ during=[0-9]+\ outside=0\ span_ms=([0-9]+)$ ]] &&
+                [ "${BASH_REMATCH[1]}" -le "$HAPROXY_PAUSE_MS" ] && return 0
+            WHY="load: $LOAD_RESULT (want outside=0, span_ms <= $HAPROXY_PAUSE_MS); first failures: $(head -n 3 "$LOAD_DIR/failures" | tr '\n' ';')"
+            return 1
+        }
+        check "refused probes only while systemctl reload ran, for <= $HAPROXY_PAUSE_MS ms (haproxy's own pause)" within_pause
+    fi
     probed_during() {
         [[ $LOAD_RESULT =~ during=([0-9]+) ]] && [ "${BASH_REMATCH[1]}" -gt 0 ] && return 0
         WHY="no probe completed while systemctl reload ran: $LOAD_RESULT"; return 1
@@ -271,12 +286,13 @@ concurrent_reloads() {
     check "the three reloads overlapped in time" expect "overlap" "$overlap" yes
     rm -rf "$f"
 }
-# reload_promise TAG HAPROXY_COUNT: the four checks of issue 10 on the running service, then a good
-# reload and one generation left (HAPROXY_COUNT processes: 2 in master-worker mode, 1 in foreground).
+# reload_promise TAG HAPROXY_COUNT PAUSE: the four checks of issue 10 on the running service, then a
+# good reload and one generation left (HAPROXY_COUNT processes: 2 in master-worker mode, 1 in
+# foreground); PAUSE as for bind_fail_probed.
 reload_promise() {
-    local tag=$1 count=$2
+    local tag=$1 count=$2 pause=$3
     sync_series 25 "$tag-sync"
-    bind_fail_probed "$tag"
+    bind_fail_probed "$tag" "$pause"
     broken_alert "$tag"
     concurrent_reloads "$tag"
     write_cfg "$tag-final"
@@ -545,7 +561,7 @@ if wanted reload-mw; then
 begin reload-mw "systemctl reload waits for the new generation and tells the truth (master-worker)"
 if need_active; then
 check "StatusText: master-worker" expect_match StatusText "$(status_text)" "^master-worker; "
-reload_promise mw 2
+reload_promise mw 2 haproxy
 fi
 fi
 if wanted reload-fg; then
@@ -556,7 +572,7 @@ check "systemctl restart exits 0" timeout 60 systemctl restart $UNIT
 if need_active; then
 check "StatusText: foreground" expect_match StatusText "$(status_text)" "^foreground; "
 check "serves" wait_for 10 serves
-reload_promise fg 1
+reload_promise fg 1 none
 fi
 sed -i '/^WRAPPER_MODE=/d' /etc/default/haproxy
 check "back to master-worker: restart exits 0" timeout 60 systemctl restart $UNIT
