@@ -19,7 +19,8 @@ mirror=${E2E_MIRROR:-http://deb.debian.org/debian}
 #   python3 (load generator), curl (probes), procps (pgrep/ps), apt/dpkg (install, upgrade, purge),
 #   mount (systemd's .mount units run /usr/bin/mount; sid no longer pulls it in: dev-hugepages.mount
 #   failed at boot without it).
-packages=systemd,systemd-sysv,dbus,haproxy,curl,python3,procps,iproute2,mount
+#   autopkgtest and dpkg-dev (dpkg-source): the source package's tests with the null runner.
+packages=systemd,systemd-sysv,dbus,haproxy,curl,python3,procps,iproute2,mount,autopkgtest,dpkg-dev
 # sid's Release file carries a Valid-Until a week after its Date; a mirror snapshot older than that
 # reads as expired here. Accept that date only (signatures are still checked: never unauthenticated).
 apt_opts=()

@@ -31,7 +31,7 @@ done
 all_suites=(bookworm trixie sid)
 [ ${#suites[@]} -gt 0 ] || suites=("${all_suites[@]}")
 # What this run leaves out, for its last line: a count over less than everything must say so.
-known_flows=$(sed -n 's/^if wanted \([0-9A-Za-z-]*\); then$/\1/p' "$here/guest/flows.sh" | tr '\n' ' ' | sed 's/ $//')
+known_flows=$(sed -n 's/^if wanted \([0-9A-Za-z-]*\); then$/\1/p' "$here"/guest/*.sh | tr '\n' ' ' | sed 's/ $//')
 flows=$(echo ${E2E_FLOWS:-})
 for f in $flows; do
     case " $known_flows" in *" $f "*) ;; *)
@@ -88,6 +88,8 @@ for suite in "${suites[@]}"; do
     mkdir -p "$run/out" "$run/deb"
     cp -r "$here/guest" "$run/guest"
     [ -n "$deb" ] && cp "$deb" "$run/deb/"
+    # The source package and the .rpm beside the .deb (autopkgtest, RPM scriptlets: guest/packaging.sh).
+    [ -n "$deb" ] && "$here/copy-source.sh" "$(dirname "$deb")" "$run"
     sed "s/@GUEST_TIMEOUT@/$guest_timeout/" "$here/guest/e2e-run.service" > "$run/e2e-run.service"
     printf 'E2E_SUITE=%s\nE2E_FLOWS="%s"\n' "$suite" "${E2E_FLOWS:-}" > "$run/env"
 
