@@ -88,6 +88,17 @@ class Statistics(unittest.TestCase):
         self.assertIsNone(bench.ratio_interval(a[:1], b))
 
 
+    def test_ratio_target(self):
+        # met: at or below the target, or the target inside the interval
+        self.assertTrue(bench.ratio_target_met(0.97, (0.99, 1.02), 1.00))
+        self.assertTrue(bench.ratio_target_met(1.00, None, 1.00))
+        self.assertTrue(bench.ratio_target_met(1.02, (0.98, 1.05), 1.00))
+        self.assertTrue(bench.ratio_target_met(1.02, (1.00, 1.05), 1.00))
+        # missed: above, and the interval lies entirely above
+        self.assertFalse(bench.ratio_target_met(1.02, (1.004, 1.05), 1.00))
+        self.assertFalse(bench.ratio_target_met(1.02, None, 1.00))
+
+
 class Results(unittest.TestCase):
     def test_rewrites_only_between_markers(self):
         import tempfile
