@@ -7,6 +7,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
+import soak  # noqa: E402
+import systemd_bench  # noqa: E402
 
 WRK_OUTPUT = """\
 Running 60m test @ http://127.0.0.1:40000/
@@ -117,6 +119,137 @@ class Results(unittest.TestCase):
         finally:
             bench.RESULTS_FILE = saved
             os.unlink(f.name)
+
+
+def sample(rss=2200, anon=150, fds=8, procs=2, zombies=0):
+    return {"rss": rss, "anon": anon, "file": rss - anon, "pss": 900, "fds": fds, "procs": procs,
+            "zombies": zombies, "cpu_ms": 1.0}
+
+
+def soak_run(n=10, **last):
+    samples = [sample() for _ in range(n)]
+    samples[-1] = sample(**last)
+    return {"error": None, "reloads": [0.1] * n, "before": sample(), "samples": samples, "defects": [],
+            "wrk": {"requests": 1000, "failed": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0},
+            "exit": 0, "left": 0}
+
+
+class Soak(unittest.TestCase):
+    def test_picked_samples(self):
+        pts = soak.picked("b", list(range(1, 11)), 3)
+        self.assertEqual([i for i, _s in pts], [0, 3, 6, 9, 10])
+        self.assertEqual(pts[0][1], "b")
+        self.assertEqual(pts[-1][1], 10)
+        self.assertEqual([i for i, _s in soak.picked("b", list(range(1, 7)), 3)], [0, 3, 6])
+
+    def verdicts(self, r, n=10):
+        return {text.split(":")[0]: ok for ok, text in soak.soak_checks(r, n, 5)}
+
+    def test_clean_soak_passes(self):
+        self.assertTrue(all(ok for ok, _t in soak.soak_checks(soak_run(), 10, 5)))
+
+    def test_a_descriptor_more_at_the_end_is_a_miss(self):
+        v = self.verdicts(soak_run(fds=9))
+        self.assertFalse(v["descriptors flat"])
+        self.assertTrue(v["children (descendants) flat"])
+
+    def test_a_child_more_is_a_miss(self):
+        self.assertFalse(self.verdicts(soak_run(procs=3))["children (descendants) flat"])
+
+    def test_rss_growth_bounds(self):
+        self.assertTrue(self.verdicts(soak_run(anon=150 + soak.ANON_GROWTH_KIB))["anonymous RSS flat (growth <= 32 KiB)"])
+        self.assertFalse(self.verdicts(soak_run(anon=150 + soak.ANON_GROWTH_KIB + 4))["anonymous RSS flat (growth <= 32 KiB)"])
+        self.assertFalse(self.verdicts(soak_run(rss=2200 + soak.RSS_GROWTH_KIB + 4))["VmRSS flat (growth <= 256 KiB)"])
+        self.assertTrue(self.verdicts(soak_run(rss=2100))["VmRSS flat (growth <= 256 KiB)"])
+
+    def test_failed_connections_and_short_series_are_misses(self):
+        r = soak_run()
+        r["wrk"]["failed"] = r["wrk"]["connect"] = 1
+        self.assertFalse(self.verdicts(r)["zero failed connections"])
+        self.assertFalse(self.verdicts(soak_run(), n=11)["reloads done"])
+        r = soak_run()
+        r["error"] = "reload not done within 30 s"
+        self.assertFalse(all(ok for ok, _t in soak.soak_checks(r, 10, 5)))
+
+    def test_defects_are_misses(self):
+        r = soak_run()
+        r["defects"] = ["the wrapper reported a failed reload: failed after 3 ms"]
+        self.assertFalse(all(ok for ok, _t in soak.soak_checks(r, 10, 5)))
+
+
+class SystemdBench(unittest.TestCase):
+    def test_large_config_counts(self):
+        cfg = systemd_bench.large_config(30, 5, 200)
+        lines = cfg.splitlines()
+        self.assertEqual(sum(1 for l in lines if l.startswith("backend ")), 30)
+        self.assertEqual(sum(1 for l in lines if l.strip().startswith("server ")), 150)
+        self.assertFalse(any(" check" in l for l in lines if l.strip().startswith("server ")))
+        self.assertEqual(sum(1 for l in lines if "crt-list /etc/haproxy/bench/crt-list.txt" in l), 1)
+        self.assertIn('string "@TAG@"', cfg)
+        self.assertNotIn("crt-list", systemd_bench.large_config(3, 1, 0))
+        ports = [l.split()[2] for l in lines if l.strip().startswith("server ")]
+        self.assertEqual(len(set(ports)), 150)
+        self.assertTrue(all(p.startswith("127.0.0.1:") for p in ports))
+
+    @staticmethod
+    def runs(variant, walls_by_run, rc=0):
+        return [{"variant": variant, "start": 0.3, "load_after": "1.0 1.0 1.0",
+                 "reloads": [{"wall": w, "served": w + 0.1, "settled": w + 0.2, "sync": True, "rc": rc, "err": ""}
+                             for w in walls]} for walls in walls_by_run]
+
+    def test_summarize_and_compare(self):
+        runs = self.runs("dist", [[0.5, 0.6, 0.7], [0.5, 0.5, 0.6]]) + self.runs("wrapper", [[0.6, 0.6, 0.7], [0.6, 0.7, 0.8]])
+        runs.append({"variant": "wrapper", "error": "RuntimeError: boom", "reloads": []})
+        s = systemd_bench.summarize(runs, ["dist", "wrapper"])
+        self.assertAlmostEqual(s["dist"]["wall"], 0.55)
+        self.assertAlmostEqual(s["wrapper"]["wall"], 0.65)
+        self.assertEqual((s["wrapper"]["runs"], s["wrapper"]["ok"], s["wrapper"]["errors"]), (3, 2, ["RuntimeError: boom"]))
+        r, ci = systemd_bench.compare(s, "dist", "wrapper")
+        self.assertAlmostEqual(r, 0.65 / 0.55)
+        self.assertTrue(ci[0] <= r <= ci[1])
+        self.assertIsNone(systemd_bench.compare(s, "dist", "wrapper-nocheck"))
+
+    def test_failed_reloads_are_counted_not_timed(self):
+        s = systemd_bench.summarize(self.runs("dist", [[0.5, 0.6]]) + self.runs("dist", [[9.0]], rc=1), ["dist"])
+        self.assertEqual((s["dist"]["reloads"], s["dist"]["failed"]), (3, 1))
+        self.assertAlmostEqual(s["dist"]["wall"], 0.55)
+
+    TRACE = """\
+# tracer: nop
+ haproxy-systemd-10 [000] .....  100.000000: signal_generate: sig=12 errno=0 code=-6 comm=haproxy pid=11 grp=1 res=0
+ haproxy-systemd-10 [000] .....  100.001000: sys_sendto(fd: 3, buff: 1, len: 20, flags: 4000, addr: 2, addr_len: 6e)
+         haproxy-11 [001] .....  100.010000: sys_sendmsg(fd: 7, msg: 7ffd, flags: 0)
+ haproxy-systemd-10 [000] .....  100.010500: sys_recvmsg(fd: 5, msg: 7ffd, flags: 40)
+         haproxy-11 [001] .....  100.200000: sys_sendmsg(fd: 7, msg: 7ffd, flags: 0)
+ haproxy-systemd-10 [000] .....  100.200100: sys_write(fd: 2, buf: 1, count: 40)
+ haproxy-systemd-10 [000] .....  100.200200: sys_write(fd: 2, buf: 1, count: 40)
+ haproxy-systemd-10 [000] .....  100.205000: sys_recvmsg(fd: 5, msg: 7ffd, flags: 40)
+ haproxy-systemd-10 [000] .....  100.205500: sys_sendto(fd: 3, buff: 1, len: 20, flags: 4000, addr: 2, addr_len: 6e)
+ haproxy-systemd-10 [000] .....  100.206000: sys_write(fd: 2, buf: 1, count: 40)
+ haproxy-systemd-10 [000] .....  101.000000: signal_generate: sig=12 errno=0 code=-6 comm=haproxy pid=11 grp=1 res=0
+         haproxy-11 [001] .....  101.100000: sys_sendmsg(fd: 7, msg: 7ffd, flags: 0)
+ haproxy-systemd-10 [000] .....  101.100300: sys_recvmsg(fd: 5, msg: 7ffd, flags: 40)
+ haproxy-systemd-10 [000] .....  101.100400: sys_sendto(fd: 3, buff: 1, len: 20, flags: 4000, addr: 2, addr_len: 6e)
+"""
+
+    def test_relay_delays_from_a_trace(self):
+        evs = list(systemd_bench.trace_events(self.TRACE))
+        self.assertEqual(len(evs), 14)
+        rows = systemd_bench.relay_delays(evs, 10, 11)
+        self.assertEqual(len(rows), 2)
+        self.assertAlmostEqual(rows[0]["delay"], 0.005, places=6)
+        self.assertEqual(rows[0]["writes"], 2)
+        self.assertAlmostEqual(rows[0]["relay_to_systemd"], 0.0055, places=6)
+        self.assertAlmostEqual(rows[0]["sig_to_ready"], 0.2055, places=6)
+        self.assertEqual(rows[0]["writes_in_window"], 3)
+        self.assertAlmostEqual(rows[1]["delay"], 0.0003, places=6)
+        self.assertEqual(rows[1]["writes"], 0)
+
+    def test_journal_order(self):
+        e = [(1, 5, "Proxy be1 stopped (cumulated conns: FE: 0, BE: 0)."), (2, 4, "master 5 says \"READY=1\""),
+             (3, 5, "Proxy be2 stopped (x)."), (4, 5, "Proxy be3 stopped (x)."), (5, 4, "master 5 says \"READY=1\"")]
+        rows = systemd_bench.journal_order(e, 4)
+        self.assertEqual(rows, [{"stopped_before": 1, "stopped_after": 2}, {"stopped_before": 2, "stopped_after": 0}])
 
 
 if __name__ == "__main__":
