@@ -407,6 +407,9 @@ def report(res, s, relay, jrows, started, elapsed, load_start, load_end):
                      st["backends"], st["servers"], st["certs"], st["rounds"], st["reloads"]))
     lines.append("ExecReload of (b): `%s`; of (b'): `%s`." % (
         " ; ".join(v.get("dropin_reload", [])), " ; ".join(v.get("nocheck_reload", []))))
+    if res.get("check_alone"):
+        lines.append("`haproxy -Ws -c` of this configuration alone, in the guest, outside any unit: %s ms (median %s)." % (
+            " ".join(fmt(c) for c in res["check_alone"]), fmt(statistics.median(res["check_alone"]))))
     lines.append("")
     cols = [x for x in VARIANTS if x in s]
     head = [""] + [LABEL[x] for x in cols]
