@@ -245,11 +245,12 @@ class SystemdBench(unittest.TestCase):
         self.assertAlmostEqual(rows[1]["delay"], 0.0003, places=6)
         self.assertEqual(rows[1]["writes"], 0)
 
-    def test_journal_order(self):
-        e = [(1, 5, "Proxy be1 stopped (cumulated conns: FE: 0, BE: 0)."), (2, 4, "master 5 says \"READY=1\""),
-             (3, 5, "Proxy be2 stopped (x)."), (4, 5, "Proxy be3 stopped (x)."), (5, 4, "master 5 says \"READY=1\"")]
-        rows = systemd_bench.journal_order(e, 4)
-        self.assertEqual(rows, [{"stopped_before": 1, "stopped_after": 2}, {"stopped_before": 2, "stopped_after": 0}])
+    def test_journal_suppressed(self):
+        text = ("Nov 29 08:33:26 g systemd-journald[17]: Suppressed 80334 messages from haproxy.service\n"
+                "Nov 29 08:33:27 g systemd-journald[17]: Suppressed 5 messages from other.service\n"
+                "Nov 29 08:33:56 g systemd-journald[17]: Suppressed 6 messages from haproxy.service\n")
+        self.assertEqual(systemd_bench.journal_suppressed(text), (2, 80340))
+        self.assertEqual(systemd_bench.journal_suppressed(""), (0, 0))
 
 
 if __name__ == "__main__":

@@ -188,8 +188,6 @@ def trace_phase(template, variants, n, result):
     masters = [p for p in haproxy_pids() if open("/proc/%d/stat" % p).read().rsplit(")", 1)[1].split()[1] == str(wrapper)]
     if len(masters) != 1:
         raise RuntimeError("trace: expected one master under the wrapper, found %r" % masters)
-    cursor = run(["journalctl", "-n1", "--show-cursor", "--no-pager", "-q"]).stdout
-    cursor = re.search(r"-- cursor: (\S+)", cursor).group(1)
     with open(OUT + "/trace-request.tmp", "w") as f:
         json.dump({"wrapper": wrapper, "master": masters[0]}, f)
     os.rename(OUT + "/trace-request.tmp", OUT + "/trace-request")
@@ -208,20 +206,8 @@ def trace_phase(template, variants, n, result):
             wait_for("the host's trace-done", lambda: os.path.exists(OUT + "/trace-done"), 120, 0.05)
         except RuntimeError as e:
             log("trace: %s" % e)
-    run(["journalctl", "--sync"], check=False)
-    j = run(["journalctl", "-u", "haproxy", "-o", "json", "--after-cursor", cursor, "--no-pager"], timeout=120).stdout
-    entries = []
-    for line in j.splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        msg = e.get("MESSAGE")
-        if isinstance(msg, list):
-            msg = bytes(msg).decode(errors="replace")
-        entries.append((int(e.get("__MONOTONIC_TIMESTAMP", 0)), e.get("_PID"), msg or ""))
     result["trace"] = {"traced": traced, "wrapper": wrapper, "master": masters[0], "reloads": reloads,
-                       "journal": entries, "load": loadavg()}
+                       "load": loadavg()}
 
 
 def main():
