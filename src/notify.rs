@@ -1,5 +1,6 @@
-//! All sd_notify traffic: the wrapper's messages to systemd, the private socket on which the
-//! haproxy master (master-worker mode) reports to the wrapper, and the STATUS= line.
+//! All sd_notify traffic: the wrapper's messages to systemd (formatted by the sd-notify crate,
+//! sent over one socket of our own, see `Systemd`), the watchdog interval systemd asks for, and
+//! the private socket on which the haproxy master (master-worker mode) reports to the wrapper.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -8,11 +9,14 @@ use std::time::Duration;
 
 use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
 
-use crate::cli::Mode;
-use crate::reexec::LastReload;
+use sd_notify::NotifyState;
 
-/// The wrapper's messages to systemd, on one socket opened at start (a socket per message would
-/// make the descriptor count flicker). Without NOTIFY_SOCKET they are skipped.
+/// The wrapper's messages to systemd. Without NOTIFY_SOCKET they are skipped.
+///
+/// Sent over one socket opened at start, not with `sd_notify::notify`: sd-notify 0.4.2 (the last
+/// release that builds with rustc 1.63) opens a new blocking socket for every message (the
+/// descriptor count flickers, and a full NOTIFY_SOCKET would block the event loop), and it does
+/// not reach an abstract `@name` NOTIFY_SOCKET. The crate formats the messages.
 pub struct Systemd {
     target: Option<(OwnedFd, UnixAddr)>,
     last_status: String,
@@ -45,10 +49,9 @@ impl Systemd {
         Systemd { target, last_status: String::new() }
     }
 
-    fn send(&self, fields: &[&str]) {
+    fn send(&self, fields: &[NotifyState]) {
         if let Some((fd, addr)) = &self.target {
-            let mut msg = fields.join("\n");
-            msg.push('\n');
+            let msg = message(fields);
             if let Err(e) = socket::sendto(fd.as_raw_fd(), msg.as_bytes(), addr, MsgFlags::MSG_NOSIGNAL) {
                 warning!("sd_notify failed: {}", e);
             }
@@ -57,53 +60,51 @@ impl Systemd {
 
     pub fn ready(&mut self, status: &str) {
         self.last_status = status.to_string();
-        let pid = format!("MAINPID={}", std::process::id());
-        self.send(&["READY=1", &pid, &format!("STATUS={}", status)]);
+        self.send(&[NotifyState::Ready, NotifyState::MainPid(std::process::id()), NotifyState::Status(status)]);
     }
 
     pub fn reloading(&mut self, status: &str) {
         self.last_status = status.to_string();
-        // systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 to match the reload to its request.
-        let usec = format!("MONOTONIC_USEC={}", crate::supervisor::now_ns() / 1000);
-        self.send(&["RELOADING=1", &usec, &format!("STATUS={}", status)]);
+        // systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 to match the reload to its request
+        // (sd-notify 0.4.2 has no variant for it).
+        let usec = monotonic_usec(crate::clock::now_ns());
+        self.send(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status(status)]);
     }
 
     pub fn stopping(&mut self) {
         self.last_status = "stopping".into();
-        self.send(&["STOPPING=1", "STATUS=stopping"]);
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
     /// Sends STATUS= when it changed.
     pub fn status(&mut self, status: &str) {
         if status != self.last_status {
             self.last_status = status.to_string();
-            self.send(&[&format!("STATUS={}", status)]);
+            self.send(&[NotifyState::Status(status)]);
         }
     }
 
     pub fn watchdog(&self) {
-        self.send(&["WATCHDOG=1"]);
+        self.send(&[NotifyState::Watchdog]);
     }
 }
 
-/// The watchdog interval systemd asks for (WATCHDOG_USEC, meant for this pid), if any.
+/// One datagram: one `KEY=VALUE` line per state.
+fn message(fields: &[NotifyState]) -> String {
+    fields.iter().map(|f| format!("{}\n", f)).collect()
+}
+
+fn monotonic_usec(now_ns: u64) -> String {
+    format!("MONOTONIC_USEC={}", now_ns / 1000)
+}
+
+/// The watchdog interval systemd asks for (WATCHDOG_USEC, with WATCHDOG_PID naming this pid), if any.
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec = std::env::var("WATCHDOG_USEC").ok();
-    let pid = std::env::var("WATCHDOG_PID").ok();
-    watchdog_from(usec.as_deref(), pid.as_deref(), std::process::id())
-}
-
-fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
-    let usec: u64 = usec?.trim().parse().ok()?;
-    if let Some(pid) = pid {
-        if pid.trim().parse::<u32>().ok()? != me {
-            return None;
-        }
-    }
-    if usec == 0 {
-        None
-    } else {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
         Some(Duration::from_micros(usec))
+    } else {
+        None
     }
 }
 
@@ -177,62 +178,18 @@ pub fn value<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| l.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
 }
 
-/// What the service is doing, for the STATUS= line.
-pub struct StatusView<'a> {
-    pub mode: Mode,
-    pub phase: &'a str,
-    pub serving: Option<(u32, i32)>,
-    pub workers: &'a [i32],
-    pub draining: &'a [i32],
-    pub last: &'a LastReload,
-}
-
-fn join(p: &[i32]) -> String {
-    if p.is_empty() {
-        "none".to_string()
-    } else {
-        p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
-    }
-}
-
-/// The one-line STATUS= text (see docs/DESIGN.md for its shapes).
-pub fn status_line(v: &StatusView) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if v.phase.is_empty() {
-        parts.push(v.mode.name().to_string());
-    } else {
-        parts.push(v.phase.to_string());
-    }
-    if let Some((n, pid)) = v.serving {
-        parts.push(match v.mode {
-            Mode::Foreground => format!("gen {} serving (pid {})", n, pid),
-            Mode::MasterWorker => format!("gen {} serving (master {}, workers {})", n, pid, join(v.workers)),
-        });
-        parts.push(format!("draining: {}", join(v.draining)));
-        parts.push(match v.last {
-            LastReload::None => "last reload: none".to_string(),
-            LastReload::Ok { ms } => format!("last reload: ok in {} ms", ms),
-            LastReload::Failed { ms, reason } => format!("last reload: failed after {} ms: {}", ms, reason),
-        });
-    }
-    let line = parts.join("; ");
-    let line: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    // Keep STATUS= well inside one datagram.
-    line.chars().take(1000).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn watchdog_only_for_this_pid() {
-        assert_eq!(watchdog_from(Some("500000"), None, 7), Some(Duration::from_millis(500)));
-        assert_eq!(watchdog_from(Some("500000"), Some("7"), 7), Some(Duration::from_millis(500)));
-        assert_eq!(watchdog_from(Some("500000"), Some("8"), 7), None);
-        assert_eq!(watchdog_from(Some("0"), None, 7), None);
-        assert_eq!(watchdog_from(Some("x"), None, 7), None);
-        assert_eq!(watchdog_from(None, Some("7"), 7), None);
+    fn messages_are_one_line_per_state() {
+        let usec = monotonic_usec(5_000_123_456);
+        assert_eq!(
+            message(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status("reloading gen 2 (foreground)")]),
+            "RELOADING=1\nMONOTONIC_USEC=5000123\nSTATUS=reloading gen 2 (foreground)\n"
+        );
+        assert_eq!(message(&[NotifyState::Ready, NotifyState::MainPid(7)]), "READY=1\nMAINPID=7\n");
     }
 
     #[test]
@@ -249,23 +206,5 @@ mod tests {
         assert!(!says("NOTREADY=1", "READY"));
         assert_eq!(value(m, "MAINPID"), Some("5967"));
         assert_eq!(value(m, "STATUS"), Some("Ready."));
-    }
-
-    #[test]
-    fn status_lines() {
-        let none = LastReload::None;
-        let ok = LastReload::Ok { ms: 85 };
-        let failed = LastReload::Failed { ms: 30, reason: "config : parsing [a.cfg:3]\nx".into() };
-        let fg = StatusView { mode: Mode::Foreground, phase: "", serving: Some((3, 1234)), workers: &[], draining: &[1200, 1201], last: &ok };
-        assert_eq!(status_line(&fg), "foreground; gen 3 serving (pid 1234); draining: 1200 1201; last reload: ok in 85 ms");
-        let mw = StatusView { mode: Mode::MasterWorker, phase: "", serving: Some((3, 1234)), workers: &[1300, 1301], draining: &[], last: &failed };
-        assert_eq!(
-            status_line(&mw),
-            "master-worker; gen 3 serving (master 1234, workers 1300 1301); draining: none; last reload: failed after 30 ms: config : parsing [a.cfg:3] x"
-        );
-        let start = StatusView { mode: Mode::Foreground, phase: "starting gen 1 (foreground)", serving: None, workers: &[], draining: &[], last: &none };
-        assert_eq!(status_line(&start), "starting gen 1 (foreground)");
-        let rel = StatusView { mode: Mode::Foreground, phase: "reloading gen 4 (foreground)", serving: Some((3, 9)), workers: &[], draining: &[], last: &none };
-        assert_eq!(status_line(&rel), "reloading gen 4 (foreground); gen 3 serving (pid 9); draining: none; last reload: none");
     }
 }

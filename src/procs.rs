@@ -1,6 +1,20 @@
-//! What the kernel says about processes: parents and children, from /proc.
+//! What the kernel says about processes: parents and children, from /proc; and the wrapper's
+//! own program.
 
 use std::fs;
+use std::path::PathBuf;
+
+/// The wrapper's own program file: what /proc/self/exe names (without the " (deleted)" a package
+/// upgrade leaves there: the new file has the same name), else argv[0].
+pub fn own_program() -> PathBuf {
+    match fs::read_link("/proc/self/exe") {
+        Ok(p) => match p.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+            Some(stripped) => PathBuf::from(stripped),
+            None => p,
+        },
+        Err(_) => std::env::args_os().next().map(PathBuf::from).unwrap_or_default(),
+    }
+}
 
 /// The parent pid and state letter from the text of /proc/PID/stat.
 pub fn parse_stat(stat: &str) -> Option<(i32, char)> {
@@ -57,6 +71,25 @@ pub fn children_of(parent: i32) -> Vec<i32> {
     out
 }
 
+/// Every live process below `root` (children, their children, ...), parents before children.
+pub fn descendants_of(root: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut next = 0;
+    let mut parent = root;
+    loop {
+        for child in children_of(parent) {
+            if !found.contains(&child) {
+                found.push(child);
+            }
+        }
+        match found.get(next) {
+            Some(&p) => parent = p,
+            None => return found,
+        }
+        next += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +108,7 @@ mod tests {
         let pid = child.id() as i32;
         assert!(is_child_of(pid, me));
         assert!(children_of(me).contains(&pid));
+        assert!(descendants_of(me).contains(&pid));
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_child_of(pid, me));

@@ -1,71 +1,17 @@
-//! The state carried across the wrapper's re-exec on reload: encoded into one environment
-//! variable of the new image, decoded and checked against the kernel's view before use.
+//! The wrapper's re-exec on reload: the carried state (src/state.rs) encoded into one
+//! environment variable of the new image, decoded there, and the exec itself.
+//!
+//! Format: `v=1;key=value;...`. Unknown keys are ignored (they come from a newer wrapper); a
+//! newer version is refused.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::RawFd;
 use std::path::PathBuf;
+
+use crate::state::{Carried, ForegroundGenerations, Gen, Generations, LastReload, MasterWorkerGenerations};
 
 pub const ENV: &str = "HAPROXY_SYSTEMD_WRAPPER_STATE";
 const VERSION: u32 = 1;
-
-/// One haproxy generation: in foreground mode the haproxy process, in master-worker mode the master.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gen {
-    pub n: u32,
-    pub pid: i32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LastReload {
-    None,
-    Ok { ms: u64 },
-    Failed { ms: u64, reason: String },
-}
-
-/// Everything the supervisor must remember across an exec of itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Carried {
-    pub wrapper_pid: i32,
-    /// The wrapper's program path as resolved at the first start (the file a package upgrade replaces).
-    pub exe: PathBuf,
-    pub next_gen: u32,
-    pub serving: Option<Gen>,
-    pub draining: Vec<Gen>,
-    /// master-worker: the current workers and the older ones still draining.
-    pub workers: Vec<i32>,
-    pub old_workers: Vec<i32>,
-    pub last_reload: LastReload,
-    pub reloads: u32,
-    /// The pipe haproxy's output comes through (read end, write end).
-    pub relay: (RawFd, RawFd),
-    /// master-worker: the master's private notify socket.
-    pub master_sock: Option<RawFd>,
-    /// CLOCK_MONOTONIC ns at which the reload that caused the exec was asked for.
-    pub reload_started_ns: u64,
-    pub pidfile_written: bool,
-}
-
-impl Carried {
-    /// The state of a wrapper that has started nothing yet.
-    pub fn new(wrapper_pid: i32, exe: PathBuf, relay: (RawFd, RawFd), master_sock: Option<RawFd>) -> Carried {
-        Carried {
-            wrapper_pid,
-            exe,
-            next_gen: 1,
-            serving: None,
-            draining: vec![],
-            workers: vec![],
-            old_workers: vec![],
-            last_reload: LastReload::None,
-            reloads: 0,
-            relay,
-            master_sock,
-            reload_started_ns: 0,
-            pidfile_written: false,
-        }
-    }
-}
 
 fn gens(v: &[Gen]) -> String {
     v.iter().map(|g| format!("{}:{}", g.n, g.pid)).collect::<Vec<_>>().join(",")
@@ -90,30 +36,39 @@ fn unhex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-pub fn encode(c: &Carried) -> String {
-    let mut out = Vec::new();
-    out.push(format!("v={}", VERSION));
-    out.push(format!("pid={}", c.wrapper_pid));
-    out.push(format!("exe={}", hex(c.exe.as_os_str().as_bytes())));
-    out.push(format!("next_gen={}", c.next_gen));
-    if let Some(g) = c.serving {
-        out.push(format!("serving={}", gens(&[g])));
+pub fn encode(state: &Carried) -> String {
+    let mut out = vec![
+        format!("v={}", VERSION),
+        format!("pid={}", state.wrapper_pid),
+        format!("exe={}", hex(state.exe.as_os_str().as_bytes())),
+        format!("next_gen={}", state.next_gen),
+    ];
+    match &state.generations {
+        Generations::Foreground(fg) => {
+            if let Some(g) = fg.serving {
+                out.push(format!("serving={}", gens(&[g])));
+            }
+            out.push(format!("draining={}", gens(&fg.draining)));
+            out.push(format!("pidfile_written={}", fg.pidfile_written as u8));
+        }
+        Generations::MasterWorker(mw) => {
+            if let Some(g) = mw.master {
+                out.push(format!("serving={}", gens(&[g])));
+            }
+            out.push(format!("workers={}", pids(&mw.workers)));
+            out.push(format!("old_workers={}", pids(&mw.old_workers)));
+            // Its presence is what marks master-worker state.
+            out.push(format!("master_sock={}", mw.socket_fd));
+        }
     }
-    out.push(format!("draining={}", gens(&c.draining)));
-    out.push(format!("workers={}", pids(&c.workers)));
-    out.push(format!("old_workers={}", pids(&c.old_workers)));
-    out.push(match &c.last_reload {
+    out.push(match &state.last_reload {
         LastReload::None => "last=none".to_string(),
         LastReload::Ok { ms } => format!("last=ok:{}", ms),
         LastReload::Failed { ms, reason } => format!("last=failed:{}:{}", ms, hex(reason.as_bytes())),
     });
-    out.push(format!("reloads={}", c.reloads));
-    out.push(format!("relay={},{}", c.relay.0, c.relay.1));
-    if let Some(fd) = c.master_sock {
-        out.push(format!("master_sock={}", fd));
-    }
-    out.push(format!("reload_t0={}", c.reload_started_ns));
-    out.push(format!("pidfile_written={}", c.pidfile_written as u8));
+    out.push(format!("reloads={}", state.reloads));
+    out.push(format!("relay={},{}", state.relay_read, state.relay_write));
+    out.push(format!("reload_t0={}", state.reload_started_ns));
     out.join(";")
 }
 
@@ -136,21 +91,35 @@ fn parse_pids(k: &str, v: &str) -> Result<Vec<i32>, String> {
 }
 
 pub fn decode(s: &str) -> Result<Carried, String> {
-    let mut c = Carried::new(0, PathBuf::new(), (-1, -1), None);
+    let mut state = Carried {
+        wrapper_pid: 0,
+        exe: PathBuf::new(),
+        next_gen: 1,
+        last_reload: LastReload::None,
+        reloads: 0,
+        relay_read: -1,
+        relay_write: -1,
+        reload_started_ns: 0,
+        generations: Generations::Foreground(ForegroundGenerations::default()),
+    };
     let mut version = None;
+    let mut serving = None;
+    let mut fg = ForegroundGenerations::default();
+    let mut mw = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: -1 };
+    let mut master_worker = false;
     for field in s.split(';') {
         let (k, v) = field.split_once('=').ok_or_else(|| format!("bad field '{}'", field))?;
         match k {
             "v" => version = Some(num::<u32>(k, v)?),
-            "pid" => c.wrapper_pid = num(k, v)?,
-            "exe" => c.exe = PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&unhex(v)?))),
-            "next_gen" => c.next_gen = num(k, v)?,
-            "serving" => c.serving = parse_gens(k, v)?.into_iter().next(),
-            "draining" => c.draining = parse_gens(k, v)?,
-            "workers" => c.workers = parse_pids(k, v)?,
-            "old_workers" => c.old_workers = parse_pids(k, v)?,
+            "pid" => state.wrapper_pid = num(k, v)?,
+            "exe" => state.exe = PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&unhex(v)?))),
+            "next_gen" => state.next_gen = num(k, v)?,
+            "serving" => serving = parse_gens(k, v)?.into_iter().next(),
+            "draining" => fg.draining = parse_gens(k, v)?,
+            "workers" => mw.workers = parse_pids(k, v)?,
+            "old_workers" => mw.old_workers = parse_pids(k, v)?,
             "last" => {
-                c.last_reload = if v == "none" {
+                state.last_reload = if v == "none" {
                     LastReload::None
                 } else if let Some(ms) = v.strip_prefix("ok:") {
                     LastReload::Ok { ms: num(k, ms)? }
@@ -161,14 +130,18 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                     return Err(format!("last: bad value '{}'", v));
                 }
             }
-            "reloads" => c.reloads = num(k, v)?,
+            "reloads" => state.reloads = num(k, v)?,
             "relay" => {
                 let (r, w) = v.split_once(',').ok_or("relay: bad value")?;
-                c.relay = (num(k, r)?, num(k, w)?);
+                state.relay_read = num(k, r)?;
+                state.relay_write = num(k, w)?;
             }
-            "master_sock" => c.master_sock = Some(num(k, v)?),
-            "reload_t0" => c.reload_started_ns = num(k, v)?,
-            "pidfile_written" => c.pidfile_written = v == "1",
+            "master_sock" => {
+                mw.socket_fd = num(k, v)?;
+                master_worker = true;
+            }
+            "reload_t0" => state.reload_started_ns = num(k, v)?,
+            "pidfile_written" => fg.pidfile_written = v == "1",
             // Unknown keys come from a newer wrapper; what this one needs is checked below.
             _ => {}
         }
@@ -178,10 +151,17 @@ pub fn decode(s: &str) -> Result<Carried, String> {
         Some(v) => return Err(format!("state version {} is not {}", v, VERSION)),
         None => return Err("state has no version".into()),
     }
-    if c.wrapper_pid <= 0 || c.relay.0 < 0 || c.relay.1 < 0 || c.exe.as_os_str().is_empty() {
+    if state.wrapper_pid <= 0 || state.relay_read < 0 || state.relay_write < 0 || state.exe.as_os_str().is_empty() || (master_worker && mw.socket_fd < 0) {
         return Err("state lacks pid, exe or relay".into());
     }
-    Ok(c)
+    state.generations = if master_worker {
+        mw.master = serving;
+        Generations::MasterWorker(mw)
+    } else {
+        fg.serving = serving;
+        Generations::Foreground(fg)
+    };
+    Ok(state)
 }
 
 /// Replaces the process image with `exe`, same argv, with the state in the environment.
@@ -191,7 +171,7 @@ pub fn exec(exe: &std::path::Path, state: &Carried) -> nix::Error {
     let mut argv = Vec::new();
     for a in std::env::args_os() {
         match to_c(a.as_bytes()) {
-            Ok(c) => argv.push(c),
+            Ok(state) => argv.push(state),
             Err(e) => return e,
         }
     }
@@ -204,16 +184,16 @@ pub fn exec(exe: &std::path::Path, state: &Carried) -> nix::Error {
         kv.push(b'=');
         kv.extend_from_slice(v.as_bytes());
         match to_c(&kv) {
-            Ok(c) => envp.push(c),
+            Ok(state) => envp.push(state),
             Err(e) => return e,
         }
     }
     match to_c(format!("{}={}", ENV, encode(state)).as_bytes()) {
-        Ok(c) => envp.push(c),
+        Ok(state) => envp.push(state),
         Err(e) => return e,
     }
     let path = match to_c(exe.as_os_str().as_bytes()) {
-        Ok(c) => c,
+        Ok(state) => state,
         Err(e) => return e,
     };
     match nix::unistd::execve(&path, &argv, &envp) {
@@ -226,33 +206,56 @@ pub fn exec(exe: &std::path::Path, state: &Carried) -> nix::Error {
 mod tests {
     use super::*;
 
-    fn sample() -> Carried {
+    fn sample(generations: Generations) -> Carried {
         Carried {
             wrapper_pid: 42,
             exe: PathBuf::from("/usr/sbin/haproxy-systemd-wrapper"),
             next_gen: 5,
-            serving: Some(Gen { n: 4, pid: 1000 }),
-            draining: vec![Gen { n: 2, pid: 900 }, Gen { n: 3, pid: 950 }],
-            workers: vec![1001, 1002],
-            old_workers: vec![],
             last_reload: LastReload::Failed { ms: 31, reason: "config : parsing [x.cfg:3] ; unknown=keyword\n".into() },
             reloads: 7,
-            relay: (3, 4),
-            master_sock: Some(5),
+            relay_read: 3,
+            relay_write: 4,
             reload_started_ns: 123456789,
-            pidfile_written: true,
+            generations,
         }
+    }
+
+    fn foreground() -> Generations {
+        Generations::Foreground(ForegroundGenerations {
+            serving: Some(Gen { n: 4, pid: 1000 }),
+            draining: vec![Gen { n: 2, pid: 900 }, Gen { n: 3, pid: 950 }],
+            pidfile_written: true,
+        })
+    }
+
+    fn master_worker() -> Generations {
+        Generations::MasterWorker(MasterWorkerGenerations {
+            master: Some(Gen { n: 4, pid: 1000 }),
+            workers: vec![1001, 1002],
+            old_workers: vec![990],
+            socket_fd: 5,
+        })
     }
 
     #[test]
     fn round_trips() {
-        let c = sample();
-        assert_eq!(decode(&encode(&c)).unwrap(), c);
-        let mut d = sample();
-        d.serving = None;
-        d.master_sock = None;
-        d.last_reload = LastReload::Ok { ms: 85 };
-        assert_eq!(decode(&encode(&d)).unwrap(), d);
+        for state in [sample(foreground()), sample(master_worker())] {
+            assert_eq!(decode(&encode(&state)).unwrap(), state);
+        }
+        let mut other = sample(Generations::Foreground(ForegroundGenerations::default()));
+        other.last_reload = LastReload::Ok { ms: 85 };
+        assert_eq!(decode(&encode(&other)).unwrap(), other);
+    }
+
+    #[test]
+    fn reads_the_state_of_the_wrapper_before_the_mode_split() {
+        // Written by the previous wrapper (both modes' keys side by side): an upgrade re-execs into this one.
+        let old = "v=1;pid=42;exe=2f78;next_gen=3;serving=2:100;draining=;workers=101;old_workers=;last=ok:5;reloads=1;relay=3,4;master_sock=5;reload_t0=9;pidfile_written=0";
+        let state = decode(old).unwrap();
+        assert_eq!(
+            state.generations,
+            Generations::MasterWorker(MasterWorkerGenerations { master: Some(Gen { n: 2, pid: 100 }), workers: vec![101], old_workers: vec![], socket_fd: 5 })
+        );
     }
 
     #[test]

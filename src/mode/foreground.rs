@@ -1,0 +1,393 @@
+//! Foreground mode: each generation is one `haproxy -db ... -sf <sentinel> [older pids] [-x SOCKET]`.
+//!
+//! The sentinel is a tiny process of the wrapper's: haproxy signals the `-sf` pids only once it
+//! has bound its listeners, so the sentinel exiting 0 on SIGUSR1 is haproxy's own "I am
+//! serving" handshake. A reload that used `-x` and failed because of the hand-over is retried
+//! once without it. The wrapper writes the `-p` pid file.
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+
+use super::{exited, not_ready, Event, Launch, Outcome, Protocol, Verdict};
+use crate::error::{self, Error};
+use crate::haproxy;
+use crate::pidfile;
+use crate::procs;
+use crate::state::{ForegroundGenerations, Gen, Generations};
+
+/// A new generation being started.
+#[derive(Debug)]
+struct Attempt {
+    gen: u32,
+    first: bool,
+    sentinel: i32,
+    /// The new haproxy (None until it is started).
+    haproxy: Option<i32>,
+    with_handover: bool,
+    retried_without_handover: bool,
+    /// The generation serving before this reload ended meanwhile (its end).
+    serving_ended: Option<WaitStatus>,
+}
+
+pub struct Foreground {
+    launch: Launch,
+    generations: ForegroundGenerations,
+    attempt: Option<Attempt>,
+}
+
+/// Did a generation that used `-x` fail because of the hand-over? haproxy names the socket in
+/// its alert then; a configuration error does not deserve a second try.
+fn handover_may_be_at_fault(alerts: &[String]) -> bool {
+    alerts.is_empty() || alerts.iter().any(|alert| alert.contains("socket") || alert.contains("-x"))
+}
+
+impl Foreground {
+    pub fn fresh(launch: Launch) -> Foreground {
+        Foreground { launch, generations: ForegroundGenerations::default(), attempt: None }
+    }
+
+    /// Takes the carried generations back, keeping only what the kernel confirms is still ours.
+    pub fn resume(launch: Launch, mut generations: ForegroundGenerations, wrapper_pid: i32) -> Foreground {
+        if let Some(generation) = generations.serving {
+            if !procs::is_child_of(generation.pid, wrapper_pid) {
+                warning!("serving gen {} pid {} is not our child any more", generation.n, generation.pid);
+            }
+        }
+        generations.draining.retain(|generation| procs::is_child_of(generation.pid, wrapper_pid));
+        Foreground { launch, generations, attempt: None }
+    }
+
+    /// Starts the attempt's haproxy: `-sf` the sentinel and every generation still running.
+    fn spawn_haproxy(&mut self) -> Result<(), Error> {
+        let mut sf = Vec::new();
+        let mut with_handover = false;
+        let mut gen = 0;
+        if let Some(attempt) = &self.attempt {
+            sf.push(attempt.sentinel);
+            with_handover = attempt.with_handover;
+            gen = attempt.gen;
+        }
+        sf.extend(self.signal_targets());
+        let handover = if with_handover { self.launch.args.handover_socket.as_deref() } else { None };
+        let argv = haproxy::foreground_args(&self.launch.args.base, &sf, handover);
+        let program = &self.launch.program;
+        let pid = haproxy::spawn(program, &argv, self.launch.relay_write, None).map_err(|e| Error::from_spawn(program, &e))?;
+        info!(
+            "gen {}: started haproxy pid {}{}{}",
+            gen,
+            pid,
+            if handover.is_some() { " with listener hand-over" } else { "" },
+            if sf.len() > 1 { format!(", old pids {:?}", &sf[1..]) } else { String::new() }
+        );
+        if let Some(attempt) = &mut self.attempt {
+            attempt.haproxy = Some(pid);
+        }
+        Ok(())
+    }
+
+    /// The attempt's haproxy ended before it was ready: retry without `-x`, or fail.
+    fn haproxy_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Outcome {
+        let retry = match &mut self.attempt {
+            Some(attempt) if attempt.with_handover && !attempt.retried_without_handover && handover_may_be_at_fault(alerts) => {
+                let code = error::status_code(status).unwrap_or(1);
+                warning!("gen {}: haproxy pid {} exited with status {} using listener hand-over; retrying once without it", attempt.gen, pid, code);
+                attempt.with_handover = false;
+                attempt.retried_without_handover = true;
+                attempt.haproxy = None;
+                true
+            }
+            _ => false,
+        };
+        if !retry {
+            return Outcome::Attempt(exited(status));
+        }
+        match self.spawn_haproxy() {
+            Ok(()) => Outcome::StartedOver,
+            Err(e) => Outcome::Attempt(Verdict::Failed { reason: e.to_string(), code: e.exit_code() }),
+        }
+    }
+
+    fn child_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Outcome {
+        if let Some(attempt) = &mut self.attempt {
+            if attempt.sentinel == pid {
+                // Only haproxy's SIGUSR1 makes the sentinel exit 0.
+                return match status {
+                    WaitStatus::Exited(_, 0) => Outcome::Attempt(Verdict::Serving),
+                    _ => Outcome::Nothing,
+                };
+            }
+            if attempt.haproxy == Some(pid) {
+                return self.haproxy_ended(pid, status, alerts);
+            }
+            if !attempt.first && self.generations.serving.map(|generation| generation.pid) == Some(pid) {
+                // The new generation may have told it to stop already; the reload decides.
+                info!("gen serving before the reload (pid {}) ended (status {})", pid, error::status_code(status).unwrap_or(1));
+                attempt.serving_ended = Some(*status);
+                return Outcome::Attempt(Verdict::Pending);
+            }
+        }
+        if self.generations.serving.map(|generation| generation.pid) == Some(pid) {
+            self.generations.serving = None;
+            return Outcome::ServingEnded(*status);
+        }
+        if let Some(i) = self.generations.draining.iter().position(|generation| generation.pid == pid) {
+            let generation = self.generations.draining.remove(i);
+            info!("gen {}: haproxy pid {} finished draining (status {})", generation.n, pid, error::status_code(status).unwrap_or(1));
+            return Outcome::StatusChanged;
+        }
+        Outcome::Nothing
+    }
+
+    fn write_pidfile(&mut self) {
+        if let (Some(path), Some(generation)) = (&self.launch.args.pidfile, self.generations.serving) {
+            match pidfile::write(path, &[generation.pid]) {
+                Ok(()) => self.generations.pidfile_written = true,
+                Err(e) => warning!("cannot write pid file {}: {}", path.display(), e),
+            }
+        }
+    }
+}
+
+fn note_old_pidfile(path: &std::path::Path) {
+    match pidfile::read(path) {
+        Ok(pids) => {
+            let me = std::process::id() as i32;
+            for p in pids {
+                if procs::stat(p).is_some() && !procs::is_child_of(p, me) {
+                    notice!("pid file {} names pid {}, which is not ours: ignored and overwritten", path.display(), p);
+                }
+            }
+        }
+        Err(e) if path.exists() => notice!("pid file {} ignored ({}); it will be overwritten", path.display(), e),
+        Err(_) => {}
+    }
+}
+
+impl Protocol for Foreground {
+    fn name(&self) -> &'static str {
+        "foreground"
+    }
+
+    fn message_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
+
+    fn read_messages(&mut self) -> Vec<Event> {
+        Vec::new()
+    }
+
+    fn begin(&mut self, gen: u32, first: bool) -> Result<(), Error> {
+        if first {
+            if let Some(path) = &self.launch.args.pidfile {
+                note_old_pidfile(path);
+            }
+        }
+        let with_handover = !first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists());
+        let sentinel = haproxy::spawn_sentinel().map_err(|e| Error::Internal(format!("fork: {}", e)))?;
+        self.attempt = Some(Attempt { gen, first, sentinel, haproxy: None, with_handover, retried_without_handover: false, serving_ended: None });
+        self.spawn_haproxy()
+    }
+
+    fn on_event(&mut self, event: &Event, alerts: &[String]) -> Outcome {
+        match event {
+            Event::ChildEnded { pid, status } => self.child_ended(*pid, status, alerts),
+            Event::Deadline { ready_timeout } if self.attempt.is_some() => Outcome::Attempt(not_ready(*ready_timeout)),
+            Event::Deadline { .. } | Event::Line(_) | Event::MasterSaid { .. } => Outcome::Nothing,
+        }
+    }
+
+    fn decides_attempt(&self, pid: i32) -> bool {
+        self.attempt.as_ref().map_or(false, |attempt| attempt.sentinel == pid)
+    }
+
+    fn commit(&mut self) -> i32 {
+        let attempt = match self.attempt.take() {
+            Some(attempt) => attempt,
+            None => return 0,
+        };
+        let pid = attempt.haproxy.unwrap_or(0);
+        if let Some(old) = self.generations.serving.take() {
+            if attempt.serving_ended.is_none() {
+                self.generations.draining.push(old);
+            }
+        }
+        self.generations.serving = Some(Gen { n: attempt.gen, pid });
+        self.write_pidfile();
+        pid
+    }
+
+    fn abandon(&mut self, reload_failed: bool) -> Option<WaitStatus> {
+        let attempt = self.attempt.take()?;
+        for pid in attempt.haproxy.iter().chain(Some(&attempt.sentinel)) {
+            haproxy::signal(*pid, Signal::SIGKILL);
+        }
+        if attempt.serving_ended.is_some() {
+            self.generations.serving = None;
+        }
+        if reload_failed {
+            // The new haproxy may have paused the older ones' listeners (SIGTTOU) while it retried binding.
+            for pid in self.signal_targets() {
+                haproxy::signal(pid, Signal::SIGTTIN);
+            }
+        }
+        attempt.serving_ended
+    }
+
+    fn signal_targets(&self) -> Vec<i32> {
+        self.generations.serving.iter().chain(self.generations.draining.iter()).map(|generation| generation.pid).collect()
+    }
+
+    fn serving_pid(&self) -> Option<i32> {
+        self.generations.serving.map(|generation| generation.pid)
+    }
+
+    fn serving_text(&self) -> Option<String> {
+        self.generations.serving.map(|generation| format!("gen {} serving (pid {})", generation.n, generation.pid))
+    }
+
+    fn serving_label(&self, pid: i32) -> String {
+        format!("haproxy pid {}", pid)
+    }
+
+    fn draining(&self) -> Vec<i32> {
+        self.generations.draining.iter().map(|generation| generation.pid).collect()
+    }
+
+    fn next_tick_ns(&self) -> Option<u64> {
+        None
+    }
+
+    fn on_tick(&mut self, _now_ns: u64) -> bool {
+        false
+    }
+
+    fn generations(&self) -> Generations {
+        Generations::Foreground(self.generations.clone())
+    }
+
+    fn finish(&mut self) {
+        if self.generations.pidfile_written {
+            if let Some(path) = &self.launch.args.pidfile {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli;
+    use nix::unistd::Pid;
+    use std::path::PathBuf;
+
+    const SENTINEL: i32 = 4_000_001;
+    const NEW: i32 = 4_000_002;
+    const SERVING: i32 = 4_000_003;
+    const DRAINING: i32 = 4_000_004;
+
+    fn exit(pid: i32, code: i32) -> Event {
+        Event::ChildEnded { pid, status: WaitStatus::Exited(Pid::from_raw(pid), code) }
+    }
+
+    /// A foreground protocol in the middle of a start (no serving generation) or of a reload of
+    /// gen 2 (gen 1 serving, gen 0 draining), with made-up pids: nothing is started.
+    fn attempt(first: bool, with_handover: bool) -> Foreground {
+        let hargs = match cli::parse(["-f", "h.cfg", "-x", "/nonexistent/admin.sock"]).unwrap() {
+            cli::Command::Supervise(_, h) => h,
+            _ => unreachable!(),
+        };
+        let launch = Launch { program: PathBuf::from("/nonexistent/haproxy"), args: hargs, relay_write: 2 };
+        let generations = if first {
+            ForegroundGenerations::default()
+        } else {
+            ForegroundGenerations { serving: Some(Gen { n: 1, pid: SERVING }), draining: vec![Gen { n: 0, pid: DRAINING }], pidfile_written: false }
+        };
+        let attempt = Attempt { gen: 2, first, sentinel: SENTINEL, haproxy: Some(NEW), with_handover, retried_without_handover: false, serving_ended: None };
+        Foreground { launch, generations, attempt: Some(attempt) }
+    }
+
+    #[test]
+    fn the_sentinel_exiting_0_means_serving() {
+        let mut p = attempt(false, false);
+        assert!(p.decides_attempt(SENTINEL) && !p.decides_attempt(NEW));
+        assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Outcome::Attempt(Verdict::Serving));
+        assert_eq!(p.commit(), NEW);
+        assert_eq!(p.serving_pid(), Some(NEW));
+        assert_eq!(p.draining(), vec![DRAINING, SERVING]);
+        assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (pid {})", NEW));
+    }
+
+    #[test]
+    fn a_sentinel_ending_otherwise_decides_nothing() {
+        let mut p = attempt(false, false);
+        let killed = Event::ChildEnded { pid: SENTINEL, status: WaitStatus::Signaled(Pid::from_raw(SENTINEL), Signal::SIGKILL, false) };
+        assert_eq!(p.on_event(&killed, &[]), Outcome::Nothing);
+        assert_eq!(p.on_event(&exit(SENTINEL, 1), &[]), Outcome::Nothing);
+    }
+
+    #[test]
+    fn the_new_haproxy_exiting_fails_the_attempt_with_its_status() {
+        let mut p = attempt(true, false);
+        assert_eq!(p.on_event(&exit(NEW, 3), &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 3".into(), code: 3 }));
+        let mut p = attempt(true, false);
+        let killed = Event::ChildEnded { pid: NEW, status: WaitStatus::Signaled(Pid::from_raw(NEW), Signal::SIGSEGV, true) };
+        assert_eq!(p.on_event(&killed, &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 139".into(), code: 139 }));
+    }
+
+    #[test]
+    fn a_failed_handover_is_retried_once_a_config_error_is_not() {
+        // A configuration alert: no second try.
+        let mut p = attempt(false, true);
+        let alerts = vec!["config : parsing [cfg:11] : unknown keyword 'garbage'".to_string()];
+        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+        // The socket named: a second try, without -x (here it cannot start: /nonexistent/haproxy).
+        let mut p = attempt(false, true);
+        let alerts = vec!["Failed to connect to the old process socket '/run/a.sock'".to_string()];
+        match p.on_event(&exit(NEW, 1), &alerts) {
+            Outcome::Attempt(Verdict::Failed { reason, code: 127 }) => assert!(reason.contains("not found"), "{}", reason),
+            other => panic!("no retry: {:?}", other),
+        }
+        assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried_without_handover && !attempt.with_handover));
+        // The retry's own end is final.
+        if let Some(attempt) = &mut p.attempt {
+            attempt.haproxy = Some(NEW);
+        }
+        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+        assert!(handover_may_be_at_fault(&[]));
+    }
+
+    #[test]
+    fn the_serving_generation_ending_during_a_reload_is_left_to_the_reload() {
+        let mut p = attempt(false, false);
+        assert_eq!(p.on_event(&exit(SERVING, 0), &[]), Outcome::Attempt(Verdict::Pending));
+        assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Outcome::Attempt(Verdict::Serving));
+        p.commit();
+        assert_eq!(p.draining(), vec![DRAINING], "the ended generation is not draining");
+        // A failed reload returns the serving generation's end (the service is gone).
+        let mut p = attempt(false, false);
+        p.on_event(&exit(SERVING, 7), &[]);
+        p.on_event(&exit(NEW, 1), &[]);
+        assert_eq!(p.abandon(true), Some(WaitStatus::Exited(Pid::from_raw(SERVING), 7)));
+        assert_eq!(p.serving_pid(), None);
+    }
+
+    #[test]
+    fn outside_an_attempt_the_serving_end_is_the_services_and_draining_ends_change_status() {
+        let mut p = attempt(false, false);
+        p.attempt = None;
+        assert_eq!(p.on_event(&exit(DRAINING, 0), &[]), Outcome::StatusChanged);
+        assert_eq!(p.on_event(&exit(SERVING, 2), &[]), Outcome::ServingEnded(WaitStatus::Exited(Pid::from_raw(SERVING), 2)));
+        assert_eq!(p.on_event(&exit(12345678, 0), &[]), Outcome::Nothing);
+        assert_eq!(p.signal_targets(), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn a_deadline_fails_the_attempt_with_69() {
+        let mut p = attempt(true, false);
+        let timeout = std::time::Duration::from_millis(1500);
+        assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Attempt(Verdict::Failed { reason: "not ready after 1.5 s".into(), code: 69 }));
+        p.attempt = None;
+        assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Nothing);
+    }
+}

@@ -1,0 +1,175 @@
+//! The two ways of running haproxy, each behind the `Protocol` trait: the supervisor's loop
+//! (src/supervisor) drives either one without knowing which.
+//!
+//! - `foreground`: one haproxy per generation, `-sf` and the readiness sentinel, `-x`, the pid file.
+//! - `master_worker`: one haproxy master, its private notify socket, READY=1 and worker lists.
+//!
+//! A protocol turns events (a child ended, a line of haproxy's output, a message of the master,
+//! a deadline) into an `Outcome` for the attempt in progress or the serving generation. It takes
+//! facts as input (the master's children are read when its READY=1 arrives, not while judging),
+//! so that its verdicts are tested in-process, without starting anything.
+//!
+//! Imports: this module and its children never import the supervisor.
+
+use std::os::unix::io::RawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::wait::WaitStatus;
+
+use crate::cli::{HaproxyArgs, Mode};
+use crate::error::{self, Error};
+use crate::state::Generations;
+
+pub mod foreground;
+pub mod master_worker;
+
+/// Something that happened, as a protocol sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A child of the wrapper ended (reaped).
+    ChildEnded { pid: i32, status: WaitStatus },
+    /// One line haproxy printed.
+    Line(String),
+    /// master-worker: a datagram from the master on its private socket. `children` are the
+    /// master's children read when the datagram said READY=1 (None for other datagrams).
+    MasterSaid { message: String, children: Option<Vec<i32>> },
+    /// The attempt in progress was not ready within --ready-timeout.
+    Deadline { ready_timeout: Duration },
+}
+
+/// The verdict on the attempt in progress (a start or a reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not decided yet.
+    Pending,
+    /// The new generation is serving.
+    Serving,
+    /// The attempt failed; `code` is the exit status should this be the first start.
+    Failed { reason: String, code: u8 },
+}
+
+/// What an event means to the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing the loop acts on.
+    Nothing,
+    /// What STATUS shows changed (a draining generation finished, workers came or went).
+    StatusChanged,
+    /// News for the attempt in progress.
+    Attempt(Verdict),
+    /// The attempt started over (foreground: without `-x`): what haproxy printed so far no
+    /// longer explains it.
+    StartedOver,
+    /// The serving generation ended on its own (outside an attempt that decides for it).
+    ServingEnded(WaitStatus),
+}
+
+/// Where haproxy is started from: its program, its classified arguments, the relay pipe's write end.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: HaproxyArgs,
+    pub relay_write: RawFd,
+}
+
+/// One haproxy mode. The loop calls `begin` to start a generation (the first start, or a reload
+/// with a generation serving), feeds it events until an `Outcome::Attempt` verdict other than
+/// `Pending`, then `commit` or `abandon`s the attempt.
+pub trait Protocol {
+    /// "foreground" or "master-worker".
+    fn name(&self) -> &'static str;
+
+    /// A descriptor the loop should poll for this protocol's own messages (the master's socket).
+    fn message_fd(&self) -> Option<RawFd>;
+
+    /// Reads what arrived on `message_fd` as events (the master's children read for a READY=1).
+    fn read_messages(&mut self) -> Vec<Event>;
+
+    /// Starts generation `gen`: the first start, or a reload (foreground: a new haproxy; master-
+    /// worker: SIGUSR2 to the master). An error is the attempt's failure.
+    fn begin(&mut self, gen: u32, first: bool) -> Result<(), Error>;
+
+    /// What `event` means. `alerts`: the [ALERT] texts of the attempt in progress so far.
+    fn on_event(&mut self, event: &Event, alerts: &[String]) -> Outcome;
+
+    /// A process whose end decides the attempt in progress: such ends are judged before the
+    /// others that were reaped at the same time (the new generation's readiness comes before
+    /// the old one finishing).
+    fn decides_attempt(&self, pid: i32) -> bool;
+
+    /// The attempt is serving: it becomes the serving generation. Returns the pid to name in
+    /// the log (the new haproxy or the master).
+    fn commit(&mut self) -> i32;
+
+    /// The attempt failed or is given up: ends what it started that is not serving. After a
+    /// failed reload, returns the serving generation's own end if it ended meanwhile.
+    fn abandon(&mut self, reload_failed: bool) -> Option<WaitStatus>;
+
+    /// The processes to pass SIGTTOU/SIGTTIN on to, and to stop (SIGTERM/SIGUSR1).
+    fn signal_targets(&self) -> Vec<i32>;
+
+    /// The serving generation's process (haproxy or master), for the watchdog.
+    fn serving_pid(&self) -> Option<i32>;
+
+    /// "gen 3 serving (pid 1234)" for STATUS, or None before the first start.
+    fn serving_text(&self) -> Option<String>;
+
+    /// "haproxy pid 1234" / "master pid 1234", for the log.
+    fn serving_label(&self, pid: i32) -> String;
+
+    /// The pids of older generations still draining, for STATUS and the log.
+    fn draining(&self) -> Vec<i32>;
+
+    /// When the protocol next wants `on_tick` (master-worker: looking for drained workers).
+    fn next_tick_ns(&self) -> Option<u64>;
+
+    /// Periodic work; true when what STATUS shows changed.
+    fn on_tick(&mut self, now_ns: u64) -> bool;
+
+    /// The generations, for the state carried across the re-exec.
+    fn generations(&self) -> Generations;
+
+    /// The service has stopped: remove what the protocol left behind (the pid file).
+    fn finish(&mut self);
+}
+
+/// The protocol for `launch.args.mode`, fresh (nothing started) or from carried generations.
+pub fn protocol(launch: Launch, carried: Option<Generations>, wrapper_pid: i32) -> Result<Box<dyn Protocol>, Error> {
+    let internal = |what: &str, e: nix::Error| Error::Internal(format!("{}: {}", what, e));
+    Ok(match (launch.args.mode, carried) {
+        (Mode::Foreground, None) => Box::new(foreground::Foreground::fresh(launch)),
+        (Mode::Foreground, Some(Generations::Foreground(generations))) => Box::new(foreground::Foreground::resume(launch, generations, wrapper_pid)),
+        (Mode::MasterWorker, None) => {
+            let socket = crate::notify::MasterSocket::bind().map_err(|e| internal("master notify socket", e))?;
+            Box::new(master_worker::MasterWorker::fresh(launch, socket))
+        }
+        (Mode::MasterWorker, Some(Generations::MasterWorker(generations))) => {
+            let socket = crate::notify::MasterSocket::from_fd(generations.socket_fd).map_err(|e| internal("carried master socket", e))?;
+            Box::new(master_worker::MasterWorker::resume(launch, socket, generations))
+        }
+        (mode, Some(_)) => {
+            return Err(Error::Internal(format!("state carried across re-exec is not of {} mode", mode.name())));
+        }
+    })
+}
+
+/// The verdict both modes give when the deadline passes.
+pub fn not_ready(ready_timeout: Duration) -> Verdict {
+    Verdict::Failed { reason: format!("not ready after {} s", ready_timeout.as_secs_f64()), code: error::EXIT_NOT_READY }
+}
+
+/// "haproxy exited with status N" and N as the exit status.
+pub fn exited(status: &WaitStatus) -> Verdict {
+    let code = error::status_code(status).unwrap_or(1);
+    Verdict::Failed { reason: format!("haproxy exited with status {}", code), code }
+}
+
+/// "1300 1301", or "none".
+pub fn pid_list(pids: &[i32]) -> String {
+    if pids.is_empty() {
+        "none".to_string()
+    } else {
+        pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    }
+}

@@ -1,0 +1,76 @@
+//! What the supervisor remembers, and carries across its re-exec on reload (src/reexec.rs
+//! encodes it): the generations of each mode, the last reload's result, the descriptors that
+//! must survive the exec.
+
+use std::os::unix::io::RawFd;
+use std::path::PathBuf;
+
+/// One haproxy generation: in foreground mode the haproxy process, in master-worker mode the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gen {
+    pub n: u32,
+    pub pid: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LastReload {
+    None,
+    Ok { ms: u64 },
+    Failed { ms: u64, reason: String },
+}
+
+/// Foreground mode: one haproxy per generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForegroundGenerations {
+    pub serving: Option<Gen>,
+    /// Older generations told to stop (by the new one's `-sf`), still finishing their connections.
+    pub draining: Vec<Gen>,
+    /// The wrapper wrote the `-p` file (and removes it at exit).
+    pub pidfile_written: bool,
+}
+
+/// Master-worker mode: one master for the service's life, workers forked at each reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterWorkerGenerations {
+    pub master: Option<Gen>,
+    /// The workers forked at the last successful start or reload.
+    pub workers: Vec<i32>,
+    /// Older workers still finishing their connections.
+    pub old_workers: Vec<i32>,
+    /// The private socket the master sends its notify messages to.
+    pub socket_fd: RawFd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Generations {
+    Foreground(ForegroundGenerations),
+    MasterWorker(MasterWorkerGenerations),
+}
+
+/// Everything the supervisor must remember across an exec of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub wrapper_pid: i32,
+    /// The wrapper's program path as resolved at the first start (the file a package upgrade replaces).
+    pub exe: PathBuf,
+    pub next_gen: u32,
+    pub last_reload: LastReload,
+    pub reloads: u32,
+    /// The pipe haproxy's output comes through.
+    pub relay_read: RawFd,
+    pub relay_write: RawFd,
+    /// CLOCK_MONOTONIC ns at which the reload that caused the exec was asked for.
+    pub reload_started_ns: u64,
+    pub generations: Generations,
+}
+
+impl Carried {
+    /// The descriptors that must survive the exec.
+    pub fn descriptors(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.relay_read, self.relay_write];
+        if let Generations::MasterWorker(mw) = &self.generations {
+            fds.push(mw.socket_fd);
+        }
+        fds
+    }
+}

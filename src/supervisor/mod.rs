@@ -1,0 +1,306 @@
+//! The supervisor's event loop: signals, haproxy's output, the protocol's messages and the
+//! deadlines, through the phases start → running ⇄ reloading → stopping. What the events mean
+//! for haproxy is the protocol's business (src/mode); this loop knows neither mode.
+//!
+//! Once haproxy runs, nothing here bails out: errors are logged and the loop goes on. The only
+//! ways out are a requested stop, the serving haproxy dying, or a failed start.
+
+mod attempt;
+mod setup;
+mod status;
+mod stop;
+
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::cli::Options;
+use crate::clock::{self, now_ns};
+use crate::error::{status_code, Error};
+use crate::haproxy::{self, Relay};
+use crate::mode::{Event, Outcome, Protocol, Verdict};
+use crate::notify::Systemd;
+use crate::procs;
+use crate::signals::{self, Action};
+use crate::state::LastReload;
+
+use status::{phase_text, status_line, StatusView};
+
+/// How many ALERT lines of one attempt are kept for its failure reason.
+const MAX_ALERTS: usize = 20;
+/// After the SIGKILL of a stop, how often the wrapper looks for processes that became its own
+/// since (workers reparented to it, the subreaper) and kills them too.
+const KILL_SWEEP: Duration = Duration::from_millis(100);
+
+/// One attempt at a new generation, the first start or a reload: what the loop keeps of it.
+struct Attempt {
+    gen: u32,
+    first: bool,
+    started_ns: u64,
+    deadline_ns: u64,
+    /// The [ALERT] texts haproxy printed during the attempt: the first one leads its failure reason.
+    alerts: Vec<String>,
+}
+
+struct Stop {
+    /// When SIGKILL follows SIGTERM (None: a graceful stop, or already killed).
+    kill_deadline_ns: Option<u64>,
+    /// The processes the wrapper SIGKILLed, and when it next looks for more.
+    killed: Vec<i32>,
+    next_sweep_ns: Option<u64>,
+}
+
+enum Phase {
+    Starting(Attempt),
+    Running,
+    Reloading(Attempt),
+    Stopping(Stop),
+}
+
+pub struct Supervisor {
+    opts: Options,
+    protocol: Box<dyn Protocol>,
+    wrapper_pid: i32,
+    /// The wrapper's program, re-executed on reload.
+    exe: PathBuf,
+    next_gen: u32,
+    reloads: u32,
+    last_reload: LastReload,
+    phase: Phase,
+    pending_reload: bool,
+    signals: SignalFd,
+    relay: Relay,
+    systemd: Systemd,
+    watchdog: Option<Duration>,
+    next_watchdog_ns: u64,
+    /// The exit status decided when the stop began (failed start, serving haproxy died).
+    exit_code: Option<u8>,
+    /// The serving haproxy's own end, when it ended during a requested stop.
+    serving_status: Option<WaitStatus>,
+    /// The error to end with once everything is stopped (the carried state was unusable).
+    fatal: Option<Error>,
+}
+
+impl Supervisor {
+    // ---- the event loop ----
+
+    /// Runs until the service has stopped; returns the wrapper's exit status.
+    pub fn run(mut self) -> Result<u8, Error> {
+        loop {
+            if let Phase::Stopping(_) = self.phase {
+                if self.no_children_left() {
+                    return self.finish();
+                }
+            }
+            let timeout = clock::poll_timeout_ms(&self.deadlines(), now_ns());
+            let mut fds = vec![PollFd::new(self.signals.as_raw_fd(), PollFlags::POLLIN), PollFd::new(self.relay.r, PollFlags::POLLIN)];
+            if let Some(fd) = self.protocol.message_fd() {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => error!("poll: {}", e),
+            }
+            // Order matters: haproxy's lines first (they explain what follows), then the
+            // protocol's messages, then signals (SIGCHLD included).
+            let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).map_or(false, |r| !r.is_empty());
+            let (output_ready, messages_ready) = (ready(1), ready(2));
+            if output_ready {
+                self.relay_output();
+            }
+            if messages_ready {
+                self.on_messages();
+            }
+            while let Some(sig) = signals::read_one(&mut self.signals) {
+                self.on_signal(sig);
+            }
+            self.on_tick();
+        }
+    }
+
+    fn deadlines(&self) -> Vec<Option<u64>> {
+        let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns()];
+        match &self.phase {
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(Some(attempt.deadline_ns)),
+            Phase::Stopping(stop) => out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]),
+            Phase::Running => {}
+        }
+        out
+    }
+
+    fn attempt_mut(&mut self) -> Option<&mut Attempt> {
+        match &mut self.phase {
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => Some(attempt),
+            _ => None,
+        }
+    }
+
+    /// Hands an event to the protocol and acts on what it means.
+    fn judge(&mut self, event: Event) {
+        let alerts = self.attempt_mut().map(|attempt| std::mem::take(&mut attempt.alerts)).unwrap_or_default();
+        let outcome = self.protocol.on_event(&event, &alerts);
+        if let Some(attempt) = self.attempt_mut() {
+            attempt.alerts = alerts;
+        }
+        match outcome {
+            Outcome::Nothing => {
+                if let Event::ChildEnded { pid, status } = event {
+                    debug!("process {} ended (status {})", pid, status_code(&status).unwrap_or(1));
+                }
+            }
+            Outcome::Attempt(Verdict::Pending) => {}
+            Outcome::StatusChanged => self.update_status(),
+            Outcome::StartedOver => {
+                if let Some(attempt) = self.attempt_mut() {
+                    attempt.alerts.clear();
+                }
+            }
+            Outcome::Attempt(Verdict::Serving) => self.attempt_succeeded(),
+            Outcome::Attempt(Verdict::Failed { reason, code }) => self.attempt_failed(reason, code),
+            Outcome::ServingEnded(status) => self.serving_ended(status),
+        }
+    }
+
+    fn on_signal(&mut self, sig: Signal) {
+        match signals::classify(sig) {
+            Action::Reap => self.reap(),
+            Action::Reload => self.on_reload_request(sig),
+            Action::Stop => {
+                notice!("{} received: stopping", sig);
+                self.begin_stop(false);
+            }
+            Action::GracefulStop => {
+                notice!("{} received: graceful stop", sig);
+                self.begin_stop(true);
+            }
+            Action::Forward(s) => {
+                info!("{} received: passing it on to haproxy", sig);
+                for pid in self.protocol.signal_targets() {
+                    haproxy::signal(pid, s);
+                }
+            }
+            Action::Ignore => {}
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ns();
+        if let Some(interval) = self.watchdog {
+            if now >= self.next_watchdog_ns {
+                let serving_alive = self.protocol.serving_pid().map_or(false, |pid| procs::stat(pid).map_or(false, |(_, state)| state != 'Z'));
+                if serving_alive {
+                    self.systemd.watchdog();
+                }
+                self.next_watchdog_ns = now + interval.as_nanos() as u64 / 2;
+            }
+        }
+        if self.protocol.on_tick(now) {
+            self.update_status();
+        }
+        let timed_out = match &self.phase {
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => now >= attempt.deadline_ns,
+            _ => false,
+        };
+        if timed_out {
+            self.judge(Event::Deadline { ready_timeout: self.opts.ready_timeout });
+        }
+        self.kill_when_due(now);
+    }
+
+    // ---- haproxy's output and the protocol's messages ----
+
+    /// Re-emits haproxy's pending lines; an attempt in progress keeps its alerts.
+    fn relay_output(&mut self) {
+        for line in self.relay.read_lines() {
+            crate::log::write(crate::log::haproxy_line_priority(&line), format_args!("{}", line));
+            if let Some(attempt) = self.attempt_mut() {
+                if let Some(alert) = crate::log::alert_text(&line) {
+                    if attempt.alerts.len() < MAX_ALERTS {
+                        attempt.alerts.push(alert.to_string());
+                    }
+                }
+            }
+            self.judge(Event::Line(line));
+        }
+    }
+
+    fn on_messages(&mut self) {
+        for event in self.protocol.read_messages() {
+            if let Phase::Stopping(_) = self.phase {
+                continue;
+            }
+            // haproxy writes its lines before it sends a message, but they may still sit in the
+            // pipe when the datagram is read: take them first, they decide and explain verdicts.
+            self.relay_output();
+            self.judge(event);
+        }
+    }
+
+    // ---- children ----
+
+    fn reap(&mut self) {
+        let mut ended = Vec::new();
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(status) => {
+                    if let Some(pid) = status.pid() {
+                        ended.push((pid.as_raw(), status));
+                    }
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => break, // ECHILD: nobody left
+            }
+        }
+        let protocol = &self.protocol;
+        ended.sort_by_key(|(pid, _)| !protocol.decides_attempt(*pid));
+        for (pid, status) in ended {
+            // Lines a process wrote before it ended belong to what its end means.
+            self.relay_output();
+            self.judge(Event::ChildEnded { pid, status });
+        }
+    }
+
+    fn serving_ended(&mut self, status: WaitStatus) {
+        let pid = status.pid().map_or(0, |p| p.as_raw());
+        let code = status_code(&status).unwrap_or(1);
+        if let Phase::Stopping(_) = self.phase {
+            info!("haproxy pid {} ended (status {})", pid, code);
+            self.serving_status = Some(status);
+            return;
+        }
+        error!("the serving haproxy (pid {}) ended unexpectedly with status {}: stopping", pid, code);
+        self.exit_code = Some(code);
+        self.begin_stop(false);
+    }
+
+    // ---- STATUS= ----
+
+    fn status_with(&self, phase: &str) -> String {
+        let draining = self.protocol.draining();
+        status_line(&StatusView {
+            mode: self.protocol.name(),
+            phase,
+            serving: self.protocol.serving_text(),
+            draining: &draining,
+            last: &self.last_reload,
+        })
+    }
+
+    fn update_status(&mut self) {
+        let phase = match &self.phase {
+            Phase::Running => String::new(),
+            Phase::Starting(attempt) => phase_text("starting", attempt.gen, self.protocol.name()),
+            Phase::Reloading(attempt) => phase_text("reloading", attempt.gen, self.protocol.name()),
+            Phase::Stopping(_) => return,
+        };
+        let status = self.status_with(&phase);
+        self.systemd.status(&status);
+    }
+}

@@ -1,0 +1,64 @@
+//! The one-line STATUS= text (its shapes are in docs/DESIGN.md; tests match them).
+
+use crate::mode::pid_list;
+use crate::state::LastReload;
+
+/// What the service is doing, for the STATUS= line.
+pub struct StatusView<'a> {
+    /// "foreground" or "master-worker".
+    pub mode: &'a str,
+    /// "starting gen 1 (foreground)", "reloading gen 4 (master-worker)", or "" when running.
+    pub phase: &'a str,
+    /// "gen 3 serving (pid 1234)", None before the first start.
+    pub serving: Option<String>,
+    pub draining: &'a [i32],
+    pub last: &'a LastReload,
+}
+
+/// "starting gen 1 (foreground)", "reloading gen 4 (master-worker)".
+pub fn phase_text(label: &str, gen: u32, mode: &str) -> String {
+    format!("{} gen {} ({})", label, gen, mode)
+}
+
+pub fn status_line(v: &StatusView) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    parts.push(if v.phase.is_empty() { v.mode.to_string() } else { v.phase.to_string() });
+    if let Some(serving) = &v.serving {
+        parts.push(serving.clone());
+        parts.push(format!("draining: {}", pid_list(v.draining)));
+        parts.push(match v.last {
+            LastReload::None => "last reload: none".to_string(),
+            LastReload::Ok { ms } => format!("last reload: ok in {} ms", ms),
+            LastReload::Failed { ms, reason } => format!("last reload: failed after {} ms: {}", ms, reason),
+        });
+    }
+    let line = parts.join("; ");
+    let line: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    // Keep STATUS= well inside one datagram.
+    line.chars().take(1000).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        let none = LastReload::None;
+        let ok = LastReload::Ok { ms: 85 };
+        let failed = LastReload::Failed { ms: 30, reason: "config : parsing [a.cfg:3]\nx".into() };
+        let fg = StatusView { mode: "foreground", phase: "", serving: Some("gen 3 serving (pid 1234)".into()), draining: &[1200, 1201], last: &ok };
+        assert_eq!(status_line(&fg), "foreground; gen 3 serving (pid 1234); draining: 1200 1201; last reload: ok in 85 ms");
+        let mw = StatusView { mode: "master-worker", phase: "", serving: Some("gen 3 serving (master 1234, workers 1300 1301)".into()), draining: &[], last: &failed };
+        assert_eq!(
+            status_line(&mw),
+            "master-worker; gen 3 serving (master 1234, workers 1300 1301); draining: none; last reload: failed after 30 ms: config : parsing [a.cfg:3] x"
+        );
+        let starting = phase_text("starting", 1, "foreground");
+        let start = StatusView { mode: "foreground", phase: &starting, serving: None, draining: &[], last: &none };
+        assert_eq!(status_line(&start), "starting gen 1 (foreground)");
+        let reloading = phase_text("reloading", 4, "foreground");
+        let rel = StatusView { mode: "foreground", phase: &reloading, serving: Some("gen 3 serving (pid 9)".into()), draining: &[], last: &none };
+        assert_eq!(status_line(&rel), "reloading gen 4 (foreground); gen 3 serving (pid 9); draining: none; last reload: none");
+    }
+}

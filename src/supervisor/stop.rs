@@ -1,0 +1,125 @@
+//! The one way the wrapper stops: SIGTERM (or SIGUSR1, graceful) to haproxy, SIGKILL to
+//! everything left after --stop-timeout, then the exit status.
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{Phase, Stop, Supervisor, KILL_SWEEP};
+use crate::clock;
+use crate::error::{status_code, Error};
+use crate::haproxy;
+use crate::procs;
+
+impl Supervisor {
+    /// The one way to stop: SIGTERM (or SIGUSR1, graceful) to haproxy, SIGKILL to everything
+    /// left after --stop-timeout; the loop ends when no child is left.
+    pub(super) fn begin_stop(&mut self, graceful: bool) {
+        if let Phase::Stopping(stop) = &self.phase {
+            if graceful || stop.kill_deadline_ns.is_some() || !stop.killed.is_empty() {
+                return; // already stopping at least this hard
+            }
+        }
+        if self.take_attempt().is_some() {
+            self.protocol.abandon(false);
+        }
+        self.systemd.stopping();
+        let sig = if graceful { Signal::SIGUSR1 } else { Signal::SIGTERM };
+        let mut targets = self.protocol.signal_targets();
+        if !graceful {
+            // Anything else of ours: orphaned workers of a dead master, leftovers.
+            targets.extend(procs::children_of(self.wrapper_pid));
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        for pid in targets {
+            haproxy::signal(pid, sig);
+        }
+        let kill_deadline_ns = if graceful { None } else { Some(clock::deadline_after(self.opts.stop_timeout)) };
+        self.phase = Phase::Stopping(Stop { kill_deadline_ns, killed: vec![], next_sweep_ns: None });
+    }
+
+    /// After --stop-timeout: SIGKILL to every process below the wrapper, and again to any that
+    /// becomes its own later (workers reparented to it when their master died).
+    pub(super) fn kill_when_due(&mut self, now: u64) {
+        let stop = match &mut self.phase {
+            Phase::Stopping(stop) => stop,
+            _ => return,
+        };
+        let first_round = stop.kill_deadline_ns.map_or(false, |d| now >= d);
+        let sweep = stop.next_sweep_ns.map_or(false, |t| now >= t);
+        if !first_round && !sweep {
+            return;
+        }
+        let pids = procs::descendants_of(self.wrapper_pid);
+        if first_round {
+            warning!("haproxy still running {} s after SIGTERM: sending SIGKILL to pids {:?}", self.opts.stop_timeout.as_secs_f64(), pids);
+        } else if !pids.is_empty() {
+            warning!("sending SIGKILL to pids {:?}, left after the stop's SIGKILL", pids);
+        }
+        for &pid in &pids {
+            haproxy::signal(pid, Signal::SIGKILL);
+        }
+        stop.killed.extend(pids);
+        stop.kill_deadline_ns = None;
+        stop.next_sweep_ns = Some(now + KILL_SWEEP.as_nanos() as u64);
+    }
+
+    pub(super) fn no_children_left(&mut self) -> bool {
+        self.reap();
+        matches!(waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)), Err(nix::Error::ECHILD))
+    }
+
+    pub(super) fn finish(mut self) -> Result<u8, Error> {
+        self.protocol.finish();
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
+        }
+        let killed_by_us: &[i32] = match &self.phase {
+            Phase::Stopping(stop) => &stop.killed,
+            _ => &[],
+        };
+        let code = exit_status(self.exit_code, self.serving_status, killed_by_us);
+        notice!("stopped, exit status {}", code);
+        Ok(code)
+    }
+}
+
+/// The wrapper's exit status once everything has stopped: the one decided when the stop began
+/// (failed start, serving haproxy died), else 0 for a requested stop that haproxy completed or
+/// the wrapper's own SIGKILL ended, else the serving haproxy's own end (128+N for a signal the
+/// wrapper did not send: an OOM kill is 137, and Restart= brings the service back).
+fn exit_status(decided: Option<u8>, serving_end: Option<WaitStatus>, killed_by_us: &[i32]) -> u8 {
+    if let Some(code) = decided {
+        return code;
+    }
+    match serving_end {
+        None => 0,
+        Some(WaitStatus::Exited(_, 0)) | Some(WaitStatus::Exited(_, 143)) => 0,
+        Some(WaitStatus::Signaled(_, Signal::SIGTERM, _)) | Some(WaitStatus::Signaled(_, Signal::SIGUSR1, _)) => 0,
+        Some(WaitStatus::Signaled(pid, Signal::SIGKILL, _)) if killed_by_us.contains(&pid.as_raw()) => 0,
+        Some(st) => status_code(&st).unwrap_or(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requested_stop_exits_0_unless_haproxy_ended_otherwise() {
+        let p = Pid::from_raw(4_200_001);
+        assert_eq!(exit_status(None, None, &[]), 0);
+        assert_eq!(exit_status(None, Some(WaitStatus::Exited(p, 0)), &[]), 0);
+        assert_eq!(exit_status(None, Some(WaitStatus::Exited(p, 143)), &[]), 0);
+        assert_eq!(exit_status(None, Some(WaitStatus::Signaled(p, Signal::SIGTERM, false)), &[]), 0);
+        assert_eq!(exit_status(None, Some(WaitStatus::Exited(p, 3)), &[]), 3);
+        // The wrapper's own SIGKILL after --stop-timeout completes the stop...
+        let killed = Some(WaitStatus::Signaled(p, Signal::SIGKILL, false));
+        assert_eq!(exit_status(None, killed, &[4_200_005, 4_200_001]), 0);
+        // ...a SIGKILL it did not send (the OOM killer) is 137, so Restart= restarts the service.
+        assert_eq!(exit_status(None, killed, &[4_200_005]), 137);
+        // A status decided when the stop began wins.
+        assert_eq!(exit_status(Some(69), killed, &[4_200_001]), 69);
+    }
+}
