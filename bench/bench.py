@@ -909,6 +909,14 @@ def machine():
             "wrk": wv, "python": platform.python_version()}
 
 
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def git_head():
     """The commit, and whether the wrapper's sources differ from it (the binary was built from those)."""
     try:
@@ -977,6 +985,7 @@ def main():
             raise SystemExit("bench: generated config rejected:\n" + check.stdout + check.stderr)
         notify = Notify(os.path.join(tmp, "notify.sock"))
         started = datetime.datetime.now(datetime.timezone.utc)
+        load_start = loadavg()
         log("%d round(s) x %s, %d reloads per run, wrk -c%d (think time %d ms), port %d, tmp %s" % (
             ROUNDS, ",".join(kinds), RELOADS, WRK_CONNS, WRK_DELAY_MS, port, tmp))
         runs = {k: [] for k in kinds}
@@ -994,7 +1003,8 @@ def main():
         cmdline = " ".join(["make bench"] + ["%s=%s" % (k, v) for k, v in sorted(os.environ.items())
                                              if k.startswith("BENCH_") and v])
         text = []
-        text.append("Run: %s UTC, %.0f s, `%s`; commit %s." % (started.strftime("%Y-%m-%d %H:%M"), elapsed, cmdline, git_head()))
+        text.append("Run: %s UTC, %.0f s, `%s`; commit %s. Load average (1/5/15 min) at start %s, at end %s." % (
+            started.strftime("%Y-%m-%d %H:%M"), elapsed, cmdline, git_head(), load_start, loadavg()))
         text.append("Machine: %s CPUs, %s, kernel %s; %s; %s; Python %s." % (
             mach["nproc"], mach["cpu"], mach["kernel"], mach["haproxy"], mach["wrk"], mach["python"]))
         text.append("Load: `%s` (pinned to CPU %d; processes under test on CPU %d). %d round(s), %d reloads per run, "
