@@ -564,6 +564,8 @@ def main():
         relay = []
         suppressed = None
         if trace:
+            with open(os.path.join(rundir, "trace.txt"), "w") as f:
+                f.write(trace["text"])
             evs = list(trace_events(trace["text"]))
             relay = relay_delays(evs, trace["wrapper"], trace["master"])
             if not relay:
