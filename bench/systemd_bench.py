@@ -222,7 +222,8 @@ def relay_delays(evs, wrapper, master):
         pending = None
         writes = 0
         for tid, ts, ev, _rest in window:
-            if tid == master and ev in ("sys_sendmsg", "sys_sendto", "sys_enter_sendmsg", "sys_enter_sendto"):
+            # The master's sd_notify messages are sendmsg; its sendto calls go to the workers (master CLI).
+            if tid == master and ev in ("sys_sendmsg", "sys_enter_sendmsg"):
                 pending = ts
                 writes = 0
             elif tid == wrapper and pending is not None and ev in ("sys_write", "sys_enter_write", "sys_writev", "sys_enter_writev"):
