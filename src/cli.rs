@@ -18,7 +18,14 @@ Wrapper options (before haproxy's arguments):
                          /usr/sbin/haproxy)
   --ready-timeout SECS   time a new haproxy has to become ready (default 30)
   --stop-timeout SECS    time between SIGTERM and SIGKILL on stop (default 20)
+  --run-dir DIR          where the reload ledger is kept, root-only (default
+                         /run/haproxy-systemd-wrapper, the unit's RuntimeDirectory)
   --help                 print this help and exit
+  --wait-reload PID      client role (the unit's last ExecReload= line): wait
+                         for the reload that SIGUSR2 asked of wrapper PID and
+                         exit 0 once the new generation serves, 1 if it failed
+                         (reason on stderr), 69 if PID is no running wrapper,
+                         75 after --timeout SECS (default 80)
   --version              print the version and exit
 
 Modes: -W or -Ws selects master-worker mode (one haproxy master, reloaded with
@@ -57,6 +64,8 @@ pub enum Command {
     /// `-c`, `-v`, `-vv`: nothing to supervise; haproxy runs in place of the wrapper.
     Exec(Options, Vec<OsString>),
     Supervise(Options, HaproxyArgs),
+    /// `--wait-reload PID`: wait for the reload's verdict in the ledger.
+    WaitReload(crate::client::WaitOptions),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +73,8 @@ pub struct Options {
     pub haproxy: Option<PathBuf>,
     pub ready_timeout: Duration,
     pub stop_timeout: Duration,
+    /// Where the reload ledger lives (see ledger.rs).
+    pub run_dir: PathBuf,
 }
 
 /// haproxy's arguments, classified.
@@ -92,7 +103,14 @@ where
 {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_args(args);
-    let mut opts = Options { haproxy: None, ready_timeout: Duration::from_secs(30), stop_timeout: Duration::from_secs(20) };
+    let mut opts = Options {
+        haproxy: None,
+        ready_timeout: Duration::from_secs(30),
+        stop_timeout: Duration::from_secs(20),
+        run_dir: PathBuf::from(crate::ledger::DEFAULT_RUN_DIR),
+    };
+    let mut wait_reload: Option<i32> = None;
+    let mut timeout: Option<Duration> = None;
     // Wrapper options are long options at the front; the first other argument starts haproxy's.
     loop {
         {
@@ -121,6 +139,21 @@ where
             }
             Some(Long("ready-timeout")) => opts.ready_timeout = seconds("--ready-timeout", parser.value().map_err(usage)?)?,
             Some(Long("stop-timeout")) => opts.stop_timeout = seconds("--stop-timeout", parser.value().map_err(usage)?)?,
+            Some(Long("run-dir")) => {
+                let v = parser.value().map_err(usage)?;
+                if v.is_empty() {
+                    return Err(Error::Usage("--run-dir needs a directory".into()));
+                }
+                opts.run_dir = PathBuf::from(v);
+            }
+            Some(Long("wait-reload")) => {
+                let v = parser.value().map_err(usage)?;
+                match v.to_str().and_then(|s| s.parse::<i32>().ok()) {
+                    Some(p) if p > 1 => wait_reload = Some(p),
+                    _ => return Err(Error::Usage(format!("--wait-reload takes the wrapper's pid ($MAINPID), not '{}'", v.to_string_lossy()))),
+                }
+            }
+            Some(Long("timeout")) => timeout = Some(seconds("--timeout", parser.value().map_err(usage)?)?),
             Some(other) => return Err(usage(other.unexpected())),
             None => break,
         }
@@ -129,6 +162,16 @@ where
         Ok(raw) => raw.collect(),
         Err(e) => return Err(usage(e)),
     };
+    if let Some(pid) = wait_reload {
+        if !rest.is_empty() {
+            return Err(Error::Usage("--wait-reload takes no haproxy arguments".into()));
+        }
+        let timeout = timeout.unwrap_or(crate::client::DEFAULT_TIMEOUT);
+        return Ok(Command::WaitReload(crate::client::WaitOptions { pid, run_dir: opts.run_dir, timeout }));
+    }
+    if timeout.is_some() {
+        return Err(Error::Usage("--timeout goes with --wait-reload".into()));
+    }
     if rest.is_empty() {
         return Err(Error::Usage("no haproxy arguments (at least -f CONFIG)".into()));
     }
@@ -145,8 +188,9 @@ fn usage(e: lexopt::Error) -> Error {
 fn seconds(name: &str, v: OsString) -> Result<Duration, Error> {
     let s = v.to_string_lossy();
     match s.parse::<f64>() {
-        Ok(x) if x > 0.0 && x <= 86400.0 => Ok(Duration::from_millis((x * 1000.0) as u64)),
-        _ => Err(Error::Usage(format!("{} takes seconds between 0 and 86400, not '{}'", name, s))),
+        // At least a millisecond: a value that rounds to 0 would make every attempt time out.
+        Ok(x) if (0.001..=86400.0).contains(&x) => Ok(Duration::from_millis((x * 1000.0).round() as u64)),
+        _ => Err(Error::Usage(format!("{} takes seconds between 0.001 and 86400, not '{}'", name, s))),
     }
 }
 
@@ -186,6 +230,10 @@ pub fn classify(args: &[OsString]) -> Result<HaproxyArgs, Error> {
         if a == "--" {
             kept.extend(args[i..].iter().cloned());
             break;
+        }
+        if a.starts_with("--") {
+            // haproxy has no long options: a wrapper option that came after haproxy's arguments.
+            return Err(Error::Usage(format!("{} after haproxy's arguments: wrapper options go first", a)));
         }
         if takes_value(&a) {
             let value = match args.get(i + 1) {
@@ -290,7 +338,10 @@ mod tests {
         assert_eq!(h.mode, Mode::Foreground);
         assert_eq!(h.base, os(&["-db", "-f", "a.cfg", "-f", "b.cfg", "-q"]));
         assert_eq!(h.handover_socket, Some(PathBuf::from("/run/s.sock")));
-        assert_eq!(h.notes.len(), 2);
+        assert_eq!(
+            h.notes,
+            vec!["-D dropped: haproxy stays under the wrapper".to_string(), "-S dropped: the master CLI needs master-worker mode (-Ws)".to_string()]
+        );
     }
 
     #[test]
@@ -315,6 +366,16 @@ mod tests {
     }
 
     #[test]
+    fn wrapper_options_after_haproxys_arguments_are_refused() {
+        match parse(os(&["-x", "/run/a.sock", "--ready-timeout", "5", "-f", "x"])) {
+            Err(Error::Usage(m)) => assert!(m.starts_with("--ready-timeout after haproxy's arguments"), "{}", m),
+            other => panic!("{:?}", other),
+        }
+        // After "--" everything is haproxy's (configuration files).
+        assert!(parse(os(&["-f", "x", "--", "--odd-file-name"])).is_ok());
+    }
+
+    #[test]
     fn usage_errors() {
         for bad in [&["-f"][..], &["-f", "x", "-p"], &["--bogus", "-f", "x"], &[], &["--ready-timeout", "abc", "-f", "x"], &["--ready-timeout", "0", "-f", "x"], &["--haproxy"]] {
             match parse(os(bad)) {
@@ -322,6 +383,30 @@ mod tests {
                 other => panic!("{:?} gave {:?}", bad, other),
             }
         }
+    }
+
+    #[test]
+    fn wait_reload_client() {
+        match parse(os(&["--wait-reload", "1234", "--run-dir", "/tmp/r", "--timeout", "2.5"])).unwrap() {
+            Command::WaitReload(w) => {
+                assert_eq!((w.pid, w.run_dir, w.timeout), (1234, PathBuf::from("/tmp/r"), Duration::from_millis(2500)))
+            }
+            other => panic!("{:?}", other),
+        }
+        match parse(os(&["--wait-reload", "77"])).unwrap() {
+            Command::WaitReload(w) => assert_eq!((w.run_dir, w.timeout), (PathBuf::from("/run/haproxy-systemd-wrapper"), crate::client::DEFAULT_TIMEOUT)),
+            other => panic!("{:?}", other),
+        }
+        for bad in [&["--wait-reload", ""][..], &["--wait-reload", "0"], &["--wait-reload", "x"], &["--wait-reload", "5", "-f", "x"], &["--timeout", "3", "-f", "x"], &["--run-dir", "", "-f", "x"]] {
+            assert!(matches!(parse(os(bad)), Err(Error::Usage(_))), "{:?}", bad);
+        }
+    }
+
+    #[test]
+    fn tiny_timeouts_are_refused_not_rounded_to_zero() {
+        assert!(matches!(parse(os(&["--ready-timeout", "0.0001", "-f", "x"])), Err(Error::Usage(_))));
+        let (o, _) = supervise(&["--ready-timeout", "0.001", "-f", "x"]);
+        assert_eq!(o.ready_timeout, Duration::from_millis(1));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The wrapper's logger: one line per event on stderr, with the journald priority prefix
-//! (`<3>` error ... `<7>` debug) so that `journalctl -p` filters work.
+//! The wrapper's logger: one line per event on stderr. When stderr is the journal, each line
+//! starts with its journald priority prefix (`<3>` error ... `<7>` debug) so that
+//! `journalctl -p` filters work; anywhere else (a terminal, a file) it is plain text.
 
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub const ERR: u8 = 3;
 pub const WARNING: u8 = 4;
@@ -10,11 +12,46 @@ pub const NOTICE: u8 = 5;
 pub const INFO: u8 = 6;
 pub const DEBUG: u8 = 7;
 
-/// Writes one log line, in one write(2) so that no reader (journald, a tail) sees half of it.
-/// A line never contains a newline: embedded ones become spaces.
-pub fn write(priority: u8, args: fmt::Arguments) {
+/// Is stderr the journal? 0: not looked at yet, 1: no, 2: yes.
+static STDERR_IS_JOURNAL: AtomicU8 = AtomicU8::new(0);
+
+/// Does `$JOURNAL_STREAM` ("DEV:INODE", set by systemd for a service whose stderr it connected
+/// to the journal) name the file stderr is? The check systemd's own log.c makes: a child that
+/// inherited the variable but writes elsewhere must not prefix.
+pub fn names_stderr(journal_stream: Option<&str>, stderr: Option<(u64, u64)>) -> bool {
+    let parsed = journal_stream.and_then(|v| v.split_once(':')).and_then(|(dev, ino)| Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?)));
+    matches!((parsed, stderr), (Some(named), Some(actual)) if named == actual)
+}
+
+fn stderr_is_journal() -> bool {
+    match STDERR_IS_JOURNAL.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let stream = std::env::var("JOURNAL_STREAM").ok();
+            // dev_t and ino_t are not u64 on every architecture Debian builds for.
+            #[allow(clippy::unnecessary_cast)]
+            let stderr = nix::sys::stat::fstat(2).ok().map(|st| (st.st_dev as u64, st.st_ino as u64));
+            let journal = names_stderr(stream.as_deref(), stderr);
+            STDERR_IS_JOURNAL.store(if journal { 2 } else { 1 }, Ordering::Relaxed);
+            journal
+        }
+    }
+}
+
+/// One log line with its newline; embedded newlines become spaces.
+fn line(priority: u8, args: fmt::Arguments, journal: bool) -> String {
     let text = fmt::format(args).replace('\n', " ");
-    let line = format!("<{}>{}\n", priority, text);
+    if journal {
+        format!("<{}>{}\n", priority, text)
+    } else {
+        format!("{}\n", text)
+    }
+}
+
+/// Writes one log line, in one write(2) so that no reader (journald, a tail) sees half of it.
+pub fn write(priority: u8, args: fmt::Arguments) {
+    let line = line(priority, args, stderr_is_journal());
     // Nothing sensible can be done when stderr is gone; the wrapper keeps supervising.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
@@ -59,6 +96,18 @@ pub fn alert_text(line: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_only_when_journal_stream_names_stderr() {
+        assert!(names_stderr(Some("64768:123456"), Some((64768, 123456))));
+        assert!(!names_stderr(Some("64768:123456"), Some((64768, 999))));
+        assert!(!names_stderr(Some("64768:123456"), None));
+        assert!(!names_stderr(None, Some((64768, 123456))));
+        assert!(!names_stderr(Some(""), Some((0, 0))));
+        assert!(!names_stderr(Some("x:1"), Some((0, 1))));
+        assert_eq!(line(ERR, format_args!("usage error: {}", "x\ny"), false), "usage error: x y\n");
+        assert_eq!(line(ERR, format_args!("usage error: {}", "x"), true), "<3>usage error: x\n");
+    }
 
     #[test]
     fn priorities_follow_haproxy_tags() {

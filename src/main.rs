@@ -4,9 +4,11 @@
 #[macro_use]
 mod log;
 mod cli;
+mod client;
 mod clock;
 mod error;
 mod haproxy;
+mod ledger;
 mod mode;
 mod notify;
 mod pidfile;
@@ -64,6 +66,7 @@ fn run() -> Result<u8, Error> {
             let err = std::process::Command::new(&program).args(&args).env_remove("NOTIFY_SOCKET").exec();
             Err(Error::from_spawn(&program, &err))
         }
+        cli::Command::WaitReload(w) => Ok(client::wait_reload(&w)),
         cli::Command::Supervise(opts, hargs) => {
             let supervisor = match resumed {
                 Some(state) => match Supervisor::resume(opts.clone(), hargs.clone(), &state) {

@@ -46,6 +46,36 @@ pub fn handled() -> SigSet {
     set
 }
 
+/// The reload signals, read from a signalfd of their own so that each one is counted in the
+/// reload ledger before it is read (see ledger.rs).
+pub fn reload_set() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGUSR2);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Every other handled signal.
+pub fn other_set() -> SigSet {
+    let mut set = handled();
+    set.remove(Signal::SIGUSR2);
+    set.remove(Signal::SIGHUP);
+    set
+}
+
+/// Is a reload signal pending (sent, not read yet)?
+pub fn reload_pending() -> bool {
+    let mut set = std::mem::MaybeUninit::<nix::libc::sigset_t>::uninit();
+    // SAFETY: sigpending fills the set it is given.
+    if unsafe { nix::libc::sigpending(set.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: initialised by the successful sigpending above.
+    let set = unsafe { set.assume_init() };
+    // SAFETY: sigismember only reads the set.
+    unsafe { nix::libc::sigismember(&set, nix::libc::SIGUSR2) == 1 || nix::libc::sigismember(&set, nix::libc::SIGHUP) == 1 }
+}
+
 /// Blocks the handled signals; call before anything else.
 pub fn block() -> nix::Result<()> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)
@@ -56,8 +86,10 @@ pub fn unblock_all() -> nix::Result<()> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
-pub fn signalfd() -> nix::Result<SignalFd> {
-    SignalFd::with_flags(&handled(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+/// The loop's two signalfds: every handled signal but the reload ones, and the reload ones.
+pub fn signalfds() -> nix::Result<(SignalFd, SignalFd)> {
+    let flags = SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC;
+    Ok((SignalFd::with_flags(&other_set(), flags)?, SignalFd::with_flags(&reload_set(), flags)?))
 }
 
 /// The next signal waiting on the signalfd, if any. One at a time on purpose: handling a signal may

@@ -1,9 +1,16 @@
-//! Foreground mode: each generation is one `haproxy -db ... -sf <sentinel> [older pids] [-x SOCKET]`.
+//! Foreground mode: each generation is one `haproxy -db ... -sf <sentinel> [-x SOCKET]`.
 //!
 //! The sentinel is a tiny process of the wrapper's: haproxy signals the `-sf` pids only once it
 //! has bound its listeners, so the sentinel exiting 0 on SIGUSR1 is haproxy's own "I am
-//! serving" handshake. A reload that used `-x` and failed because of the hand-over is retried
-//! once without it. The wrapper writes the `-p` pid file.
+//! serving" handshake; the wrapper then soft-stops (SIGUSR1) the generation that served before,
+//! as haproxy would have. The serving generation is kept out of `-sf` because haproxy pauses
+//! (SIGTTOU) every `-sf` pid while it retries a bind that fails: a configuration that cannot
+//! bind would otherwise refuse connections on the old generation too.
+//!
+//! Two failures are retried once: a failed hand-over (`-x`) without it, and "Address already in
+//! use" (`noreuseport` without `-x`: the new generation can bind only once the old one lets go)
+//! with the older generations in `-sf`, haproxy's own pause-and-retry. The wrapper writes the
+//! `-p` pid file.
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -24,7 +31,10 @@ struct Attempt {
     /// The new haproxy (None until it is started).
     haproxy: Option<i32>,
     with_handover: bool,
-    retried_without_handover: bool,
+    /// The generations still running are in the new haproxy's `-sf` (it may pause them).
+    old_in_sf: bool,
+    /// The one retry was used.
+    retried: bool,
     /// The generation serving before this reload ended meanwhile (its end).
     serving_ended: Option<WaitStatus>,
 }
@@ -35,10 +45,16 @@ pub struct Foreground {
     attempt: Option<Attempt>,
 }
 
-/// Did a generation that used `-x` fail because of the hand-over? haproxy names the socket in
-/// its alert then; a configuration error does not deserve a second try.
+/// Did a generation that used `-x` fail because of the hand-over? haproxy says "Failed to get
+/// the sockets from the old process!" then (a silent death may be it too); a configuration error
+/// or "cannot bind socket" does not deserve a try without `-x`.
 fn handover_may_be_at_fault(alerts: &[String]) -> bool {
-    alerts.is_empty() || alerts.iter().any(|alert| alert.contains("socket") || alert.contains("-x"))
+    alerts.is_empty() || alerts.iter().any(|alert| alert.contains("sockets from the old process") || alert.contains("old process socket"))
+}
+
+/// Did a generation fail to bind because an older one still holds the address (`noreuseport`)?
+fn address_in_use(alerts: &[String]) -> bool {
+    alerts.iter().any(|alert| alert.contains("Address already in use"))
 }
 
 impl Foreground {
@@ -57,17 +73,22 @@ impl Foreground {
         Foreground { launch, generations, attempt: None }
     }
 
-    /// Starts the attempt's haproxy: `-sf` the sentinel and every generation still running.
+    /// Starts the attempt's haproxy: `-sf` the sentinel (and the generations still running, on
+    /// the address-in-use retry).
     fn spawn_haproxy(&mut self) -> Result<(), Error> {
         let mut sf = Vec::new();
         let mut with_handover = false;
         let mut gen = 0;
+        let mut old_in_sf = false;
         if let Some(attempt) = &self.attempt {
             sf.push(attempt.sentinel);
             with_handover = attempt.with_handover;
             gen = attempt.gen;
+            old_in_sf = attempt.old_in_sf;
         }
-        sf.extend(self.signal_targets());
+        if old_in_sf {
+            sf.extend(self.signal_targets());
+        }
         let handover = if with_handover { self.launch.args.handover_socket.as_deref() } else { None };
         let argv = haproxy::foreground_args(&self.launch.args.base, &sf, handover);
         let program = &self.launch.program;
@@ -85,19 +106,30 @@ impl Foreground {
         Ok(())
     }
 
-    /// The attempt's haproxy ended before it was ready: retry without `-x`, or fail.
+    /// The attempt's haproxy ended before it was ready: retry once (without `-x`, or with the
+    /// older generations in `-sf`), or fail.
     fn haproxy_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Outcome {
+        let code = error::status_code(status).unwrap_or(1);
         let retry = match &mut self.attempt {
-            Some(attempt) if attempt.with_handover && !attempt.retried_without_handover && handover_may_be_at_fault(alerts) => {
-                let code = error::status_code(status).unwrap_or(1);
+            Some(attempt) if attempt.retried => false,
+            Some(attempt) if attempt.with_handover && handover_may_be_at_fault(alerts) => {
                 warning!("gen {}: haproxy pid {} exited with status {} using listener hand-over; retrying once without it", attempt.gen, pid, code);
+                // Without the hand-over, the old generation may have to let go of its sockets.
                 attempt.with_handover = false;
-                attempt.retried_without_handover = true;
-                attempt.haproxy = None;
+                attempt.old_in_sf = !attempt.first;
+                true
+            }
+            Some(attempt) if !attempt.first && !attempt.old_in_sf && address_in_use(alerts) => {
+                warning!("gen {}: haproxy pid {} could not bind (address in use); retrying once with the older generations in -sf", attempt.gen, pid);
+                attempt.old_in_sf = true;
                 true
             }
             _ => false,
         };
+        if let (true, Some(attempt)) = (retry, &mut self.attempt) {
+            attempt.retried = true;
+            attempt.haproxy = None;
+        }
         if !retry {
             return Outcome::Attempt(exited(status));
         }
@@ -184,7 +216,7 @@ impl Protocol for Foreground {
         }
         let with_handover = !first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists());
         let sentinel = haproxy::spawn_sentinel().map_err(|e| Error::Internal(format!("fork: {}", e)))?;
-        self.attempt = Some(Attempt { gen, first, sentinel, haproxy: None, with_handover, retried_without_handover: false, serving_ended: None });
+        self.attempt = Some(Attempt { gen, first, sentinel, haproxy: None, with_handover, old_in_sf: false, retried: false, serving_ended: None });
         self.spawn_haproxy()
     }
 
@@ -208,6 +240,11 @@ impl Protocol for Foreground {
         let pid = attempt.haproxy.unwrap_or(0);
         if let Some(old) = self.generations.serving.take() {
             if attempt.serving_ended.is_none() {
+                if !attempt.old_in_sf {
+                    // The new generation serves: the old one stops accepting and drains, as
+                    // haproxy's own -sf would have told it.
+                    haproxy::signal(old.pid, Signal::SIGUSR1);
+                }
                 self.generations.draining.push(old);
             }
         }
@@ -224,7 +261,7 @@ impl Protocol for Foreground {
         if attempt.serving_ended.is_some() {
             self.generations.serving = None;
         }
-        if reload_failed {
+        if reload_failed && attempt.old_in_sf {
             // The new haproxy may have paused the older ones' listeners (SIGTTOU) while it retried binding.
             for pid in self.signal_targets() {
                 haproxy::signal(pid, Signal::SIGTTIN);
@@ -268,7 +305,7 @@ impl Protocol for Foreground {
     fn finish(&mut self) {
         if self.generations.pidfile_written {
             if let Some(path) = &self.launch.args.pidfile {
-                let _ = std::fs::remove_file(path);
+                pidfile::remove(path);
             }
         }
     }
@@ -303,7 +340,7 @@ mod tests {
         } else {
             ForegroundGenerations { serving: Some(Gen { n: 1, pid: SERVING }), draining: vec![Gen { n: 0, pid: DRAINING }], pidfile_written: false }
         };
-        let attempt = Attempt { gen: 2, first, sentinel: SENTINEL, haproxy: Some(NEW), with_handover, retried_without_handover: false, serving_ended: None };
+        let attempt = Attempt { gen: 2, first, sentinel: SENTINEL, haproxy: Some(NEW), with_handover, old_in_sf: false, retried: false, serving_ended: None };
         Foreground { launch, generations, attempt: Some(attempt) }
     }
 
@@ -343,18 +380,40 @@ mod tests {
         assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
         // The socket named: a second try, without -x (here it cannot start: /nonexistent/haproxy).
         let mut p = attempt(false, true);
-        let alerts = vec!["Failed to connect to the old process socket '/run/a.sock'".to_string()];
+        let alerts = vec!["Failed to get the sockets from the old process!".to_string()];
         match p.on_event(&exit(NEW, 1), &alerts) {
             Outcome::Attempt(Verdict::Failed { reason, code: 127 }) => assert!(reason.contains("not found"), "{}", reason),
             other => panic!("no retry: {:?}", other),
         }
-        assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried_without_handover && !attempt.with_handover));
+        assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried && !attempt.with_handover && attempt.old_in_sf));
         // The retry's own end is final.
         if let Some(attempt) = &mut p.attempt {
             attempt.haproxy = Some(NEW);
         }
         assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
         assert!(handover_may_be_at_fault(&[]));
+        // "cannot bind socket" is not about the hand-over (it names a socket, though).
+        let mut p = attempt(false, true);
+        let alerts = vec!["Starting frontend fe: cannot bind socket (Cannot assign requested address) [192.0.2.1:80]".to_string()];
+        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+    }
+
+    #[test]
+    fn address_in_use_is_retried_once_with_the_older_generations_in_sf() {
+        let alerts = vec!["Starting frontend fe: cannot bind socket (Address already in use) [127.0.0.1:80]".to_string()];
+        let mut p = attempt(false, false);
+        match p.on_event(&exit(NEW, 1), &alerts) {
+            Outcome::Attempt(Verdict::Failed { code: 127, .. }) => {}
+            other => panic!("no retry: {:?}", other),
+        }
+        assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried && attempt.old_in_sf));
+        if let Some(attempt) = &mut p.attempt {
+            attempt.haproxy = Some(NEW);
+        }
+        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+        // At the first start there is nobody to wait for: no retry.
+        let mut p = attempt(true, false);
+        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
     }
 
     #[test]

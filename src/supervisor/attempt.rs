@@ -8,6 +8,7 @@ use super::{Attempt, Phase, Supervisor};
 use crate::clock::{self, now_ns};
 use crate::error::status_code;
 use crate::haproxy;
+use crate::ledger;
 use crate::reexec;
 use crate::state::{Carried, LastReload};
 
@@ -79,7 +80,11 @@ impl Supervisor {
         }
         let gen = self.next_gen;
         self.next_gen += 1;
-        let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![] };
+        let ledger_seq = match (&mut self.ledger, first) {
+            (Some(ledger), false) => Some(ledger.begin(gen, started_ns)),
+            _ => None,
+        };
+        let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![], ledger_seq };
         self.phase = if first { Phase::Starting(attempt) } else { Phase::Reloading(attempt) };
         match self.protocol.begin(gen, first) {
             // A reload announced itself with RELOADING=1 before the re-exec.
@@ -114,6 +119,9 @@ impl Supervisor {
         } else {
             self.reloads += 1;
             self.last_reload = LastReload::Ok { ms };
+            if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
+                ledger.finish(seq, ledger::Outcome::Ok { ms });
+            }
             notice!("reload {} ok in {} ms: gen {} pid {} serving, draining {:?}", self.reloads, ms, attempt.gen, pid, self.protocol.draining());
         }
         let status = self.status_with("");
@@ -146,6 +154,11 @@ impl Supervisor {
         }
         self.next_gen = attempt.gen;
         self.last_reload = LastReload::Failed { ms, reason: reason.clone() };
+        if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
+            let mut reasons = vec![reason.clone()];
+            reasons.extend(attempt.alerts.iter().cloned());
+            ledger.finish(seq, ledger::Outcome::Failed { ms, reasons });
+        }
         error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason);
         if let Some(status) = serving_ended {
             error!("the serving haproxy ended during the failed reload: stopping");

@@ -24,6 +24,7 @@ use crate::cli::Options;
 use crate::clock::{self, now_ns};
 use crate::error::{status_code, Error};
 use crate::haproxy::{self, Relay};
+use crate::ledger;
 use crate::mode::{Event, Outcome, Protocol, Verdict};
 use crate::notify::Systemd;
 use crate::procs;
@@ -46,6 +47,8 @@ struct Attempt {
     deadline_ns: u64,
     /// The [ALERT] texts haproxy printed during the attempt: the first one leads its failure reason.
     alerts: Vec<String>,
+    /// Its entry in the reload ledger (reloads only).
+    ledger_seq: Option<u64>,
 }
 
 struct Stop {
@@ -75,6 +78,10 @@ pub struct Supervisor {
     phase: Phase,
     pending_reload: bool,
     signals: SignalFd,
+    /// SIGUSR2/SIGHUP only: each is counted in the ledger before it is read.
+    reload_signals: SignalFd,
+    /// Reload requests and verdicts for `--wait-reload` clients (None: no usable run directory).
+    ledger: Option<ledger::Recorder>,
     relay: Relay,
     systemd: Systemd,
     watchdog: Option<Duration>,
@@ -99,7 +106,11 @@ impl Supervisor {
                 }
             }
             let timeout = clock::poll_timeout_ms(&self.deadlines(), now_ns());
-            let mut fds = vec![PollFd::new(self.signals.as_raw_fd(), PollFlags::POLLIN), PollFd::new(self.relay.r, PollFlags::POLLIN)];
+            let mut fds = vec![
+                PollFd::new(self.signals.as_raw_fd(), PollFlags::POLLIN),
+                PollFd::new(self.relay.r, PollFlags::POLLIN),
+                PollFd::new(self.reload_signals.as_raw_fd(), PollFlags::POLLIN),
+            ];
             if let Some(fd) = self.protocol.message_fd() {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
@@ -110,7 +121,7 @@ impl Supervisor {
             // Order matters: haproxy's lines first (they explain what follows), then the
             // protocol's messages, then signals (SIGCHLD included).
             let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).map_or(false, |r| !r.is_empty());
-            let (output_ready, messages_ready) = (ready(1), ready(2));
+            let (output_ready, messages_ready) = (ready(1), ready(3));
             if output_ready {
                 self.relay_output();
             }
@@ -120,7 +131,23 @@ impl Supervisor {
             while let Some(sig) = signals::read_one(&mut self.signals) {
                 self.on_signal(sig);
             }
+            self.read_reload_signals();
             self.on_tick();
+        }
+    }
+
+    /// Each reload signal is counted in the ledger before it is read: a `--wait-reload` client
+    /// that finds the signal no longer pending knows the ledger counts it (ledger.rs). One at a
+    /// time: a reload re-executes the wrapper, and what is still pending survives the exec.
+    fn read_reload_signals(&mut self) {
+        while signals::reload_pending() {
+            if let Some(ledger) = &mut self.ledger {
+                ledger.note_request();
+            }
+            match signals::read_one(&mut self.reload_signals) {
+                Some(sig) => self.on_signal(sig),
+                None => break,
+            }
         }
     }
 

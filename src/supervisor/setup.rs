@@ -9,12 +9,15 @@ use crate::cli::{HaproxyArgs, Options};
 use crate::clock::now_ns;
 use crate::error::Error;
 use crate::haproxy::{self, Relay};
+use crate::ledger;
 use crate::mode::{self, Launch, Protocol};
 use crate::notify::{self, Systemd};
 use crate::procs;
 use crate::reexec;
 use crate::signals;
 use crate::state::{Carried, LastReload};
+
+type SignalFds = (nix::sys::signalfd::SignalFd, nix::sys::signalfd::SignalFd);
 
 fn internal(what: &str, e: nix::Error) -> Error {
     Error::Internal(format!("{}: {}", what, e))
@@ -49,7 +52,9 @@ fn close_inherited_on_exec() {
 }
 
 impl Supervisor {
-    fn new(opts: Options, protocol: Box<dyn Protocol>, exe: PathBuf, relay: Relay, signals: nix::sys::signalfd::SignalFd) -> Supervisor {
+    fn new(opts: Options, protocol: Box<dyn Protocol>, exe: PathBuf, relay: Relay, signalfds: SignalFds, resumed: bool) -> Supervisor {
+        let (signals, reload_signals) = signalfds;
+        let ledger = ledger::Recorder::open(&opts.run_dir, resumed);
         Supervisor {
             opts,
             protocol,
@@ -61,6 +66,8 @@ impl Supervisor {
             phase: Phase::Running,
             pending_reload: false,
             signals,
+            reload_signals,
+            ledger,
             relay,
             systemd: Systemd::new(),
             watchdog: notify::watchdog_interval(),
@@ -84,12 +91,12 @@ impl Supervisor {
             warning!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
         }
         close_inherited_on_exec();
-        let signals = signals::signalfd().map_err(|e| internal("signalfd", e))?;
+        let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
         let relay = Relay::new().map_err(|e| internal("pipe", e))?;
         let launch = Launch { program, args, relay_write: relay.w };
         let protocol = mode::protocol(launch.clone(), None, std::process::id() as i32)?;
         info!("starting {} ({} mode, haproxy {})", env!("CARGO_PKG_NAME"), protocol.name(), launch.program.display());
-        let mut s = Supervisor::new(opts, protocol, exe, relay, signals);
+        let mut s = Supervisor::new(opts, protocol, exe, relay, signals, false);
         s.begin_attempt(now_ns(), true);
         Ok(s)
     }
@@ -109,12 +116,12 @@ impl Supervisor {
         for fd in carried.descriptors() {
             haproxy::set_cloexec(fd, true).map_err(|e| unplaced(internal("carried descriptor", e)))?;
         }
-        let signals = signals::signalfd().map_err(|e| unplaced(internal("signalfd", e)))?;
+        let signals = signals::signalfds().map_err(|e| unplaced(internal("signalfd", e)))?;
         let program = haproxy::locate(opts.haproxy.as_deref(), &carried.exe).map_err(unplaced)?;
         let relay = Relay::from_fds(carried.relay_read, carried.relay_write);
         let launch = Launch { program, args, relay_write: carried.relay_write };
         let protocol = mode::protocol(launch, Some(carried.generations.clone()), me).map_err(unplaced)?;
-        let mut s = Supervisor::new(opts, protocol, carried.exe.clone(), relay, signals);
+        let mut s = Supervisor::new(opts, protocol, carried.exe.clone(), relay, signals, true);
         s.next_gen = carried.next_gen;
         s.reloads = carried.reloads;
         s.last_reload = carried.last_reload.clone();
@@ -136,10 +143,10 @@ impl Supervisor {
             Some((r, w)) if haproxy::set_cloexec(r, true).is_ok() && haproxy::set_cloexec(w, true).is_ok() => Relay::from_fds(r, w),
             _ => Relay::new().map_err(|e| internal("pipe", e))?,
         };
-        let signals = signals::signalfd().map_err(|e| internal("signalfd", e))?;
+        let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
         let launch = Launch { program: PathBuf::new(), args, relay_write: relay.w };
         let protocol = mode::protocol(launch, None, std::process::id() as i32)?;
-        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals);
+        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, true);
         let orphans = procs::children_of(s.wrapper_pid);
         if !orphans.is_empty() {
             warning!("stopping pids {:?}: the state carried across the re-exec does not say what they are", orphans);

@@ -24,6 +24,9 @@ impl Supervisor {
             self.protocol.abandon(false);
         }
         self.systemd.stopping();
+        if let Some(ledger) = &mut self.ledger {
+            ledger.stopping();
+        }
         let sig = if graceful { Signal::SIGUSR1 } else { Signal::SIGTERM };
         let mut targets = self.protocol.signal_targets();
         if !graceful {
@@ -72,6 +75,9 @@ impl Supervisor {
 
     pub(super) fn finish(mut self) -> Result<u8, Error> {
         self.protocol.finish();
+        if let Some(ledger) = &self.ledger {
+            ledger.remove();
+        }
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }

@@ -1,18 +1,22 @@
 //! Test harness: a per-test context (temp dir, free port, notify socket, the wrapper process and a
 //! guard that kills everything it started), the fake haproxy's report/event files, HTTP and load
-//! helpers, and small /proc readers.
+//! helpers, small /proc readers, and what the test files share (`both_modes!`, lookups of the fake
+//! haproxy's processes, common assertions).
+//!
+//! Each integration test file (tests/cli.rs, start_stop.rs, reload.rs, child_state.rs, pidfile.rs,
+//! notify_logs.rs, real_haproxy.rs) covers one concern and starts with `#[macro_use] mod util;`.
 //!
 //! Rules the helpers enforce: nothing here sleeps to wait for something; every wait is a handshake
 //! (notify datagram, event line, HTTP answer) or a poll with a deadline. Environment is passed to
 //! children through `Command::env`; the test process's own environment is never changed.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, IoSliceMut, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
@@ -155,6 +159,16 @@ pub fn zombie_children(pid: i32) -> Vec<ProcStat> {
 
 pub fn exe_of(pid: i32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// The HAPROXY_SYSTEMD_WRAPPER_STATE value the process image of `pid` was exec'd with (from
+/// /proc/PID/environ, which shows the environment given to the last execve): present only in a
+/// wrapper that re-executed itself.
+pub fn reexec_state(pid: i32) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"HAPROXY_SYSTEMD_WRAPPER_STATE=".as_slice()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 pub fn fd_count(pid: i32) -> usize {
@@ -510,6 +524,8 @@ impl Ctx {
     /// `command` for another copy of the wrapper program.
     pub fn command_prog<S: AsRef<str>>(&self, program: &Path, args: &[S]) -> Command {
         let mut cmd = Command::new(program);
+        // Each test's reload ledger in its own directory, not the system's /run/haproxy-systemd-wrapper.
+        cmd.arg("--run-dir").arg(self.path("run"));
         cmd.args(args.iter().map(|a| a.as_ref()));
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -525,6 +541,10 @@ impl Ctx {
             cmd.env("NOTIFY_SOCKET", &n.path);
         }
         let log = File::options().create(true).append(true).open(self.log_path()).unwrap();
+        // As under systemd, stderr is "the journal": JOURNAL_STREAM names its device and inode, so
+        // the wrapper writes the <N> priority prefixes the log tests check.
+        let meta = log.metadata().unwrap();
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
         cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log));
         cmd
     }
@@ -537,6 +557,8 @@ impl Ctx {
         sh.arg("-c")
             .arg("WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\"")
             .arg(WRAPPER)
+            .arg("--run-dir")
+            .arg(self.path("run"))
             .args(args.iter().map(|a| a.as_ref()));
         for (k, v) in cmd.get_envs() {
             match v {
@@ -638,6 +660,11 @@ impl Ctx {
             }
             None => panic!("wrapper (pid {}) still running after {timeout:?}", self.pid),
         }
+    }
+
+    /// The wrapper's exit status if it has exited (not waiting).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.wrapper.as_mut().expect("no wrapper").try_wait().expect("try_wait")
     }
 
     /// Checks the wrapper is still running.
@@ -817,12 +844,26 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 pub struct Response {
     pub status_line: String,
+    /// The header lines (status line excluded), as received.
+    pub head: String,
     pub body: String,
 }
 
 impl Response {
     pub fn status(&self) -> u16 {
         self.status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            if k.trim().eq_ignore_ascii_case(name) {
+                Some(v.trim())
+            } else {
+                None
+            }
+        })
     }
 }
 
@@ -842,7 +883,168 @@ pub fn http_get(port: u16, path: &str) -> io::Result<Response> {
         None => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("no HTTP header in {text:?}"))),
     };
     let status_line = head.lines().next().unwrap_or("").to_string();
-    Ok(Response { status_line, body })
+    let head = head.lines().skip(1).collect::<Vec<_>>().join("\n");
+    Ok(Response { status_line, head, body })
+}
+
+/// One client connection kept open across requests (HTTP/1.1 keep-alive), reading responses by
+/// their Content-Length; 10 s read/write timeouts.
+pub struct HttpConn {
+    reader: io::BufReader<TcpStream>,
+}
+
+impl HttpConn {
+    pub fn connect(port: u16) -> io::Result<HttpConn> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(HttpConn { reader: io::BufReader::new(s) })
+    }
+
+    /// Sends `GET path` (keep-alive) without waiting for the answer.
+    pub fn send(&mut self, path: &str) -> io::Result<()> {
+        write!(self.reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    }
+
+    /// Reads one whole response (head, then Content-Length bytes of body).
+    pub fn read_response(&mut self) -> io::Result<Response> {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        loop {
+            let mut l = String::new();
+            if self.reader.read_line(&mut l)? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed after {lines:?}")));
+            }
+            let l = l.trim_end_matches(&['\r', '\n'][..]).to_string();
+            if l.is_empty() {
+                break;
+            }
+            lines.push(l);
+        }
+        let status_line = lines.first().cloned().unwrap_or_default();
+        let head = lines[1.min(lines.len())..].join("\n");
+        let mut r = Response { status_line, head, body: String::new() };
+        let len: usize = r.header("content-length").and_then(|v| v.parse().ok()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("no Content-Length in {:?} / {:?}", r.status_line, r.head))
+        })?;
+        let mut body = vec![0u8; len];
+        self.reader.read_exact(&mut body)?;
+        r.body = String::from_utf8_lossy(&body).into_owned();
+        Ok(r)
+    }
+
+    /// `send` then `read_response`.
+    pub fn get(&mut self, path: &str) -> io::Result<Response> {
+        self.send(path)?;
+        self.read_response()
+    }
+
+    /// Reads until the peer closes the connection; Ok(n) with the bytes that came before (an
+    /// orderly close), Err on a reset or timeout.
+    pub fn read_to_close(&mut self) -> io::Result<usize> {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest)?;
+        Ok(rest.len())
+    }
+}
+
+/// A backend HTTP server run by the test on 127.0.0.1: answers `GET /slow...` only once
+/// `release` is called (each held request is announced first, see `wait_held`), every other
+/// path at once; the body is "backend PATH". Keep-alive; a thread per connection.
+pub struct Backend {
+    pub port: u16,
+    held: Mutex<std::sync::mpsc::Receiver<String>>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub fn start() -> Backend {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind backend");
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, st) = (gate.clone(), stop.clone());
+        thread::spawn(move || {
+            for conn in l.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let conn = match conn {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                };
+                let (tx, g) = (tx.clone(), g.clone());
+                thread::spawn(move || Backend::serve(conn, tx, g));
+            }
+        });
+        Backend { port, held: Mutex::new(rx), gate, stop }
+    }
+
+    fn serve(conn: TcpStream, held: std::sync::mpsc::Sender<String>, gate: Arc<(Mutex<bool>, Condvar)>) {
+        use std::io::BufRead;
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+        let mut w = match conn.try_clone() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        let mut r = io::BufReader::new(conn);
+        loop {
+            let mut path = None;
+            loop {
+                let mut l = String::new();
+                match r.read_line(&mut l) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let l = l.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if path.is_none() {
+                    path = l.split_whitespace().nth(1).map(str::to_string);
+                }
+            }
+            let path = path.unwrap_or_default();
+            if path.starts_with("/slow") {
+                let _ = held.send(path.clone());
+                let (m, c) = &*gate;
+                let mut open = m.lock().unwrap();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !*open && Instant::now() < deadline {
+                    open = c.wait_timeout(open, Duration::from_secs(1)).unwrap().0;
+                }
+            }
+            let body = format!("backend {path}");
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until a `/slow...` request reached the backend (and is held); returns its path.
+    pub fn wait_held(&self, timeout: Duration) -> String {
+        self.held.lock().unwrap().recv_timeout(timeout).unwrap_or_else(|e| panic!("no request reached the backend within {timeout:?}: {e}"))
+    }
+
+    /// Lets every held request (and later ones) be answered.
+    pub fn release(&self) {
+        let (m, c) = &*self.gate;
+        *m.lock().unwrap() = true;
+        c.notify_all();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.release();
+        // Wakes the accept loop so it sees `stop`.
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+    }
 }
 
 /// Waits until GET / answers 200 (polling with a deadline: nothing else tells when a port serves).
@@ -869,6 +1071,7 @@ pub struct Load {
     ok: Arc<AtomicU64>,
     fail: Arc<AtomicU64>,
     errors: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<BTreeMap<String, u64>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -876,6 +1079,8 @@ pub struct LoadResult {
     pub ok: u64,
     pub fail: u64,
     pub errors: Vec<String>,
+    /// How many 200 answers came with each body (trimmed).
+    pub bodies: BTreeMap<String, u64>,
 }
 
 impl Load {
@@ -884,13 +1089,15 @@ impl Load {
         let ok = Arc::new(AtomicU64::new(0));
         let fail = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(BTreeMap::new()));
         let threads = (0..threads)
             .map(|_| {
-                let (stop, ok, fail, errors) = (stop.clone(), ok.clone(), fail.clone(), errors.clone());
+                let (stop, ok, fail, errors, bodies) = (stop.clone(), ok.clone(), fail.clone(), errors.clone(), bodies.clone());
                 thread::spawn(move || {
                     while !stop.load(Ordering::SeqCst) {
                         match http_get(port, "/") {
                             Ok(r) if r.status() == 200 => {
+                                *bodies.lock().unwrap().entry(r.body.trim().to_string()).or_insert(0) += 1;
                                 ok.fetch_add(1, Ordering::SeqCst);
                             }
                             other => {
@@ -909,11 +1116,16 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, ok, fail, errors, threads }
+        Load { stop, ok, fail, errors, bodies, threads }
     }
 
     pub fn ok(&self) -> u64 {
         self.ok.load(Ordering::SeqCst)
+    }
+
+    /// How many 200 answers had this body so far.
+    pub fn seen(&self, body: &str) -> u64 {
+        self.bodies.lock().unwrap().get(body).copied().unwrap_or(0)
     }
 
     pub fn stop(mut self) -> LoadResult {
@@ -925,6 +1137,7 @@ impl Load {
             ok: self.ok.load(Ordering::SeqCst),
             fail: self.fail.load(Ordering::SeqCst),
             errors: self.errors.lock().unwrap().clone(),
+            bodies: self.bodies.lock().unwrap().clone(),
         }
     }
 }
@@ -936,4 +1149,130 @@ impl Drop for Load {
             let _ = t.join();
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Shared by the test files: both modes, fake haproxy lookups, common assertions
+
+/// Generates `mod NAME { fn foreground(); fn master_worker(); }` running the same body in both
+/// haproxy modes.
+macro_rules! both_modes {
+    ($(#[$doc:meta])* fn $name:ident($mode:ident) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+            fn run($mode: Mode) $body
+            #[test]
+            fn foreground() {
+                run(Mode::Foreground)
+            }
+            #[test]
+            fn master_worker() {
+                run(Mode::MasterWorker)
+            }
+        }
+    };
+}
+
+/// The fake haproxy pid the wrapper started for this mode (foreground process or master), the
+/// first one that became ready.
+pub fn first_fake(t: &Ctx, mode: Mode) -> i32 {
+    t.wait_events("fake ready", 1, T, |e| e.what == "ready" && e.role == mode.role())[0].pid
+}
+
+/// The serving generation's fake process in foreground mode (newest ready fg), or the newest
+/// worker in master-worker mode.
+pub fn newest_serving(t: &Ctx, mode: Mode) -> i32 {
+    *t.ready_pids(mode.serving_role()).last().expect("no ready fake")
+}
+
+/// The arguments a fake haproxy got (its report's "arg X" lines).
+pub fn report_argv(report: &str) -> Vec<String> {
+    report.lines().filter_map(|l| l.strip_prefix("arg ")).map(str::to_string).collect()
+}
+
+/// The pids given to a fake after `-sf`/`-st`.
+pub fn sf_pids(argv: &[String]) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < argv.len() {
+        if argv[i] == "-sf" || argv[i] == "-st" {
+            while i + 1 < argv.len() && argv[i + 1].parse::<i32>().is_ok() {
+                i += 1;
+                out.push(argv[i].parse().unwrap());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether `s` contains haproxy's "(1234) :" pid tag.
+pub fn has_pid_tag(s: &str) -> bool {
+    s.match_indices('(').any(|(i, _)| {
+        let rest = &s[i + 1..];
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        digits > 0 && rest[digits..].starts_with(") :")
+    })
+}
+
+pub fn assert_reload_ok(status: &str) {
+    assert!(status.contains("last reload: ok"), "STATUS does not say the reload succeeded: {status:?}");
+}
+
+pub fn assert_all_from_wrapper(t: &Ctx) {
+    for m in t.notify().messages() {
+        assert_eq!(m.pid, t.pid, "notify datagram from pid {} (wrapper is {}): {:?}", m.pid, t.pid, m.text);
+    }
+}
+
+/// Every RELOADING=1 carries MONOTONIC_USEC = CLOCK_MONOTONIC at the time it was sent.
+pub fn assert_monotonic_usec(t: &Ctx) {
+    for m in t.notify().messages().iter().filter(|m| m.is_reloading()) {
+        let v: u64 = m
+            .get("MONOTONIC_USEC")
+            .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {:?}", m.text))
+            .parse()
+            .unwrap_or_else(|_| panic!("MONOTONIC_USEC not a number: {:?}", m.text));
+        assert!(v <= m.recv_usec && m.recv_usec - v < 10_000_000, "MONOTONIC_USEC={v} but received at {}", m.recv_usec);
+    }
+}
+
+pub fn stop_and_expect_0(t: &mut Ctx, timeout: Duration) {
+    t.signal(Signal::SIGTERM);
+    let st = t.wait_exit(timeout);
+    assert_eq!(st.code(), Some(0), "wrapper after SIGTERM: {}", describe_status(&st));
+}
+
+/// Whether `s` has the shape `pattern`, where each `#` stands for one or more digits (a duration)
+/// and everything else must match exactly.
+pub fn has_shape(s: &str, pattern: &str) -> bool {
+    fn go(s: &[u8], p: &[u8]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some((b'#', rest)) => {
+                let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
+                (1..=digits).any(|n| go(&s[n..], rest))
+            }
+            Some((c, rest)) => s.first() == Some(c) && go(&s[1..], rest),
+        }
+    }
+    go(s.as_bytes(), pattern.as_bytes())
+}
+
+/// Asserts a STATUS= text (or any line) has the shape `pattern` (see `has_shape`).
+pub fn assert_shape(s: &str, pattern: &str) {
+    assert!(has_shape(s, pattern), "unexpected text\n  got:      {s:?}\n  expected: {pattern:?} (# = digits)");
+}
+
+/// Handshake for signals sent to the wrapper: sends SIGTTIN and waits until a fake haproxy logs
+/// it. The kernel hands pending signals out lowest number first, and the wrapper reads them in
+/// that order, so once SIGTTIN (21) has been passed on, every SIGHUP, SIGINT, SIGUSR1, SIGUSR2 or
+/// SIGTERM sent to the wrapper before this call has been read. Needs a living fake haproxy that
+/// the wrapper passes signals to (the serving generation or master).
+pub fn signals_read_handshake(t: &Ctx) {
+    let is_ttin = |e: &Event| e.what == "signal" && e.rest == "SIGTTIN" && (e.role == "fg" || e.role == "master");
+    let before = t.events().iter().filter(|e| is_ttin(e)).count();
+    t.signal(Signal::SIGTTIN);
+    t.wait_events("SIGTTIN passed on to haproxy (handshake)", before + 1, T, is_ttin);
 }

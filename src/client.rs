@@ -1,0 +1,255 @@
+//! `haproxy-systemd-wrapper --wait-reload PID`: the unit's last `ExecReload=` line. It waits for
+//! the reload that the preceding `kill -USR2 PID` asked for (or a later one it was coalesced
+//! into) and exits 0 only once the new generation serves; otherwise non-zero, with the reason on
+//! stderr, so that `systemctl reload` tells the truth.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::clock;
+use crate::ledger::{self, Ledger, Outcome};
+
+/// The reload served: the new generation answers.
+pub const EXIT_OK: u8 = 0;
+/// The reload failed; the previous generation keeps serving.
+pub const EXIT_FAILED: u8 = 1;
+/// PID is not a running haproxy-systemd-wrapper, or it ended or began stopping while we waited.
+pub const EXIT_NO_WRAPPER: u8 = 69;
+/// No verdict within the timeout.
+pub const EXIT_TIMEOUT: u8 = 75;
+
+/// Under systemd's default TimeoutStartSec (90 s), so that we say why before systemd kills us.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(80);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitOptions {
+    pub pid: i32,
+    pub run_dir: PathBuf,
+    pub timeout: Duration,
+}
+
+/// Which attempt answers our request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The signal was already read: the ledger counted it, and the first attempt that answers
+    /// at least this many requests is ours.
+    Covers(u64),
+    /// The signal was still pending at this instant: the first attempt that began later is ours
+    /// (it read the configuration after the signal was sent).
+    BegunAfter(u64),
+}
+
+/// What the ledger says about our request now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer<'a> {
+    Wait,
+    Served { gen: u32, ms: u64 },
+    Failed { gen: u32, ms: u64, reasons: &'a [String] },
+    /// The wrapper is stopping and no attempt answers us.
+    Stopping,
+}
+
+/// Pure: the answer for `target` in `ledger`.
+pub fn answer(ledger: &Ledger, target: Target) -> Answer<'_> {
+    let ours = ledger.attempts.iter().find(|a| match target {
+        Target::Covers(n) => a.covers >= n,
+        Target::BegunAfter(t) => a.begun_ns > t,
+    });
+    match ours.map(|a| (a.gen, &a.outcome)) {
+        Some((gen, Outcome::Ok { ms })) => Answer::Served { gen, ms: *ms },
+        Some((gen, Outcome::Failed { ms, reasons })) => Answer::Failed { gen, ms: *ms, reasons },
+        _ if ledger.stopping => Answer::Stopping,
+        _ => Answer::Wait,
+    }
+}
+
+/// Is a reload signal (SIGUSR2 or SIGHUP) pending for `pid`, per /proc/PID/status?
+pub fn reload_pending(status: &str) -> Option<bool> {
+    let mask = |key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    let bits = mask("ShdPnd:")? | mask("SigPnd:")?;
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    Some(bits & (bit(nix::libc::SIGUSR2) | bit(nix::libc::SIGHUP)) != 0)
+}
+
+fn looks_like_wrapper(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{}/exe", pid))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().starts_with(env!("CARGO_PKG_NAME"))))
+        .unwrap_or(false)
+}
+
+fn gone(pid: i32, start: u64) -> bool {
+    ledger::start_time(pid) != Some(start)
+}
+
+/// Waits for a change in the run directory (or `max`), whichever comes first.
+struct Waiter {
+    inotify: Option<nix::sys::inotify::Inotify>,
+}
+
+impl Waiter {
+    fn new(dir: &Path) -> Waiter {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok().filter(|i| {
+            i.add_watch(dir, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_DELETE).is_ok()
+        });
+        Waiter { inotify }
+    }
+
+    fn wait(&self, max: Duration) {
+        use nix::poll::{poll, PollFd, PollFlags};
+        use std::os::unix::io::AsRawFd;
+        let ms = max.as_millis().min(i32::MAX as u128) as i32;
+        match &self.inotify {
+            Some(i) => {
+                let mut fds = [PollFd::new(i.as_raw_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, ms);
+                let _ = i.read_events();
+            }
+            // No inotify: look again soon.
+            None => std::thread::sleep(max.min(Duration::from_millis(20))),
+        }
+    }
+}
+
+/// Liveness and the signal's state are looked at again at least this often.
+const RECHECK: Duration = Duration::from_millis(100);
+
+pub fn wait_reload(opts: &WaitOptions) -> u8 {
+    let pid = opts.pid;
+    let deadline = clock::now_ns() + opts.timeout.as_nanos() as u64;
+    let start = match ledger::start_time(pid) {
+        Some(s) => s,
+        None => {
+            error!("no process {}: haproxy-systemd-wrapper is not running", pid);
+            return EXIT_NO_WRAPPER;
+        }
+    };
+    let file = ledger::path(&opts.run_dir, pid);
+    let waiter = Waiter::new(&opts.run_dir);
+    // First whether the signal is still pending, then the ledger: the wrapper counts a request
+    // in the ledger before it reads the signal, so a signal no longer pending is counted.
+    let asked_at = clock::now_ns();
+    let pending = std::fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| reload_pending(&s));
+    let first = loop {
+        match ledger::load(&file) {
+            Ok(l) => break l,
+            // A wrapper without a ledger yet: an older wrapper re-executing into this version.
+            Err(_) if looks_like_wrapper(pid) && !gone(pid, start) && clock::now_ns() < deadline => waiter.wait(RECHECK),
+            Err(e) => {
+                let what = if gone(pid, start) { "ended".to_string() } else if looks_like_wrapper(pid) { format!("has no usable reload ledger {} ({})", file.display(), e) } else { "is not haproxy-systemd-wrapper".to_string() };
+                error!("process {} {}: cannot learn the reload's result", pid, what);
+                return if gone(pid, start) || !looks_like_wrapper(pid) { EXIT_NO_WRAPPER } else { EXIT_TIMEOUT };
+            }
+        }
+    };
+    if first.pid != pid || first.start_time != start {
+        error!("{} belongs to another process than pid {}", file.display(), pid);
+        return EXIT_NO_WRAPPER;
+    }
+    let target = match pending {
+        Some(true) => Target::BegunAfter(asked_at),
+        Some(false) if first.requests > 0 => Target::Covers(first.requests),
+        Some(false) => {
+            error!("no reload was asked of pid {} (send it SIGUSR2 first)", pid);
+            return crate::error::EXIT_USAGE;
+        }
+        None => {
+            error!("cannot read the signal state of pid {}", pid);
+            return EXIT_NO_WRAPPER;
+        }
+    };
+    let mut ledger = first;
+    loop {
+        match answer(&ledger, target) {
+            Answer::Served { gen, ms } => {
+                println!("reload ok: gen {} serving, ready in {} ms", gen, ms);
+                return EXIT_OK;
+            }
+            Answer::Failed { gen, ms, reasons } => {
+                let mut lines = reasons.iter();
+                let summary = lines.next().map(String::as_str).unwrap_or("no reason recorded");
+                error!("reload to gen {} failed after {} ms, the previous generation keeps serving: {}", gen, ms, summary);
+                for l in lines {
+                    error!("haproxy: {}", l);
+                }
+                return EXIT_FAILED;
+            }
+            Answer::Stopping => {
+                error!("haproxy-systemd-wrapper (pid {}) is stopping: the reload did not take effect", pid);
+                return EXIT_NO_WRAPPER;
+            }
+            Answer::Wait => {}
+        }
+        let now = clock::now_ns();
+        if now >= deadline {
+            error!("no result for the reload after {} s: it is still in progress (see systemctl status)", opts.timeout.as_secs_f64());
+            return EXIT_TIMEOUT;
+        }
+        waiter.wait(RECHECK.min(Duration::from_nanos(deadline - now)));
+        if gone(pid, start) {
+            error!("haproxy-systemd-wrapper (pid {}) ended before the reload finished", pid);
+            return EXIT_NO_WRAPPER;
+        }
+        match ledger::load(&file) {
+            Ok(l) => ledger = l,
+            Err(e) => {
+                // Removed at exit: the wrapper is ending.
+                if gone(pid, start) {
+                    error!("haproxy-systemd-wrapper (pid {}) ended before the reload finished", pid);
+                    return EXIT_NO_WRAPPER;
+                }
+                warning!("reading {}: {}", file.display(), e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> Ledger {
+        let mut l = Ledger::new(9, 1);
+        l.requests = 1;
+        let a = l.begin(2, 100);
+        l.finish(a, Outcome::Ok { ms: 40 });
+        l.requests = 3;
+        let b = l.begin(3, 200);
+        l.finish(b, Outcome::Failed { ms: 7, reasons: vec!["bad".into()] });
+        l.requests = 4;
+        l.begin(4, 300);
+        l
+    }
+
+    #[test]
+    fn the_attempt_that_answers_the_request() {
+        let mut l = ledger();
+        assert_eq!(answer(&l, Target::Covers(1)), Answer::Served { gen: 2, ms: 40 });
+        assert_eq!(answer(&l, Target::Covers(2)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()] });
+        assert_eq!(answer(&l, Target::Covers(3)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()] });
+        // Counted, its attempt still running.
+        assert_eq!(answer(&l, Target::Covers(4)), Answer::Wait);
+        // Counted, not begun yet (coalesced into the next attempt).
+        assert_eq!(answer(&l, Target::Covers(5)), Answer::Wait);
+        // Pending when asked at t=150: the attempt begun at 200 answers, never the one of 100.
+        assert_eq!(answer(&l, Target::BegunAfter(150)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()] });
+        assert_eq!(answer(&l, Target::BegunAfter(300)), Answer::Wait);
+        l.stopping = true;
+        assert_eq!(answer(&l, Target::BegunAfter(300)), Answer::Stopping);
+        // A verdict already given stands even while stopping.
+        assert_eq!(answer(&l, Target::Covers(1)), Answer::Served { gen: 2, ms: 40 });
+    }
+
+    #[test]
+    fn pending_reload_signals_from_proc_status() {
+        let st = |shd: &str, sig: &str| format!("Name:\tx\nSigQ:\t0/1\nSigPnd:\t{}\nShdPnd:\t{}\nSigBlk:\t0\n", sig, shd);
+        assert_eq!(reload_pending(&st("0000000000000000", "0000000000000000")), Some(false));
+        assert_eq!(reload_pending(&st("0000000000000800", "0000000000000000")), Some(true)); // SIGUSR2
+        assert_eq!(reload_pending(&st("0000000000000000", "0000000000000001")), Some(true)); // SIGHUP
+        assert_eq!(reload_pending(&st("0000000000010000", "0000000000000000")), Some(false)); // SIGCHLD
+        assert_eq!(reload_pending("Name:\tx\n"), None);
+    }
+}

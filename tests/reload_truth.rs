@@ -1,0 +1,165 @@
+//! Real haproxy (/usr/sbin/haproxy): a reload as `systemctl reload` runs it (SIGUSR2, then
+//! `--wait-reload PID`) exits 0 only once the new configuration answers, and non-zero, with
+//! haproxy's reason, when it cannot take effect, while the old generation answers every request.
+//! Each configuration answers with its own tag, so old and new generations are told apart.
+
+mod util;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use nix::sys::signal::Signal;
+
+use util::*;
+
+macro_rules! both_modes {
+    ($(#[$doc:meta])* fn $name:ident($mode:ident) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+            fn run($mode: Mode) $body
+            #[test]
+            fn foreground() {
+                run(Mode::Foreground)
+            }
+            #[test]
+            fn master_worker() {
+                run(Mode::MasterWorker)
+            }
+        }
+    };
+}
+
+/// A configuration answering `tag`; `global` and `frontend` lines added as given.
+fn config(t: &Ctx, mode: Mode, tag: &str, global: &str, frontend: &str) -> String {
+    let expose = match mode {
+        Mode::Foreground => format!("    stats socket {} mode 600 level admin expose-fd listeners\n", t.p("admin.sock")),
+        Mode::MasterWorker => String::new(),
+    };
+    format!(
+        "global\n{expose}{global}\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
+         frontend fe\n    bind 127.0.0.1:{}\n{frontend}    http-request return status 200 content-type text/plain string {tag}\n",
+        t.port
+    )
+}
+
+/// Starts the wrapper on real haproxy (foreground: with `-x` when `handover`) and waits until `tag` answers.
+fn start(t: &mut Ctx, mode: Mode, cfg_text: &str, handover: bool, tag: &str) {
+    assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps`");
+    let cfg = t.write("haproxy.cfg", cfg_text);
+    let mut args: Vec<String> = vec!["--haproxy".into(), REAL_HAPROXY.into()];
+    if mode == Mode::MasterWorker {
+        args.push("-Ws".into());
+    }
+    args.extend(["-f".to_string(), cfg]);
+    if mode == Mode::Foreground && handover {
+        args.extend(["-x".to_string(), t.p("admin.sock")]);
+    }
+    t.start(&args);
+    t.wait_ready(T_REAL);
+    t.track_haproxy(REAL_HAPROXY);
+    assert_eq!(wait_http_200(t.port, T_REAL).body.trim(), tag);
+}
+
+/// `kill -USR2 $MAINPID` then `haproxy-systemd-wrapper --wait-reload $MAINPID`, as the unit does.
+fn systemctl_reload(t: &mut Ctx) -> Output {
+    t.signal(Signal::SIGUSR2);
+    let out = Command::new(WRAPPER)
+        .args(["--wait-reload", &t.pid.to_string(), "--run-dir", &t.p("run"), "--timeout", "60"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the client");
+    t.track_haproxy(REAL_HAPROXY);
+    out
+}
+
+fn describe(o: &Output) -> String {
+    format!("status {:?}; stdout: {}; stderr: {}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn body(t: &Ctx) -> String {
+    let r = http_get(t.port, "/").unwrap_or_else(|e| panic!("GET / on port {}: {e}", t.port));
+    assert_eq!(r.status(), 200, "{}", r.status_line);
+    r.body.trim().to_string()
+}
+
+both_modes! {
+    /// Once the client exits 0, the very first new connection is answered by the new
+    /// configuration (no polling, no retry), reload after reload.
+    fn the_first_request_after_a_successful_reload_gets_the_new_configuration(mode) {
+        let mut t = Ctx::new("truth-sync");
+        let cfg = config(&t, mode, "tag-0", "", "");
+        start(&mut t, mode, &cfg, true, "tag-0");
+        for i in 1..=5 {
+            let tag = format!("tag-{i}");
+            t.replace("haproxy.cfg", &config(&t, mode, &tag, "", ""));
+            let out = systemctl_reload(&mut t);
+            assert_eq!(out.status.code(), Some(0), "reload {i}: {}", describe(&out));
+            assert_eq!(body(&t), tag, "reload {i}: the first request after the client's exit 0");
+        }
+    }
+}
+
+both_modes! {
+    /// A configuration that passes `haproxy -c` but cannot bind (an address the host does not
+    /// have): the reload exits 1 with haproxy's reason, and the old generation answers every
+    /// request after it, and in foreground mode during it too (zero failures: the serving
+    /// generation is not in the new one's -sf, so haproxy never pauses it); the next good reload
+    /// succeeds.
+    fn a_bind_failure_fails_the_reload_and_refuses_nothing(mode) {
+        let mut t = Ctx::new("truth-bind");
+        let cfg = config(&t, mode, "old", "", "");
+        start(&mut t, mode, &cfg, true, "old");
+        let check = Command::new(REAL_HAPROXY).args(["-c", "-f"]).arg(t.path("haproxy.cfg")).output().unwrap();
+        assert!(check.status.success(), "the base configuration must pass haproxy -c");
+        let bad = config(&t, mode, "new", "", &format!("    bind 192.0.2.1:{}\n", t.port));
+        t.write("check.cfg", &bad);
+        let check = Command::new(REAL_HAPROXY).args(["-c", "-f"]).arg(t.path("check.cfg")).output().unwrap();
+        assert!(check.status.success(), "the bind-failing configuration must pass haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+        let load = Load::start(t.port, 2);
+        poll_until(T, || if load.ok() > 0 { Some(()) } else { None }).expect("load generator got no answer");
+        t.replace("haproxy.cfg", &bad);
+        let out = systemctl_reload(&mut t);
+        // Requests keep flowing after the verdict, too.
+        let after = load.ok();
+        poll_until(T, || if load.ok() > after + 20 { Some(()) } else { None }).expect("load stalled after the failed reload");
+        let res = load.stop();
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot bind") && err.contains("192.0.2.1"), "haproxy's reason is not on stderr: {err}");
+        match mode {
+            Mode::Foreground => {
+                assert_eq!(res.fail, 0, "{} of {} requests failed during the failed reload: {:?}", res.fail, res.ok + res.fail, res.errors)
+            }
+            // haproxy's own master pauses its workers' listeners ("Paused frontend") while it
+            // retries the bind (about 3 s on 2.6, 2 s on 3.2), natively too: nothing the wrapper
+            // can prevent in this mode (docs/DESIGN.md). What it guarantees is the verdict, and
+            // that the old generation serves again right after it (checked above and below).
+            Mode::MasterWorker => assert!(t.log().contains("Resumed frontend"), "{}", t.log()),
+        }
+        assert_eq!(body(&t), "old");
+        t.replace("haproxy.cfg", &config(&t, mode, "fixed", "", ""));
+        let out = systemctl_reload(&mut t);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert_eq!(body(&t), "fixed");
+    }
+}
+
+/// Foreground without `-x` and with `noreuseport`: the new generation can bind only once the old
+/// one lets go, which is what haproxy's pause of its `-sf` pids is for; the wrapper retries with
+/// the old generation in `-sf`, and the reload succeeds.
+#[test]
+fn noreuseport_without_handover_still_reloads() {
+    let mode = Mode::Foreground;
+    let mut t = Ctx::new("truth-noreuseport");
+    let cfg = config(&t, mode, "one", "    noreuseport\n", "");
+        start(&mut t, mode, &cfg, false, "one");
+    for tag in ["two", "three"] {
+        t.replace("haproxy.cfg", &config(&t, mode, tag, "    noreuseport\n", ""));
+        let out = systemctl_reload(&mut t);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert_eq!(body(&t), tag);
+    }
+    assert!(t.log().contains("could not bind (address in use); retrying once with the older generations in -sf"), "{}", t.log());
+}
