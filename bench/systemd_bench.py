@@ -55,7 +55,8 @@ SERVERS = env_int("BENCH_SD_SERVERS", 5)
 CERTS = env_int("BENCH_SD_CERTS", 200)
 TRACE = env_int("BENCH_SD_TRACE", 10)
 SUITE = os.environ.get("BENCH_SD_SUITE") or "trixie"
-VARIANTS = [v for v in (os.environ.get("BENCH_SD_VARIANTS") or "dist,wrapper,wrapper-nocheck").split(",") if v]
+VARIANTS = [v for v in (os.environ.get("BENCH_SD_VARIANTS") or
+                         "dist,wrapper,wrapper-nocheck,wrapper-wait,wrapper-wait-nocheck").split(",") if v]
 E2E_CACHE = os.environ.get("E2E_CACHE") or "/var/cache/haproxy-systemd-wrapper-e2e"
 CERT_CACHE = os.environ.get("BENCH_CERT_CACHE") or os.path.join(E2E_CACHE, "bench-certs")
 TIMEOUT = env_int("E2E_TIMEOUT", 1800)
@@ -65,7 +66,8 @@ LOCK = "/run/lock/haproxy-systemd-wrapper-e2e.lock"
 
 RATIO_MAX = 1.10  # issue #10: (b) within 10 % of (a)
 LABEL = {"dist": "(a) distribution's unit", "wrapper": "(b) wrapper drop-in",
-         "wrapper-nocheck": "(b') drop-in without the check"}
+         "wrapper-nocheck": "(b') drop-in without the check",
+         "wrapper-wait": "(b+w) drop-in + --wait-reload", "wrapper-wait-nocheck": "(b'+w) without the check + --wait-reload"}
 
 BEGIN = "<!-- bench:systemd:begin (written by bench/systemd_bench.py; edit outside these markers) -->"
 END = "<!-- bench:systemd:end -->"
@@ -396,13 +398,17 @@ def report(res, s, relay, suppressed, started, elapsed, load_start, load_end):
                  "a TLS frontend with %d RSA-2048 certificates in a crt-list. %d round(s) x %d reloads per variant, "
                  "variants alternating (order rotated per round), each run a fresh `systemctl restart`." % (
                      st["backends"], st["servers"], st["certs"], st["rounds"], st["reloads"]))
-    lines.append("ExecReload of (b): `%s`; of (b'): `%s`." % (
-        " ; ".join(v.get("dropin_reload", [])), " ; ".join(v.get("nocheck_reload", []))))
+    lines.append("ExecReload= of (b), the drop-in as shipped: `%s`." % " ; ".join(v.get("dropin_reload", [])))
+    for k, rl in sorted(v.get("variant_reload", {}).items()):
+        if rl is not None:
+            lines.append("ExecReload= of %s (an override in the guest): `%s`." % (LABEL[k], " ; ".join(rl)))
+    for k, why in sorted(res.get("skipped", {}).items()):
+        lines.append("%s: not measured, %s." % (LABEL[k], why))
     if res.get("check_alone"):
         lines.append("`haproxy -Ws -c` of this configuration alone, in the guest, outside any unit: %s ms (median %s)." % (
             " ".join(fmt(c) for c in res["check_alone"]), fmt(statistics.median(res["check_alone"]))))
     lines.append("")
-    cols = [x for x in VARIANTS if x in s]
+    cols = [x for x in VARIANTS if x in s and s[x]["runs"]]
     head = [""] + [LABEL[x] for x in cols]
     rows = [
         ["runs ok / reloads (failed)"] + ["%d/%d / %d (%d)" % (s[x]["ok"], s[x]["runs"], s[x]["reloads"], s[x]["failed"]) for x in cols],
@@ -436,11 +442,18 @@ def report(res, s, relay, suppressed, started, elapsed, load_start, load_end):
             LABEL[x], ": " + "; ".join(s[x]["errors"] + s[x]["rc_errors"]) if s[x]["failed"] or s[x]["errors"] else "")))
     for status, text in checks:
         lines.append("- %s %s" % ("PASS" if status else "MISS", text))
-    for a, b, what in (("wrapper", "wrapper-nocheck", "(b') / (b), wall"), ("dist", "wrapper-nocheck", "(b') / (a), wall"),
-                       ("dist", "wrapper", "(b) / (a), reload start -> new tag served")):
-        c = compare(s, a, b, "served" if "served" in what else "wall", "served_by_run" if "served" in what else "by_run")
-        if c:
-            lines.append("- ratio %s: %.2f%s" % (what, c[0], " (90%% interval %.2f .. %.2f)" % c[1] if c[1] else ""))
+    for a, b in (("wrapper", "wrapper-nocheck"), ("dist", "wrapper-nocheck"), ("wrapper", "wrapper-wait"),
+                 ("dist", "wrapper-wait"), ("dist", "wrapper-wait-nocheck"), ("wrapper-wait", "wrapper-wait-nocheck")):
+        c = compare(s, a, b)
+        d = compare(s, a, b, "served", "served_by_run")
+        if c and d:
+            lines.append("- ratio %s / %s: wall %.2f%s; reload start -> new tag served %.2f" % (
+                LABEL[b].split()[0], LABEL[a].split()[0], c[0],
+                " (90%% interval %.2f .. %.2f)" % c[1] if c[1] else "", d[0]))
+    c = compare(s, "dist", "wrapper", "served", "served_by_run")
+    if c:
+        lines.append("- ratio (b) / (a), reload start -> new tag served: %.2f%s" % (
+            c[0], " (90%% interval %.2f .. %.2f)" % c[1] if c[1] else ""))
     if relay:
         d = [x["delay"] for x in relay]
         lines.append("- relay (ftrace, %d traced reloads of (b)): the master's READY=1 -> the wrapper reads it: median %.2f ms, "

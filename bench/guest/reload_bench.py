@@ -12,6 +12,10 @@ Variants (alternating, the order rotates every round; each run is a fresh `syste
   wrapper          the package's drop-in as shipped
   wrapper-nocheck  the drop-in, with an override that resets ExecReload= and keeps the drop-in's
                    ExecReload= lines except the configuration check (`haproxy ... -c ...`)
+  wrapper-wait, wrapper-wait-nocheck
+                   the same two with `ExecReload=/usr/sbin/haproxy-systemd-wrapper --wait-reload
+                   $MAINPID` appended, while the shipped drop-in does not end with it yet (skipped
+                   when it does, or when the wrapper has no --wait-reload)
 
 One reload: write the configuration with a new tag, time `systemctl reload haproxy` (wall), probe the
 port once right after it returned (served the new tag = synchronous), then poll until the new tag
@@ -120,7 +124,12 @@ def exe_of(pid):
         return "(none)"
 
 
+WAIT_LINE = "ExecReload=/usr/sbin/haproxy-systemd-wrapper --wait-reload $MAINPID"
+
+
 class Variants:
+    """How each variant's unit is made (see the module docstring)."""
+
     def __init__(self, dropin):
         self.dropin = dropin
         self.mask = os.path.join(DROPIN_DIR, os.path.basename(dropin))
@@ -129,6 +138,27 @@ class Variants:
         self.reload_lines = [l for l in lines if l != "ExecReload="]
         self.nocheck_lines = [l for l in self.reload_lines if not re.search(r"haproxy\S*\s.*\s-c(\s|$)", l)]
         self.has_check = len(self.nocheck_lines) < len(self.reload_lines)
+        self.has_wait = any("--wait-reload" in l for l in self.reload_lines)
+        help_text = run(["/usr/sbin/haproxy-systemd-wrapper", "--help"], check=False)
+        self.can_wait = "--wait-reload" in help_text.stdout + help_text.stderr
+
+    def skip(self, variant):
+        """Why a variant does not apply to this package (None: it does)."""
+        if variant.startswith("wrapper-wait"):
+            if self.has_wait:
+                return "the drop-in already ends with --wait-reload (measured as wrapper and wrapper-nocheck)"
+            if not self.can_wait:
+                return "this wrapper has no --wait-reload"
+        if variant.endswith("nocheck") and not self.has_check:
+            return "the drop-in has no configuration check in ExecReload="
+        return None
+
+    def lines(self, variant):
+        """The ExecReload= lines of an override, or None for the drop-in as shipped."""
+        base = self.nocheck_lines if variant.endswith("nocheck") else self.reload_lines
+        if variant.startswith("wrapper-wait"):
+            return base + [WAIT_LINE]
+        return base if variant == "wrapper-nocheck" else None
 
     def setup(self, variant):
         os.makedirs(DROPIN_DIR, exist_ok=True)
@@ -137,13 +167,13 @@ class Variants:
                 os.unlink(p)
         if variant == "dist":
             os.symlink("/dev/null", self.mask)
-        elif variant == "wrapper-nocheck":
-            if not self.has_check:
-                raise RuntimeError("the drop-in has no configuration check in ExecReload=: %r" % self.reload_lines)
-            with open(NOCHECK, "w") as f:
-                f.write("# reload-bench: the drop-in's ExecReload= without the configuration check\n[Service]\n"
-                        "ExecReload=\n" + "\n".join(self.nocheck_lines) + "\n")
-        elif variant != "wrapper":
+        elif variant in ("wrapper", "wrapper-nocheck", "wrapper-wait", "wrapper-wait-nocheck"):
+            lines = self.lines(variant)
+            if lines is not None:
+                with open(NOCHECK, "w") as f:
+                    f.write("# reload-bench: the drop-in's ExecReload= for variant %s\n[Service]\n"
+                            "ExecReload=\n%s\n" % (variant, "\n".join(lines)))
+        else:
             raise ValueError(variant)
         run(["systemctl", "daemon-reload"])
         t0 = now()
@@ -156,7 +186,7 @@ class Variants:
             raise RuntimeError("%s: MainPID %s runs %s, want %s" % (variant, main, exe, want))
         reload_prop = prop("ExecReload")
         has_check = " -c " in reload_prop
-        if has_check != (variant == "dist" or (variant == "wrapper" and self.has_check)):
+        if has_check != (variant == "dist" or (not variant.endswith("nocheck") and self.has_check)):
             raise RuntimeError("%s: ExecReload has the check: %s (%s)" % (variant, has_check, reload_prop))
         wait_for("the service to serve after restart", lambda: body() is not None, 120)
         wait_for("one master and one worker", lambda: len(haproxy_pids()) == 2, 120)
@@ -228,8 +258,12 @@ def main():
             "systemd": run(["systemctl", "--version"]).stdout.splitlines()[0],
             "wrapper": run(["dpkg-query", "-W", "-f", "${Version}", "haproxy-systemd-wrapper"]).stdout,
             "os": open("/etc/debian_version").read().strip(),
-            "dropin_reload": variants.reload_lines, "nocheck_reload": variants.nocheck_lines,
+            "dropin_reload": variants.reload_lines,
+            "variant_reload": {v: variants.lines(v) for v in st["variants"] if v != "dist" and not variants.skip(v)},
         }
+        result["skipped"] = {v: variants.skip(v) for v in st["variants"] if variants.skip(v)}
+        for v, why in result["skipped"].items():
+            log("variant %s skipped: %s" % (v, why))
         if os.path.exists(CERTS):
             shutil.rmtree(CERTS)
         shutil.copytree(B + "/certs", CERTS)
@@ -244,7 +278,7 @@ def main():
             checks.append(now() - t0)
         result["check_alone"] = checks
         log("haproxy -c alone: %s ms" % " ".join("%.0f" % (c * 1000) for c in checks))
-        kinds = st["variants"]
+        kinds = [v for v in st["variants"] if v not in result["skipped"]]
         for rnd in range(st["rounds"]):
             order = kinds[rnd % len(kinds):] + kinds[:rnd % len(kinds)]
             for variant in order:
