@@ -56,7 +56,7 @@ CERTS = env_int("BENCH_SD_CERTS", 200)
 TRACE = env_int("BENCH_SD_TRACE", 10)
 SUITE = os.environ.get("BENCH_SD_SUITE") or "trixie"
 VARIANTS = [v for v in (os.environ.get("BENCH_SD_VARIANTS") or
-                         "dist,wrapper,wrapper-nocheck,wrapper-wait,wrapper-wait-nocheck").split(",") if v]
+                         "dist,dist-hardened,wrapper,wrapper-nocheck,wrapper-wait,wrapper-wait-nocheck").split(",") if v]
 E2E_CACHE = os.environ.get("E2E_CACHE") or "/var/cache/haproxy-systemd-wrapper-e2e"
 CERT_CACHE = os.environ.get("BENCH_CERT_CACHE") or os.path.join(E2E_CACHE, "bench-certs")
 TIMEOUT = env_int("E2E_TIMEOUT", 1800)
@@ -65,7 +65,7 @@ ALLOW_MISS = os.environ.get("BENCH_ALLOW_MISS", "") not in ("", "0")
 LOCK = "/run/lock/haproxy-systemd-wrapper-e2e.lock"
 
 RATIO_MAX = 1.10  # issue #10: (b) within 10 % of (a)
-LABEL = {"dist": "(a) distribution's unit", "wrapper": "(b) wrapper drop-in",
+LABEL = {"dist": "(a) distribution's unit", "dist-hardened": "(a+h) (a) + the drop-in's sandboxing", "wrapper": "(b) wrapper drop-in",
          "wrapper-nocheck": "(b') drop-in without the check",
          "wrapper-wait": "(b+w) drop-in + --wait-reload", "wrapper-wait-nocheck": "(b'+w) without the check + --wait-reload"}
 
@@ -402,6 +402,8 @@ def report(res, s, relay, suppressed, started, elapsed, load_start, load_end):
     for k, rl in sorted(v.get("variant_reload", {}).items()):
         if rl is not None:
             lines.append("ExecReload= of %s (an override in the guest): `%s`." % (LABEL[k], " ; ".join(rl)))
+    if v.get("hardening") and "dist-hardened" in VARIANTS:
+        lines.append("Sandboxing lines added for (a+h): `%s`." % " ".join(v["hardening"]))
     for k, why in sorted(res.get("skipped", {}).items()):
         lines.append("%s: not measured, %s." % (LABEL[k], why))
     if res.get("check_alone"):
@@ -442,7 +444,7 @@ def report(res, s, relay, suppressed, started, elapsed, load_start, load_end):
             LABEL[x], ": " + "; ".join(s[x]["errors"] + s[x]["rc_errors"]) if s[x]["failed"] or s[x]["errors"] else "")))
     for status, text in checks:
         lines.append("- %s %s" % ("PASS" if status else "MISS", text))
-    for a, b in (("wrapper", "wrapper-nocheck"), ("dist", "wrapper-nocheck"), ("wrapper", "wrapper-wait"),
+    for a, b in (("dist", "dist-hardened"), ("dist-hardened", "wrapper"), ("wrapper", "wrapper-nocheck"), ("dist", "wrapper-nocheck"), ("wrapper", "wrapper-wait"),
                  ("dist", "wrapper-wait"), ("dist", "wrapper-wait-nocheck"), ("wrapper-wait", "wrapper-wait-nocheck")):
         c = compare(s, a, b)
         d = compare(s, a, b, "served", "served_by_run")

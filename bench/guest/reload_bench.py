@@ -9,6 +9,8 @@ Output (/bench/out): result.json (every reload's figures), log.txt (what was don
 Variants (alternating, the order rotates every round; each run is a fresh `systemctl restart`):
   dist             the distribution's unit: the package's drop-in masked by a /dev/null link of the
                    same name in /etc/systemd/system/haproxy.service.d/
+  dist-hardened    the same, plus the drop-in's sandboxing lines (ProtectSystem=, ...) in an override:
+                   tells what the hardening costs a reload
   wrapper          the package's drop-in as shipped
   wrapper-nocheck  the drop-in, with an override that resets ExecReload= and keeps the drop-in's
                    ExecReload= lines except the configuration check (`haproxy ... -c ...`)
@@ -134,7 +136,10 @@ class Variants:
         self.dropin = dropin
         self.mask = os.path.join(DROPIN_DIR, os.path.basename(dropin))
         with open(dropin) as f:
-            lines = [l.strip() for l in f if l.strip().startswith("ExecReload=")]
+            all_lines = [l.strip() for l in f]
+        lines = [l for l in all_lines if l.startswith("ExecReload=")]
+        # The drop-in's sandboxing lines, for dist-hardened (the distribution's unit with them).
+        self.hardening = [l for l in all_lines if re.match(r"(Protect|Restrict|LockPersonality|SystemCall|NoNewPrivileges|Private)\w*=", l)]
         self.reload_lines = [l for l in lines if l != "ExecReload="]
         self.nocheck_lines = [l for l in self.reload_lines if not re.search(r"haproxy\S*\s.*\s-c(\s|$)", l)]
         self.has_check = len(self.nocheck_lines) < len(self.reload_lines)
@@ -151,6 +156,8 @@ class Variants:
                 return "this wrapper has no --wait-reload"
         if variant.endswith("nocheck") and not self.has_check:
             return "the drop-in has no configuration check in ExecReload="
+        if variant == "dist-hardened" and not self.hardening:
+            return "the drop-in has no sandboxing lines"
         return None
 
     def lines(self, variant):
@@ -165,8 +172,12 @@ class Variants:
         for p in (self.mask, NOCHECK):
             if os.path.lexists(p):
                 os.unlink(p)
-        if variant == "dist":
+        if variant in ("dist", "dist-hardened"):
             os.symlink("/dev/null", self.mask)
+            if variant == "dist-hardened":
+                with open(NOCHECK, "w") as f:
+                    f.write("# reload-bench: the distribution's unit with the drop-in's sandboxing\n[Service]\n%s\n"
+                            % "\n".join(self.hardening))
         elif variant in ("wrapper", "wrapper-nocheck", "wrapper-wait", "wrapper-wait-nocheck"):
             lines = self.lines(variant)
             if lines is not None:
@@ -181,12 +192,12 @@ class Variants:
         start = now() - t0
         main = prop("MainPID")
         exe = exe_of(main)
-        want = "/usr/sbin/haproxy" if variant == "dist" else "/usr/sbin/haproxy-systemd-wrapper"
+        want = "/usr/sbin/haproxy" if variant.startswith("dist") else "/usr/sbin/haproxy-systemd-wrapper"
         if exe != want:
             raise RuntimeError("%s: MainPID %s runs %s, want %s" % (variant, main, exe, want))
         reload_prop = prop("ExecReload")
         has_check = " -c " in reload_prop
-        if has_check != (variant == "dist" or (not variant.endswith("nocheck") and self.has_check)):
+        if has_check != (variant.startswith("dist") or (not variant.endswith("nocheck") and self.has_check)):
             raise RuntimeError("%s: ExecReload has the check: %s (%s)" % (variant, has_check, reload_prop))
         wait_for("the service to serve after restart", lambda: body() is not None, 120)
         wait_for("one master and one worker", lambda: len(haproxy_pids()) == 2, 120)
@@ -259,7 +270,8 @@ def main():
             "wrapper": run(["dpkg-query", "-W", "-f", "${Version}", "haproxy-systemd-wrapper"]).stdout,
             "os": open("/etc/debian_version").read().strip(),
             "dropin_reload": variants.reload_lines,
-            "variant_reload": {v: variants.lines(v) for v in st["variants"] if v != "dist" and not variants.skip(v)},
+            "variant_reload": {v: variants.lines(v) for v in st["variants"] if not v.startswith("dist") and not variants.skip(v)},
+            "hardening": variants.hardening,
         }
         result["skipped"] = {v: variants.skip(v) for v in st["variants"] if variants.skip(v)}
         for v, why in result["skipped"].items():
