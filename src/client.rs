@@ -65,10 +65,7 @@ pub fn answer(ledger: &Ledger, target: Target) -> Answer<'_> {
 
 /// Is a reload signal (SIGUSR2 or SIGHUP) pending for `pid`, per /proc/PID/status?
 pub fn reload_pending(status: &str) -> Option<bool> {
-    let mask = |key: &str| {
-        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    };
-    let bits = mask("ShdPnd:")? | mask("SigPnd:")?;
+    let bits = crate::procs::parse_pending(status)?;
     let bit = |sig: i32| 1u64 << (sig - 1);
     Some(bits & (bit(nix::libc::SIGUSR2) | bit(nix::libc::SIGHUP)) != 0)
 }

@@ -105,10 +105,7 @@ pub fn spawn_sentinel() -> nix::Result<i32> {
 /// checked so that a missing or non-executable program fails before anything starts.
 pub fn locate(explicit: Option<&Path>, wrapper_exe: &Path) -> Result<PathBuf, crate::error::Error> {
     use crate::error::Error;
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => crate::cli::default_haproxy(wrapper_exe),
-    };
+    let path = program_path(explicit, wrapper_exe);
     match std::fs::metadata(&path) {
         Err(e) => Err(Error::from_spawn(&path, &e)),
         Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!("haproxy not executable: {} is a directory", path.display()))),
@@ -116,6 +113,14 @@ pub fn locate(explicit: Option<&Path>, wrapper_exe: &Path) -> Result<PathBuf, cr
             Ok(()) => Ok(path),
             Err(e) => Err(Error::from_spawn(&path, &std::io::Error::from(e))),
         },
+    }
+}
+
+/// The haproxy program's path, unchecked (`locate` checks it).
+pub fn program_path(explicit: Option<&Path>, wrapper_exe: &Path) -> PathBuf {
+    match explicit {
+        Some(p) => p.to_path_buf(),
+        None => crate::cli::default_haproxy(wrapper_exe),
     }
 }
 
@@ -144,31 +149,46 @@ impl Relay {
         Relay { r, w, buf: Vec::new() }
     }
 
-    /// Reads what is available and returns the complete lines.
+    /// Reads what is available (at most READ_BUDGET bytes per call, so the loop gets its turn
+    /// during a flood) and returns the complete lines; a line longer than MAX_LINE is cut there.
     pub fn read_lines(&mut self) -> Vec<String> {
-        let mut chunk = [0u8; 8192];
-        loop {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut lines = Vec::new();
+        let mut read = 0;
+        while read < READ_BUDGET {
             match nix::unistd::read(self.r, &mut chunk) {
                 Ok(0) => break,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    read += n;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.take_lines(&mut lines);
+                }
                 Err(nix::Error::EINTR) => continue,
                 Err(_) => break,
             }
-            if self.buf.len() > 1 << 20 {
-                break;
-            }
-        }
-        let mut lines = Vec::new();
-        while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=i).collect();
-            lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).trim_end().to_string());
-        }
-        if self.buf.len() > 16384 {
-            // A line this long is cut rather than held forever.
-            lines.push(String::from_utf8_lossy(&self.buf).into_owned());
-            self.buf.clear();
         }
         lines
+    }
+
+    /// Moves the complete lines out of the buffer (one pass, one drain); a line longer than
+    /// MAX_LINE, complete or still growing, goes out in MAX_LINE pieces.
+    fn take_lines(&mut self, lines: &mut Vec<String>) {
+        let mut start = 0;
+        while let Some(i) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            let end = start + i;
+            for piece in self.buf[start..end].chunks(MAX_LINE) {
+                lines.push(String::from_utf8_lossy(piece).trim_end().to_string());
+            }
+            if start == end {
+                lines.push(String::new());
+            }
+            start = end + 1;
+        }
+        while self.buf.len() - start > MAX_LINE {
+            lines.push(String::from_utf8_lossy(&self.buf[start..start + MAX_LINE]).into_owned());
+            start += MAX_LINE;
+        }
+        self.buf.drain(..start);
     }
 
     /// Whatever partial line is left (before the re-exec).
@@ -182,6 +202,11 @@ impl Relay {
         }
     }
 }
+
+/// The longest haproxy line relayed as one (the rest of a longer one follows as further lines).
+pub const MAX_LINE: usize = 16 * 1024;
+/// How much of haproxy's output one turn of the loop reads at most.
+const READ_BUDGET: usize = 1 << 20;
 
 /// Sends a signal to one process the wrapper knows is its own; a process already gone is fine.
 pub fn signal(pid: i32, sig: Signal) {
@@ -229,5 +254,33 @@ mod tests {
         nix::unistd::write(r.w, b"ial\n").unwrap();
         assert_eq!(r.read_lines(), vec!["partial".to_string()]);
         assert_eq!(r.take_partial(), None);
+    }
+
+    #[test]
+    fn relay_cuts_long_lines_at_16_kib_and_keeps_many_lines_in_order() {
+        let mut r = Relay::new().unwrap();
+        // A 40 KiB line without a newline yet: two 16 KiB pieces now, the rest when it ends.
+        nix::unistd::write(r.w, &vec![b'x'; 40 * 1024]).unwrap();
+        let got = r.read_lines();
+        assert_eq!(got.iter().map(String::len).collect::<Vec<_>>(), vec![MAX_LINE, MAX_LINE]);
+        nix::unistd::write(r.w, b"\n").unwrap();
+        assert_eq!(r.read_lines().iter().map(String::len).collect::<Vec<_>>(), vec![8 * 1024]);
+        // A 20 KiB line with its newline: cut at 16 KiB, the rest follows as a line of its own.
+        let mut long = vec![b'y'; 20 * 1024];
+        long.push(b'\n');
+        nix::unistd::write(r.w, &long).unwrap();
+        assert_eq!(r.read_lines().iter().map(String::len).collect::<Vec<_>>(), vec![MAX_LINE, 4 * 1024]);
+        // Thousands of short lines, in order (a reload's "Proxy X stopped" lines).
+        let text: String = (0..3000).map(|i| format!("[WARNING]  (1) : Proxy p{} stopped\n", i)).collect();
+        let writer = std::thread::spawn({
+            let w = r.w;
+            move || nix::unistd::write(w, text.as_bytes()).unwrap()
+        });
+        let mut all = Vec::new();
+        while all.len() < 3000 {
+            all.extend(r.read_lines());
+        }
+        writer.join().unwrap();
+        assert!(all.iter().enumerate().all(|(i, l)| l == &format!("[WARNING]  (1) : Proxy p{} stopped", i)));
     }
 }

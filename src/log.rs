@@ -56,6 +56,24 @@ pub fn write(priority: u8, args: fmt::Arguments) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// Writes many lines in as few write(2) calls as possible, each call holding whole lines only
+/// (at most about 64 KiB), so no reader sees half a line.
+pub fn write_lines<'a>(lines: impl Iterator<Item = (u8, &'a str)>) {
+    let journal = stderr_is_journal();
+    let mut buf = String::new();
+    let mut out = std::io::stderr().lock();
+    for (priority, text) in lines {
+        buf.push_str(&line(priority, format_args!("{}", text), journal));
+        if buf.len() >= 64 * 1024 {
+            let _ = out.write_all(buf.as_bytes());
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        let _ = out.write_all(buf.as_bytes());
+    }
+}
+
 macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::ERR, format_args!($($t)*)) } }
 macro_rules! warning { ($($t:tt)*) => { $crate::log::write($crate::log::WARNING, format_args!($($t)*)) } }
 macro_rules! notice { ($($t:tt)*) => { $crate::log::write($crate::log::NOTICE, format_args!($($t)*)) } }

@@ -90,9 +90,74 @@ pub fn descendants_of(root: i32) -> Vec<i32> {
     }
 }
 
+/// The signals pending for a process (thread-directed and shared), from the text of
+/// /proc/PID/status: bit N-1 stands for signal N.
+pub fn parse_pending(status: &str) -> Option<u64> {
+    let mask = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    Some(mask("ShdPnd:")? | mask("SigPnd:")?)
+}
+
+/// Is `sig` pending for `pid` (sent, not yet handled)? False when it is gone or /proc cannot tell.
+pub fn signal_pending(pid: i32, sig: i32) -> bool {
+    fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| parse_pending(&s)).map_or(false, |bits| bits & (1u64 << (sig - 1)) != 0)
+}
+
+/// The inodes of the sockets in LISTEN state in the text of /proc/PID/net/tcp or tcp6.
+pub fn parse_listen_inodes(text: &str) -> Vec<u64> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match (fields.get(3), fields.get(9)) {
+                (Some(&"0A"), Some(inode)) => inode.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Does `pid` still hold a listening TCP socket (its own, or one it shares with a newer haproxy
+/// through `-x`)? False when it is gone or /proc cannot tell: nobody waits on a guess.
+pub fn holds_listener(pid: i32) -> bool {
+    let mut listening = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = fs::read_to_string(format!("/proc/{}/net/{}", pid, table)) {
+            listening.extend(parse_listen_inodes(&text));
+        }
+    }
+    if listening.is_empty() {
+        return false;
+    }
+    let fds = match fs::read_dir(format!("/proc/{}/fd", pid)) {
+        Ok(fds) => fds,
+        Err(_) => return false,
+    };
+    fds.flatten().any(|fd| {
+        let target = fs::read_link(fd.path()).ok();
+        let inode = target.as_ref().and_then(|t| t.to_str()).and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']'));
+        inode.and_then(|i| i.parse::<u64>().ok()).map_or(false, |i| listening.contains(&i))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_sockets_of_a_process() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:1F90 0100007F:D2E4 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(parse_listen_inodes(text), vec![4242]);
+        assert_eq!(parse_listen_inodes("garbage\nmore garbage"), Vec::<u64>::new());
+        let me = std::process::id() as i32;
+        assert!(!holds_listener(me));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(holds_listener(me));
+        drop(listener);
+        assert!(!holds_listener(me));
+        assert!(!holds_listener(i32::MAX));
+    }
 
     #[test]
     fn parses_stat_with_odd_names() {

@@ -1,17 +1,25 @@
 //! The wrapper's re-exec on reload: the carried state (src/state.rs) encoded into one
 //! environment variable of the new image, decoded there, and the exec itself.
 //!
-//! Format: `v=1;key=value;...`. Unknown keys are ignored (they come from a newer wrapper); a
-//! newer version is refused.
+//! Format: `v=2;key=value;...`. Versions 1 and 2 are read (v=1 is the previous release's, from
+//! before a reload could be carried in progress); unknown keys are ignored; a newer version is
+//! refused. Before exec'ing into a program that is not the running one (a package upgrade or
+//! downgrade), the wrapper asks it with `probe` whether it takes this state and command line.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::state::{Carried, ForegroundGenerations, Gen, Generations, LastReload, MasterWorkerGenerations};
+use crate::state::{Carried, CarriedAttempt, ForegroundGenerations, Gen, Generations, LastReload, MasterReload, MasterWorkerGenerations};
 
 pub const ENV: &str = "HAPROXY_SYSTEMD_WRAPPER_STATE";
-const VERSION: u32 = 1;
+/// Set (with ENV) when the wrapper asks a program whether it can take the state.
+pub const PROBE_ENV: &str = "HAPROXY_SYSTEMD_WRAPPER_PROBE";
+/// What a wrapper that takes the state answers to the probe, on stdout.
+pub const PROBE_ANSWER: &str = "haproxy-systemd-wrapper: state accepted";
+const VERSION: u32 = 2;
+/// The oldest version this wrapper reads.
+const OLDEST: u32 = 1;
 
 fn gens(v: &[Gen]) -> String {
     v.iter().map(|g| format!("{}:{}", g.n, g.pid)).collect::<Vec<_>>().join(",")
@@ -59,6 +67,9 @@ pub fn encode(state: &Carried) -> String {
             out.push(format!("old_workers={}", pids(&mw.old_workers)));
             // Its presence is what marks master-worker state.
             out.push(format!("master_sock={}", mw.socket_fd));
+            if let Some(r) = &mw.reload {
+                out.push(format!("mw_reload={}:{}:{}:{}:{}", r.gen, r.signalled_ns, r.master_began as u8, r.loading_failed as u8, pids(&r.workers_before)));
+            }
         }
     }
     out.push(match &state.last_reload {
@@ -69,6 +80,10 @@ pub fn encode(state: &Carried) -> String {
     out.push(format!("reloads={}", state.reloads));
     out.push(format!("relay={},{}", state.relay_read, state.relay_write));
     out.push(format!("reload_t0={}", state.reload_started_ns));
+    if let Some(a) = &state.attempt {
+        let seq = a.ledger_seq.map_or("-".to_string(), |s| s.to_string());
+        out.push(format!("attempt={}:{}:{}:{}", a.gen, a.started_ns, a.deadline_ns, seq));
+    }
     out.join(";")
 }
 
@@ -101,11 +116,12 @@ pub fn decode(s: &str) -> Result<Carried, String> {
         relay_write: -1,
         reload_started_ns: 0,
         generations: Generations::Foreground(ForegroundGenerations::default()),
+        attempt: None,
     };
     let mut version = None;
     let mut serving = None;
     let mut fg = ForegroundGenerations::default();
-    let mut mw = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: -1 };
+    let mut mw = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: -1, reload: None };
     let mut master_worker = false;
     for field in s.split(';') {
         let (k, v) = field.split_once('=').ok_or_else(|| format!("bad field '{}'", field))?;
@@ -141,15 +157,44 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                 master_worker = true;
             }
             "reload_t0" => state.reload_started_ns = num(k, v)?,
+            "attempt" => {
+                let f: Vec<&str> = v.split(':').collect();
+                if f.len() != 4 {
+                    return Err(format!("attempt: bad value '{}'", v));
+                }
+                let ledger_seq = if f[3] == "-" { None } else { Some(num(k, f[3])?) };
+                state.attempt = Some(CarriedAttempt { gen: num(k, f[0])?, started_ns: num(k, f[1])?, deadline_ns: num(k, f[2])?, ledger_seq });
+            }
+            "mw_reload" => {
+                let f: Vec<&str> = v.splitn(5, ':').collect();
+                if f.len() != 5 {
+                    return Err(format!("mw_reload: bad value '{}'", v));
+                }
+                let flag = |s: &str| match s {
+                    "0" => Ok(false),
+                    "1" => Ok(true),
+                    _ => Err(format!("mw_reload: bad flag '{}'", s)),
+                };
+                mw.reload = Some(MasterReload {
+                    gen: num(k, f[0])?,
+                    signalled_ns: num(k, f[1])?,
+                    master_began: flag(f[2])?,
+                    loading_failed: flag(f[3])?,
+                    workers_before: parse_pids(k, f[4])?,
+                });
+            }
             "pidfile_written" => fg.pidfile_written = v == "1",
             // Unknown keys come from a newer wrapper; what this one needs is checked below.
             _ => {}
         }
     }
     match version {
-        Some(VERSION) => {}
-        Some(v) => return Err(format!("state version {} is not {}", v, VERSION)),
+        Some(v) if (OLDEST..=VERSION).contains(&v) => {}
+        Some(v) => return Err(format!("state version {} is newer than this wrapper's ({})", v, VERSION)),
         None => return Err("state has no version".into()),
+    }
+    if state.attempt.is_some() != mw.reload.is_some() {
+        return Err("state carries half of a reload in progress".into());
     }
     if state.wrapper_pid <= 0 || state.relay_read < 0 || state.relay_write < 0 || state.exe.as_os_str().is_empty() || (master_worker && mw.socket_fd < 0) {
         return Err("state lacks pid, exe or relay".into());
@@ -162,6 +207,60 @@ pub fn decode(s: &str) -> Result<Carried, String> {
         Generations::Foreground(fg)
     };
     Ok(state)
+}
+
+/// Does `exe` take `state` and this command line? Runs it as a probe (same arguments, the state
+/// and PROBE_ENV in its environment), bounded in time; it must print PROBE_ANSWER and exit 0. A
+/// previous release, or a file that is not a wrapper at all, does not: the caller then reloads
+/// with the program it runs instead of exec'ing into one that would lose the service.
+pub fn probe(exe: &std::path::Path, state: &Carried) -> Result<(), String> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(ENV, encode(state))
+        .env(PROBE_ENV, "1")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("no answer within 2 s".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.by_ref().take(4096).read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.by_ref().take(4096).read_to_string(&mut err);
+    }
+    if status.success() && out.lines().any(|l| l == PROBE_ANSWER) {
+        return Ok(());
+    }
+    let said = err.lines().chain(out.lines()).find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    Err(format!("{}{}", status, if said.is_empty() { String::new() } else { format!(": {}", said) }))
+}
+
+/// Is `exe` the very file the running image came from (no probe needed)?
+pub fn is_running_image(exe: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(exe), std::fs::metadata("/proc/self/exe")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Replaces the process image with `exe`, same argv, with the state in the environment.
@@ -217,6 +316,7 @@ mod tests {
             relay_write: 4,
             reload_started_ns: 123456789,
             generations,
+            attempt: None,
         }
     }
 
@@ -234,6 +334,7 @@ mod tests {
             workers: vec![1001, 1002],
             old_workers: vec![990],
             socket_fd: 5,
+            reload: None,
         })
     }
 
@@ -242,6 +343,16 @@ mod tests {
         for state in [sample(foreground()), sample(master_worker())] {
             assert_eq!(decode(&encode(&state)).unwrap(), state);
         }
+        // A master-worker reload carried in progress.
+        let mut carried = sample(master_worker());
+        if let Generations::MasterWorker(mw) = &mut carried.generations {
+            mw.reload = Some(MasterReload { gen: 5, workers_before: vec![1001, 1002], signalled_ns: 77, master_began: false, loading_failed: true });
+        }
+        carried.attempt = Some(CarriedAttempt { gen: 5, started_ns: 70, deadline_ns: 30_000_000_070, ledger_seq: Some(3) });
+        assert_eq!(decode(&encode(&carried)).unwrap(), carried);
+        carried.attempt = Some(CarriedAttempt { gen: 5, started_ns: 70, deadline_ns: 71, ledger_seq: None });
+        assert_eq!(decode(&encode(&carried)).unwrap(), carried);
+        assert!(encode(&carried).starts_with("v=2;"));
         let mut other = sample(Generations::Foreground(ForegroundGenerations::default()));
         other.last_reload = LastReload::Ok { ms: 85 };
         assert_eq!(decode(&encode(&other)).unwrap(), other);
@@ -254,14 +365,17 @@ mod tests {
         let state = decode(old).unwrap();
         assert_eq!(
             state.generations,
-            Generations::MasterWorker(MasterWorkerGenerations { master: Some(Gen { n: 2, pid: 100 }), workers: vec![101], old_workers: vec![], socket_fd: 5 })
+            Generations::MasterWorker(MasterWorkerGenerations { master: Some(Gen { n: 2, pid: 100 }), workers: vec![101], old_workers: vec![], socket_fd: 5, reload: None })
         );
     }
 
     #[test]
     fn rejects_damaged_state() {
         assert!(decode("").is_err());
-        assert!(decode("v=2;pid=1;exe=2f;relay=3,4").is_err());
+        assert!(decode("v=3;pid=1;exe=2f;relay=3,4").unwrap_err().contains("newer than this wrapper's"));
+        assert!(decode("v=2;pid=1;exe=2f;relay=3,4").is_ok());
+        assert!(decode("v=2;pid=1;exe=2f;relay=3,4;attempt=1:2:3:-").unwrap_err().contains("half"));
+        assert!(decode("v=2;pid=1;exe=2f;relay=3,4;master_sock=5;mw_reload=1:2:3:0:").is_err());
         assert!(decode("v=1;pid=x;exe=2f;relay=3,4").is_err());
         assert!(decode("v=1;pid=1;exe=2f").is_err());
         assert!(decode("v=1;pid=1;exe=2f;relay=3,4;draining=1:").is_err());

@@ -76,6 +76,15 @@ pub fn reload_pending() -> bool {
     unsafe { nix::libc::sigismember(&set, nix::libc::SIGUSR2) == 1 || nix::libc::sigismember(&set, nix::libc::SIGHUP) == 1 }
 }
 
+/// Takes `sig` if it is pending (without waiting); true when it was.
+pub fn take_pending(sig: Signal) -> bool {
+    let mut set = SigSet::empty();
+    set.add(sig);
+    let zero = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: sigtimedwait reads the set and the timeout; a null siginfo pointer is allowed.
+    unsafe { nix::libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) == sig as i32 }
+}
+
 /// Blocks the handled signals; call before anything else.
 pub fn block() -> nix::Result<()> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)

@@ -39,6 +39,32 @@ pub struct MasterWorkerGenerations {
     pub old_workers: Vec<i32>,
     /// The private socket the master sends its notify messages to.
     pub socket_fd: RawFd,
+    /// A reload the master was asked for before the wrapper re-executed itself.
+    pub reload: Option<MasterReload>,
+}
+
+/// master-worker: a reload asked of the master (SIGUSR2), not answered yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterReload {
+    pub gen: u32,
+    /// The master's workers before the signal.
+    pub workers_before: Vec<i32>,
+    /// CLOCK_MONOTONIC ns just before the signal: a RELOADING=1 whose MONOTONIC_USEC is older
+    /// belongs to an earlier reload.
+    pub signalled_ns: u64,
+    /// The master said RELOADING=1 for this reload: its next READY=1 answers it.
+    pub master_began: bool,
+    pub loading_failed: bool,
+}
+
+/// The loop's side of an attempt carried across the re-exec (master-worker mode signals the
+/// master first, then re-executes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarriedAttempt {
+    pub gen: u32,
+    pub started_ns: u64,
+    pub deadline_ns: u64,
+    pub ledger_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +88,8 @@ pub struct Carried {
     /// CLOCK_MONOTONIC ns at which the reload that caused the exec was asked for.
     pub reload_started_ns: u64,
     pub generations: Generations,
+    /// The reload attempt already begun before the exec (None: the new image begins it).
+    pub attempt: Option<CarriedAttempt>,
 }
 
 impl Carried {

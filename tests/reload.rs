@@ -37,7 +37,13 @@ both_modes! {
             // The image now running was exec'd for this reload: the kernel keeps the environment
             // it was given, and it carries the state of the wrapper that started gen {gen}.
             let state = reexec_state(t.pid).unwrap_or_else(|| panic!("wrapper {} was not re-executed for reload {}", t.pid, gen - 1));
-            assert!(state.split(';').any(|f| f == format!("next_gen={gen}")), "reload {}: the running image was exec'd with state {state:?}", gen - 1);
+            // Foreground: the new image starts gen {gen}; master-worker: the master was asked for
+            // gen {gen} before the exec, and the attempt is carried.
+            let carried = match mode {
+                Mode::Foreground => state.split(';').any(|f| f == format!("next_gen={gen}")),
+                Mode::MasterWorker => state.split(';').any(|f| f.starts_with(&format!("attempt={gen}:"))),
+            };
+            assert!(carried, "reload {}: the running image was exec'd with state {state:?}", gen - 1);
         }
         if mode == Mode::MasterWorker {
             assert_eq!(t.ready_pids("master").len(), 1, "master-worker reload must not start a new master");
@@ -547,4 +553,24 @@ fn foreground_drops_user_st() {
     assert_eq!(sf_pids(&argv2).len(), 1, "gen 2 -sf names more than its sentinel: {argv2:?}");
     // Soft stop (SIGUSR1, from the wrapper once gen 2 serves), never a hard stop.
     t.wait_events("soft-stop of gen 1", 1, T, |e| e.pid == g1 && e.rest == "SIGUSR1");
+}
+
+/// A reload is answered (READY=1, the ledger's "ok") only once the generation it retired has
+/// stopped listening: until then the old haproxy could still take a new connection. Here the
+/// old one keeps its listening socket after SIGUSR1 until a gate file exists.
+#[test]
+fn reload_is_declared_only_once_the_old_generation_stops_listening() {
+    let mut t = Ctx::new("settle");
+    let gate = t.p("gate");
+    t.start_fake_ready(Mode::Foreground, &format!("fake-listen-linger {gate}\n"));
+    let old = newest_serving(&t, Mode::Foreground);
+    t.replace("h.cfg", "fake-marker two\n");
+    t.signal(Signal::SIGUSR2);
+    t.wait_events("the old generation lingering", 1, T, |e| e.pid == old && e.what == "linger");
+    // The new generation serves, the old one still listens: no verdict yet.
+    let early = t.notify().wait_for(std::time::Duration::from_millis(300), |m| notify_sequence(m) == "R L R");
+    assert!(!early, "READY=1 while the old generation still listened:\n{}", t.notify().dump());
+    fs::write(&gate, "").unwrap();
+    assert!(t.notify().wait_for(T, |m| notify_sequence(m) == "R L R"), "{}", t.notify().dump());
+    assert_reload_ok(&t.notify().last_status().unwrap_or_default());
 }

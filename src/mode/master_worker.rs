@@ -2,6 +2,11 @@
 //! a private socket the wrapper owns. A start is done when the master says READY=1; a reload
 //! is SIGUSR2 to the master, done when it says READY=1 again, and it succeeded when a new
 //! worker (a child of the master not seen before) exists and haproxy reported no loading failure.
+//!
+//! A reload's answer is the first READY=1 after the master said RELOADING=1 for it (with a
+//! MONOTONIC_USEC no older than the signal, when haproxy sends one): a late READY=1 of an
+//! earlier reload that timed out is not taken for this one's. The master is signalled before the
+//! wrapper re-executes itself, so the reload in progress is carried across the exec.
 
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use crate::error::Error;
 use crate::haproxy;
 use crate::notify::{self, MasterSocket};
 use crate::procs;
-use crate::state::{Gen, Generations, MasterWorkerGenerations};
+use crate::state::{Gen, Generations, MasterReload, MasterWorkerGenerations};
 
 /// How often draining workers are looked for while some remain.
 const DRAIN_POLL: Duration = Duration::from_millis(500);
@@ -30,6 +35,10 @@ struct Attempt {
     workers_before: Vec<i32>,
     /// haproxy said its loading failed ("Loading failure", STATUS=...fail...).
     loading_failed: bool,
+    /// CLOCK_MONOTONIC ns just before SIGUSR2 was sent (reloads).
+    signalled_ns: u64,
+    /// The master said RELOADING=1 for this reload: its next READY=1 answers it.
+    master_began: bool,
     /// The master's children when it said READY=1.
     children_at_ready: Vec<i32>,
 }
@@ -59,7 +68,7 @@ fn judge_ready(attempt: &Attempt, children: &[i32]) -> Verdict {
 
 impl MasterWorker {
     pub fn fresh(launch: Launch, socket: MasterSocket) -> MasterWorker {
-        let generations = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: socket.fd() };
+        let generations = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: socket.fd(), reload: None };
         MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0 }
     }
 
@@ -73,8 +82,19 @@ impl MasterWorker {
             generations.workers.retain(|&w| procs::is_child_of(w, generation.pid));
             generations.old_workers.retain(|&w| procs::is_child_of(w, generation.pid));
         }
+        // A reload asked of the master before the exec goes on.
+        let attempt = generations.reload.take().map(|r| Attempt {
+            gen: r.gen,
+            first: false,
+            master: generations.master.map_or(0, |m| m.pid),
+            workers_before: r.workers_before,
+            loading_failed: r.loading_failed,
+            signalled_ns: r.signalled_ns,
+            master_began: r.master_began,
+            children_at_ready: vec![],
+        });
         // Draining workers are looked for right away: some may have ended during the re-exec.
-        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0 }
+        MasterWorker { launch, socket, generations, attempt, next_drain_check_ns: 0 }
     }
 
     fn master_pid(&self) -> Option<i32> {
@@ -87,6 +107,15 @@ impl MasterWorker {
     }
 
     fn master_said(&mut self, message: &str, children: Option<&Vec<i32>>) -> Outcome {
+        if let Some(attempt) = &mut self.attempt {
+            if !attempt.first && notify::says(message, "RELOADING") {
+                // haproxy >= 3.0 dates it: an older one is an earlier reload's.
+                let usec = notify::value(message, "MONOTONIC_USEC").and_then(|v| v.parse::<u64>().ok());
+                if usec.map_or(true, |usec| usec >= attempt.signalled_ns / 1000) {
+                    attempt.master_began = true;
+                }
+            }
+        }
         if let (Some(attempt), Some(status)) = (&mut self.attempt, notify::value(message, "STATUS")) {
             if !attempt.first && status.to_ascii_lowercase().contains("fail") {
                 attempt.loading_failed = true;
@@ -97,6 +126,20 @@ impl MasterWorker {
             _ => return Outcome::Nothing,
         };
         match &mut self.attempt {
+            Some(attempt) if !attempt.first && !attempt.master_began => {
+                // The late answer of an earlier reload (it timed out, or its RELOADING=1 came
+                // before this reload's signal): what it printed or forked is not this reload's.
+                info!("gen {}: a READY=1 of an earlier reload; still waiting for the master to begin this one", attempt.gen);
+                attempt.loading_failed = false;
+                for &c in children {
+                    if !attempt.workers_before.contains(&c) {
+                        attempt.workers_before.push(c);
+                    }
+                }
+                let old = &self.generations.old_workers;
+                self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
+                Outcome::StatusChanged
+            }
             Some(attempt) => {
                 attempt.children_at_ready = children.clone();
                 Outcome::Attempt(judge_ready(attempt, children))
@@ -142,7 +185,7 @@ impl Protocol for MasterWorker {
             let pid = haproxy::spawn(program, &self.launch.args.base, self.launch.relay_write, Some(&self.socket.address))
                 .map_err(|e| Error::from_spawn(program, &e))?;
             info!("gen {}: started haproxy master pid {}", gen, pid);
-            self.attempt = Some(Attempt { gen, first, master: pid, workers_before: vec![], loading_failed: false, children_at_ready: vec![] });
+            self.attempt = Some(Attempt { gen, first, master: pid, workers_before: vec![], loading_failed: false, signalled_ns: 0, master_began: true, children_at_ready: vec![] });
             return Ok(());
         }
         let master = self.master_pid().ok_or_else(|| Error::Internal("no master to reload".into()))?;
@@ -152,9 +195,10 @@ impl Protocol for MasterWorker {
         let mut before: Vec<i32> = self.generations.workers.iter().chain(self.generations.old_workers.iter()).copied().collect();
         before.sort_unstable();
         before.dedup();
+        let signalled_ns = clock::now_ns();
         haproxy::signal(master, Signal::SIGUSR2);
         info!("gen {}: asked master {} to reload (workers before: {:?})", gen, master, before);
-        self.attempt = Some(Attempt { gen, first, master, workers_before: before, loading_failed: false, children_at_ready: vec![] });
+        self.attempt = Some(Attempt { gen, first, master, workers_before: before, loading_failed: false, signalled_ns, master_began: false, children_at_ready: vec![] });
         Ok(())
     }
 
@@ -260,7 +304,20 @@ impl Protocol for MasterWorker {
     }
 
     fn generations(&self) -> Generations {
-        Generations::MasterWorker(self.generations.clone())
+        let mut generations = self.generations.clone();
+        generations.reload = self.attempt.as_ref().filter(|attempt| !attempt.first).map(|attempt| MasterReload {
+            gen: attempt.gen,
+            workers_before: attempt.workers_before.clone(),
+            signalled_ns: attempt.signalled_ns,
+            master_began: attempt.master_began,
+            loading_failed: attempt.loading_failed,
+        });
+        Generations::MasterWorker(generations)
+    }
+
+    fn reloads_before_reexec(&self) -> bool {
+        // SIGUSR2 to the master first: the wrapper's re-exec is then off the reload's critical path.
+        true
     }
 
     fn finish(&mut self) {}
@@ -292,8 +349,72 @@ mod tests {
             p.generations.workers = vec![W1];
         }
         let workers_before = if reload { vec![W1] } else { vec![] };
-        p.attempt = Some(Attempt { gen: 1 + reload as u32, first: !reload, master: MASTER, workers_before, loading_failed: false, children_at_ready: vec![] });
+        // A reload the master has begun (it said RELOADING=1 after the signal).
+        p.attempt = Some(Attempt {
+            gen: 1 + reload as u32,
+            first: !reload,
+            master: MASTER,
+            workers_before,
+            loading_failed: false,
+            signalled_ns: 1_000_000,
+            master_began: true,
+            children_at_ready: vec![],
+        });
         p
+    }
+
+    fn reloading(usec: Option<u64>) -> Event {
+        let message = match usec {
+            Some(usec) => format!("RELOADING=1\nMONOTONIC_USEC={}\n", usec),
+            None => "RELOADING=1\n".to_string(),
+        };
+        Event::MasterSaid { message, children: None }
+    }
+
+    #[test]
+    fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
+        let mut p = protocol(true);
+        if let Some(attempt) = &mut p.attempt {
+            attempt.master_began = false;
+        }
+        // The earlier reload (timed out) ends now: its READY=1, its worker W2, its failure line.
+        assert_eq!(p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+        assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
+        // Its RELOADING=1, dated before this reload's signal, does not begin this one either.
+        assert_eq!(p.on_event(&reloading(Some(999)), &[]), Outcome::Nothing);
+        assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
+        // This reload's RELOADING=1: its READY=1 answers, and W2 is not its new worker.
+        assert_eq!(p.on_event(&reloading(Some(1000)), &[]), Outcome::Nothing);
+        assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), failed("the master started no new worker"));
+        // Undated (haproxy < 3.0): a RELOADING=1 after the signal begins it; the failure line of
+        // the earlier reload does not count against it.
+        let mut p = protocol(true);
+        if let Some(attempt) = &mut p.attempt {
+            attempt.master_began = false;
+        }
+        p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]);
+        p.on_event(&ready(&[W1, W2]), &[]);
+        p.on_event(&reloading(None), &[]);
+        assert_eq!(p.on_event(&ready(&[W1, W2, W3]), &[]), Outcome::Attempt(Verdict::Serving));
+    }
+
+    #[test]
+    fn a_reload_in_progress_is_carried_across_the_reexec() {
+        let mut p = protocol(true);
+        if let Some(attempt) = &mut p.attempt {
+            attempt.master_began = false;
+        }
+        let generations = match p.generations() {
+            Generations::MasterWorker(g) => g,
+            _ => unreachable!(),
+        };
+        let carried = generations.reload.clone().unwrap();
+        assert_eq!((carried.gen, carried.workers_before.clone(), carried.signalled_ns, carried.master_began), (2, vec![W1], 1_000_000, false));
+        let launch = p.launch.clone();
+        let mut q = MasterWorker::resume(launch, MasterSocket::bind().unwrap(), generations);
+        assert!(q.generations.reload.is_none());
+        q.on_event(&reloading(None), &[]);
+        assert_eq!(q.on_event(&ready(&[W1, W2]), &[]), Outcome::Attempt(Verdict::Serving));
     }
 
     fn ready(children: &[i32]) -> Event {

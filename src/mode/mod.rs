@@ -127,8 +127,15 @@ pub trait Protocol {
     /// Periodic work; true when what STATUS shows changed.
     fn on_tick(&mut self, now_ns: u64) -> bool;
 
-    /// The generations, for the state carried across the re-exec.
+    /// The generations, for the state carried across the re-exec (with a reload in progress,
+    /// when `reloads_before_reexec`).
     fn generations(&self) -> Generations;
+
+    /// Whether a reload begins before the wrapper re-executes itself (and is carried across the
+    /// exec) rather than after.
+    fn reloads_before_reexec(&self) -> bool {
+        false
+    }
 
     /// The service has stopped: remove what the protocol left behind (the pid file).
     fn finish(&mut self);

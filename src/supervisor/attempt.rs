@@ -4,13 +4,14 @@
 use nix::sys::signal::Signal;
 
 use super::status::phase_text;
-use super::{Attempt, Phase, Supervisor};
+use super::{Attempt, Phase, Settle, Supervisor, SETTLE_MAX, SETTLE_POLL};
 use crate::clock::{self, now_ns};
 use crate::error::status_code;
 use crate::haproxy;
+use crate::procs;
 use crate::ledger;
 use crate::reexec;
-use crate::state::{Carried, LastReload};
+use crate::state::{Carried, CarriedAttempt, LastReload};
 
 impl Supervisor {
     pub(super) fn on_reload_request(&mut self, sig: Signal) {
@@ -41,20 +42,53 @@ impl Supervisor {
             relay_write: self.relay.w,
             reload_started_ns,
             generations: self.protocol.generations(),
+            attempt: match &self.phase {
+                Phase::Reloading(attempt) => Some(CarriedAttempt {
+                    gen: attempt.gen,
+                    started_ns: attempt.started_ns,
+                    deadline_ns: attempt.deadline_ns,
+                    ledger_seq: attempt.ledger_seq,
+                }),
+                _ => None,
+            },
         }
     }
 
-    /// Re-executes the wrapper (same pid, the program now on disk), which then starts the reload;
-    /// if the exec fails, reloads in this image.
+    /// Re-executes the wrapper (same pid, the program now on disk) and reloads. Master-worker
+    /// mode asks the master first (the exec is then off the reload's critical path) and carries
+    /// the attempt across; foreground mode starts the new generation after the exec. A program
+    /// on disk that is not the running one must accept the state first (`reexec::probe`): an
+    /// older release, or a file that is not a wrapper, does not, and the reload runs in this
+    /// image instead. If the exec fails, too.
     pub(super) fn reload_now(&mut self) {
         let t0 = now_ns();
         self.pending_reload = false;
         let status = self.status_with(&phase_text("reloading", self.next_gen, self.protocol.name()));
         self.systemd.reloading(&status);
+        let begun_here = self.protocol.reloads_before_reexec();
+        if begun_here {
+            self.begin_attempt(t0, false);
+        }
         if let Some(partial) = self.relay.take_partial() {
             crate::log::write(crate::log::haproxy_line_priority(&partial), format_args!("{}", partial));
         }
         let carried = self.carried(t0);
+        let usable = if reexec::is_running_image(&self.exe) {
+            Ok(())
+        } else {
+            reexec::probe(&self.exe, &carried)
+        };
+        match usable {
+            Ok(()) => self.exec_self(&carried),
+            Err(why) => warning!("not re-executing {}: it does not take this wrapper's state ({}); reloading with the running program", self.exe.display(), why),
+        }
+        if !begun_here {
+            self.begin_attempt(t0, false);
+        }
+    }
+
+    /// Returns only if the exec failed.
+    fn exec_self(&mut self, carried: &Carried) {
         let fds = carried.descriptors();
         let mut ok = true;
         for fd in &fds {
@@ -64,13 +98,12 @@ impl Supervisor {
             }
         }
         if ok {
-            let err = reexec::exec(&self.exe, &carried);
+            let err = reexec::exec(&self.exe, carried);
             warning!("re-exec of {} failed: {}; reloading without it", self.exe.display(), err);
         }
         for fd in &fds {
             let _ = haproxy::set_cloexec(*fd, true);
         }
-        self.begin_attempt(t0, false);
     }
 
     pub(super) fn begin_attempt(&mut self, started_ns: u64, first: bool) {
@@ -84,7 +117,7 @@ impl Supervisor {
             (Some(ledger), false) => Some(ledger.begin(gen, started_ns)),
             _ => None,
         };
-        let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![], ledger_seq };
+        let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![], ledger_seq, settling: None };
         self.phase = if first { Phase::Starting(attempt) } else { Phase::Reloading(attempt) };
         match self.protocol.begin(gen, first) {
             // A reload announced itself with RELOADING=1 before the re-exec.
@@ -107,13 +140,47 @@ impl Supervisor {
         }
     }
 
+    /// The protocol says the new generation serves: it becomes the serving one now; the verdict
+    /// is given once the generations it retired have stopped listening (`Settle`).
     pub(super) fn attempt_succeeded(&mut self) {
+        let new_pid = self.protocol.commit();
+        let retired: Vec<i32> = self.protocol.draining().into_iter().filter(|&pid| procs::holds_listener(pid)).collect();
+        let now = now_ns();
+        match self.attempt_mut() {
+            Some(attempt) if !retired.is_empty() => {
+                debug!("gen {}: serving (pid {}); waiting for {:?} to stop listening", attempt.gen, new_pid, retired);
+                attempt.settling = Some(Settle { pids: retired, next_check_ns: now + SETTLE_POLL.as_nanos() as u64, deadline_ns: now + SETTLE_MAX.as_nanos() as u64 });
+            }
+            Some(_) => self.declare_serving(new_pid),
+            None => {}
+        }
+    }
+
+    /// While settling: once the retired generations have stopped listening (or the bound passed),
+    /// the verdict.
+    pub(super) fn settle_when_due(&mut self, now: u64) {
+        let settle = match self.attempt_mut().and_then(|attempt| attempt.settling.as_mut()) {
+            Some(settle) if now >= settle.next_check_ns => settle,
+            _ => return,
+        };
+        settle.pids.retain(|&pid| procs::holds_listener(pid));
+        if !settle.pids.is_empty() && now < settle.deadline_ns {
+            settle.next_check_ns = now + SETTLE_POLL.as_nanos() as u64;
+            return;
+        }
+        if !settle.pids.is_empty() {
+            warning!("pids {:?} still listen {} s after the new generation took over; declaring it serving", settle.pids, SETTLE_MAX.as_secs());
+        }
+        let new_pid = self.protocol.serving_pid().unwrap_or(0);
+        self.declare_serving(new_pid);
+    }
+
+    fn declare_serving(&mut self, pid: i32) {
         let attempt = match self.take_attempt() {
             Some(attempt) => attempt,
             None => return,
         };
         let ms = clock::ms_since(attempt.started_ns);
-        let pid = self.protocol.commit();
         if attempt.first {
             notice!("gen {}: {} serving, ready in {} ms", attempt.gen, self.protocol.serving_label(pid), ms);
         } else {

@@ -49,7 +49,23 @@ struct Attempt {
     alerts: Vec<String>,
     /// Its entry in the reload ledger (reloads only).
     ledger_seq: Option<u64>,
+    /// The new generation serves; the older ones still listen (see `Settle`).
+    settling: Option<Settle>,
 }
+
+/// A reload is declared done only once the generations it retired have stopped listening: an old
+/// haproxy soft-stopped by SIGUSR1 may still accept a connection for a moment (with `-x` it
+/// shares the very socket), and the first request after `systemctl reload` must reach the new
+/// configuration. Bounded: a generation that keeps listening does not hold the verdict forever.
+struct Settle {
+    pids: Vec<i32>,
+    next_check_ns: u64,
+    deadline_ns: u64,
+}
+
+/// How often, and how long at most, the retired generations' listeners are looked for.
+const SETTLE_POLL: Duration = Duration::from_millis(2);
+const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 struct Stop {
     /// When SIGKILL follows SIGTERM (None: a graceful stop, or already killed).
@@ -94,6 +110,15 @@ pub struct Supervisor {
     fatal: Option<Error>,
 }
 
+/// Waits (at most 50 ms: these signals are an administrator's, and rare) until `pid` no longer
+/// has `sig` pending.
+fn wait_until_handled(pid: i32, sig: Signal) {
+    let deadline = now_ns() + 50_000_000;
+    while procs::signal_pending(pid, sig as i32) && now_ns() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 impl Supervisor {
     // ---- the event loop ----
 
@@ -128,10 +153,13 @@ impl Supervisor {
             if messages_ready {
                 self.on_messages();
             }
+            // Reload signals first, as the kernel would order them (SIGHUP and SIGUSR2 come
+            // before SIGTERM, SIGCHLD, SIGTTIN/SIGTTOU): a signal sent after a reload signal is
+            // read after it, also across the re-exec.
+            self.read_reload_signals();
             while let Some(sig) = signals::read_one(&mut self.signals) {
                 self.on_signal(sig);
             }
-            self.read_reload_signals();
             self.on_tick();
         }
     }
@@ -154,7 +182,10 @@ impl Supervisor {
     fn deadlines(&self) -> Vec<Option<u64>> {
         let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns()];
         match &self.phase {
-            Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(Some(attempt.deadline_ns)),
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(match &attempt.settling {
+                Some(settle) => Some(settle.next_check_ns),
+                None => Some(attempt.deadline_ns),
+            }),
             Phase::Stopping(stop) => out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]),
             Phase::Running => {}
         }
@@ -207,8 +238,23 @@ impl Supervisor {
                 self.begin_stop(true);
             }
             Action::Forward(s) => {
+                // The signalfd hands out the lowest pending signal first: SIGTTIN (21) before
+                // SIGTTOU (22) when both are pending, whatever order they were sent in. Both
+                // pending means "pause, then resume" as far as anyone can tell, and the resume
+                // must win: never leave haproxy paused.
+                if s == Signal::SIGTTIN && signals::take_pending(Signal::SIGTTOU) {
+                    info!("SIGTTOU and SIGTTIN received together: passing both on to haproxy, SIGTTIN last");
+                    for pid in self.protocol.signal_targets() {
+                        haproxy::signal(pid, Signal::SIGTTOU);
+                    }
+                }
                 info!("{} received: passing it on to haproxy", sig);
                 for pid in self.protocol.signal_targets() {
+                    if s == Signal::SIGTTIN {
+                        // haproxy, too, takes the lowest pending signal first: a SIGTTIN that
+                        // reaches it while its SIGTTOU is still pending would be undone by it.
+                        wait_until_handled(pid, Signal::SIGTTOU);
+                    }
                     haproxy::signal(pid, s);
                 }
             }
@@ -230,8 +276,9 @@ impl Supervisor {
         if self.protocol.on_tick(now) {
             self.update_status();
         }
+        self.settle_when_due(now);
         let timed_out = match &self.phase {
-            Phase::Starting(attempt) | Phase::Reloading(attempt) => now >= attempt.deadline_ns,
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => attempt.settling.is_none() && now >= attempt.deadline_ns,
             _ => false,
         };
         if timed_out {
@@ -242,10 +289,12 @@ impl Supervisor {
 
     // ---- haproxy's output and the protocol's messages ----
 
-    /// Re-emits haproxy's pending lines; an attempt in progress keeps its alerts.
+    /// Re-emits haproxy's pending lines, in bulk (a reload's old worker prints a line per proxy:
+    /// thousands); an attempt in progress keeps its alerts.
     fn relay_output(&mut self) {
-        for line in self.relay.read_lines() {
-            crate::log::write(crate::log::haproxy_line_priority(&line), format_args!("{}", line));
+        let lines = self.relay.read_lines();
+        crate::log::write_lines(lines.iter().map(|line| (crate::log::haproxy_line_priority(line), line.as_str())));
+        for line in lines {
             if let Some(attempt) = self.attempt_mut() {
                 if let Some(alert) = crate::log::alert_text(&line) {
                     if attempt.alerts.len() < MAX_ALERTS {

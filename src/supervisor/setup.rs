@@ -4,7 +4,7 @@
 use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 
-use super::{Phase, Supervisor};
+use super::{Attempt, Phase, Supervisor};
 use crate::cli::{HaproxyArgs, Options};
 use crate::clock::now_ns;
 use crate::error::Error;
@@ -117,7 +117,16 @@ impl Supervisor {
             haproxy::set_cloexec(fd, true).map_err(|e| unplaced(internal("carried descriptor", e)))?;
         }
         let signals = signals::signalfds().map_err(|e| unplaced(internal("signalfd", e)))?;
-        let program = haproxy::locate(opts.haproxy.as_deref(), &carried.exe).map_err(unplaced)?;
+        // A haproxy program gone missing (removed, chmod -x) fails the reload, never the service:
+        // foreground mode finds out when it starts the new generation; master-worker mode does
+        // not even need it (it signals the master).
+        let program = match haproxy::locate(opts.haproxy.as_deref(), &carried.exe) {
+            Ok(program) => program,
+            Err(e) => {
+                warning!("{}", e);
+                haproxy::program_path(opts.haproxy.as_deref(), &carried.exe)
+            }
+        };
         let relay = Relay::from_fds(carried.relay_read, carried.relay_write);
         let launch = Launch { program, args, relay_write: carried.relay_write };
         let protocol = mode::protocol(launch, Some(carried.generations.clone()), me).map_err(unplaced)?;
@@ -129,8 +138,27 @@ impl Supervisor {
         // A child may have ended while we were exec'ing: its SIGCHLD is pending and read later,
         // but reap first so the reload starts from the truth.
         s.reap();
-        if let Phase::Running = s.phase {
-            s.begin_attempt(carried.reload_started_ns, false);
+        match carried.attempt {
+            // master-worker: the master was asked before the exec; its answer is awaited here
+            // (unless the service ended meanwhile: then the stop goes on).
+            Some(attempt) if matches!(s.phase, Phase::Running) => {
+                s.next_gen = attempt.gen + 1;
+                s.phase = Phase::Reloading(Attempt {
+                    gen: attempt.gen,
+                    first: false,
+                    started_ns: attempt.started_ns,
+                    deadline_ns: attempt.deadline_ns,
+                    alerts: vec![],
+                    ledger_seq: attempt.ledger_seq,
+                    settling: None,
+                });
+            }
+            Some(_) => {}
+            None => {
+                if let Phase::Running = s.phase {
+                    s.begin_attempt(carried.reload_started_ns, false);
+                }
+            }
         }
         Ok(s)
     }
