@@ -459,8 +459,9 @@ def report(res, s, relay, suppressed, started, elapsed, load_start, load_end):
     if relay:
         d = [x["delay"] for x in relay]
         lines.append("- relay (ftrace, %d traced reloads of (b)): the master's READY=1 -> the wrapper reads it: median %.2f ms, "
-                     "max %.2f ms; lines the wrapper wrote in between: median %d, max %d; -> the wrapper's READY=1 to "
-                     "systemd: median %.2f ms; lines written per reload window: median %d" % (
+                     "max %.2f ms; the wrapper's write(2) calls in between (relayed lines: one per line, or one per batch "
+                     "with a bulk relay): median %d, max %d; -> the wrapper's READY=1 to systemd: median %.2f ms; "
+                     "write(2) calls per reload window: median %d" % (
                          len(relay), statistics.median(d) * 1000, max(d) * 1000,
                          statistics.median(x["writes"] for x in relay), max(x["writes"] for x in relay),
                          statistics.median(x["relay_to_systemd"] for x in relay) * 1000,
