@@ -8,6 +8,8 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 import soak  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest"))
+import reload_bench  # noqa: E402
 import systemd_bench  # noqa: E402
 
 WRK_OUTPUT = """\
@@ -260,6 +262,42 @@ class SystemdBench(unittest.TestCase):
                 "Nov 29 08:33:56 g systemd-journald[17]: Suppressed 6 messages from haproxy.service\n")
         self.assertEqual(systemd_bench.journal_suppressed(text), (2, 80340))
         self.assertEqual(systemd_bench.journal_suppressed(""), (0, 0))
+
+
+DROPIN_NOW = """[Service]
+ExecStartPre=/usr/sbin/haproxy -Ws -c -f $CONFIG $EXTRAOPTS $OPTIONS
+ExecReload=
+ExecReload=/usr/sbin/haproxy -Ws -c -f $CONFIG $EXTRAOPTS $OPTIONS
+ExecReload=/bin/kill -USR2 $MAINPID
+ProtectSystem=full
+"""
+DROPIN_WAIT = DROPIN_NOW.replace("ExecReload=/bin/kill -USR2 $MAINPID\n", "ExecReload=/bin/kill -USR2 $MAINPID\n"
+                                 "ExecReload=/usr/sbin/haproxy-systemd-wrapper --wait-reload $MAINPID\n")
+
+
+class GuestVariants(unittest.TestCase):
+    CHECK = "ExecReload=/usr/sbin/haproxy -Ws -c -f $CONFIG $EXTRAOPTS $OPTIONS"
+    KILL = "ExecReload=/bin/kill -USR2 $MAINPID"
+    WAIT = "ExecReload=/usr/sbin/haproxy-systemd-wrapper --wait-reload $MAINPID"
+
+    def test_drop_in_as_on_main(self):
+        lines, nocheck = reload_bench.reload_lines(DROPIN_NOW)
+        self.assertEqual(lines, [self.CHECK, self.KILL])
+        self.assertEqual(nocheck, [self.KILL])
+        v = lambda name: reload_bench.variant_lines(name, lines, nocheck, False)  # noqa: E731
+        self.assertIsNone(v("wrapper"))
+        self.assertEqual(v("wrapper-nocheck"), [self.KILL])
+        self.assertEqual(v("wrapper-wait"), [self.CHECK, self.KILL, self.WAIT])
+        self.assertEqual(v("wrapper-wait-nocheck"), [self.KILL, self.WAIT])
+
+    def test_drop_in_with_the_wait_line(self):
+        lines, nocheck = reload_bench.reload_lines(DROPIN_WAIT)
+        self.assertEqual(lines, [self.CHECK, self.KILL, self.WAIT])
+        self.assertEqual(nocheck, [self.KILL, self.WAIT])
+        self.assertEqual(reload_bench.variant_lines("wrapper-nocheck", lines, nocheck, True), [self.KILL, self.WAIT])
+        self.assertIsNone(reload_bench.variant_lines("wrapper", lines, nocheck, True))
+        # never a second wait line
+        self.assertEqual(reload_bench.variant_lines("wrapper-wait-nocheck", lines, nocheck, True), [self.KILL, self.WAIT])
 
 
 if __name__ == "__main__":

@@ -45,13 +45,15 @@ DROPIN_DIR = "/etc/systemd/system/haproxy.service.d"
 NOCHECK = DROPIN_DIR + "/zz-bench-nocheck.conf"
 CERTS = "/etc/haproxy/bench"
 PORT = 8080
-LOG = open(OUT + "/log.txt", "a")
+LOG = []
 
 
 def log(msg):
     line = "%s %s" % (time.strftime("%H:%M:%S"), msg)
-    LOG.write(line + "\n")
-    LOG.flush()
+    if not LOG:
+        LOG.append(open(OUT + "/log.txt", "a"))
+    LOG[0].write(line + "\n")
+    LOG[0].flush()
     print("reload-bench: " + msg, flush=True)
 
 
@@ -129,6 +131,21 @@ def exe_of(pid):
 WAIT_LINE = "ExecReload=/usr/sbin/haproxy-systemd-wrapper --wait-reload $MAINPID"
 
 
+def reload_lines(dropin_text):
+    """The drop-in's ExecReload= lines (without the empty reset), and the same without the check."""
+    lines = [l.strip() for l in dropin_text.splitlines() if l.strip().startswith("ExecReload=")]
+    lines = [l for l in lines if l != "ExecReload="]
+    return lines, [l for l in lines if not re.search(r"haproxy\S*\s.*\s-c(\s|$)", l)]
+
+
+def variant_lines(variant, lines, nocheck, has_wait):
+    """The ExecReload= lines of a wrapper variant's override, or None for the drop-in as shipped."""
+    base = nocheck if variant.endswith("nocheck") else lines
+    if variant.startswith("wrapper-wait"):
+        return base + ([] if has_wait else [WAIT_LINE])
+    return base if variant == "wrapper-nocheck" else None
+
+
 class Variants:
     """How each variant's unit is made (see the module docstring)."""
 
@@ -136,12 +153,11 @@ class Variants:
         self.dropin = dropin
         self.mask = os.path.join(DROPIN_DIR, os.path.basename(dropin))
         with open(dropin) as f:
-            all_lines = [l.strip() for l in f]
-        lines = [l for l in all_lines if l.startswith("ExecReload=")]
+            text = f.read()
+        all_lines = [l.strip() for l in text.splitlines()]
+        self.reload_lines, self.nocheck_lines = reload_lines(text)
         # The drop-in's sandboxing lines, for dist-hardened (the distribution's unit with them).
         self.hardening = [l for l in all_lines if re.match(r"(Protect|Restrict|LockPersonality|SystemCall|NoNewPrivileges|Private)\w*=", l)]
-        self.reload_lines = [l for l in lines if l != "ExecReload="]
-        self.nocheck_lines = [l for l in self.reload_lines if not re.search(r"haproxy\S*\s.*\s-c(\s|$)", l)]
         self.has_check = len(self.nocheck_lines) < len(self.reload_lines)
         self.has_wait = any("--wait-reload" in l for l in self.reload_lines)
         help_text = run(["/usr/sbin/haproxy-systemd-wrapper", "--help"], check=False)
@@ -161,11 +177,7 @@ class Variants:
         return None
 
     def lines(self, variant):
-        """The ExecReload= lines of an override, or None for the drop-in as shipped."""
-        base = self.nocheck_lines if variant.endswith("nocheck") else self.reload_lines
-        if variant.startswith("wrapper-wait"):
-            return base + [WAIT_LINE]
-        return base if variant == "wrapper-nocheck" else None
+        return variant_lines(variant, self.reload_lines, self.nocheck_lines, self.has_wait)
 
     def setup(self, variant):
         os.makedirs(DROPIN_DIR, exist_ok=True)
