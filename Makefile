@@ -44,7 +44,7 @@ clean:
 	$(CARGO) clean
 	rm -rf dist
 
-## ---- packaging (install, uninstall, man, deb, rpm, test-packaging) ----
+## ---- packaging (install, uninstall, man, dist, dsc, srpm, deb, rpm, test-packaging) ----
 # Source install: `make && sudo make install` puts the binary, the man page and the full unit
 # systemd/haproxy.service in place (then `systemctl daemon-reload`). The packages install with
 # SYSTEMD_UNIT=dropin instead: a drop-in for the distribution's own haproxy.service.
@@ -53,19 +53,28 @@ MANDIR  ?= $(PREFIX)/share/man
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 # full (systemd/haproxy.service) or dropin (haproxy.service.d/haproxy-systemd-wrapper.conf)
 SYSTEMD_UNIT ?= full
-# yes: also load the configuration directory $CFGDIR (Fedora/RHEL's /etc/haproxy/conf.d)
-WITH_CFGDIR ?= no
-RELEASE_BIN := target/release/$(BIN)
+# The drop-in's flavour: debian (Debian's haproxy.service) or fedora (Fedora/RHEL's: also loads the
+# configuration directory $CFGDIR, and defaults Debian's EXTRAOPTS, which Fedora's unit does not set).
+DROPIN_FLAVOUR ?= debian
+RELEASE_BIN ?= target/release/$(BIN)
 DROPIN_DIR  := $(UNITDIR)/haproxy.service.d
 DROPIN      := $(DROPIN_DIR)/$(BIN).conf
 UNIT_SED    := -e 's|/usr/sbin/$(BIN)|$(SBINDIR)/$(BIN)|'
-ifeq ($(WITH_CFGDIR),yes)
-UNIT_SED    += -e 's|-f \$$CONFIG |-f $$CONFIG -f $$CFGDIR |'
+DROPIN_SED  := $(UNIT_SED)
+ifeq ($(DROPIN_FLAVOUR),fedora)
+DROPIN_SED  += -e 's|-f \$$CONFIG |-f $$CONFIG -f $$CFGDIR |' -e 's|^Environment=OPTIONS=$$|Environment=OPTIONS= EXTRAOPTS=|'
 endif
 PKG_BUILD   := target/packaging
 VERSION     := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+# The Debian version (upstream version and Debian revision) from debian/changelog's first line.
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
+DIST_SRC    := dist/$(BIN)-$(VERSION).tar.gz
+DIST_VENDOR := dist/$(BIN)-$(VERSION)-vendor.tar.xz
+DSC         := dist/$(BIN)_$(DEB_VERSION).dsc
+RPM_RELEASE := $(shell sed -n 's/^Release: *\([0-9]*\).*/\1/p' rpm/$(BIN).spec)
+SRPM        := dist/$(BIN)-$(VERSION)-$(RPM_RELEASE).src.rpm
 
-.PHONY: install uninstall deb rpm test-packaging
+.PHONY: install uninstall dist dsc srpm deb rpm deb-deps dpkg-tools rpm-tools test-packaging print-rpmbuild-flags
 
 # The built file, not `build`: `sudo make install` after `make` does not compile again as root.
 $(RELEASE_BIN): Cargo.toml Cargo.lock $(shell find src -name '*.rs' 2>/dev/null)
@@ -76,7 +85,7 @@ install: $(RELEASE_BIN)
 	install -D -m 0644 man/$(BIN).8 $(DESTDIR)$(MANDIR)/man8/$(BIN).8
 ifeq ($(SYSTEMD_UNIT),dropin)
 	install -d -m 0755 $(DESTDIR)$(DROPIN_DIR)
-	sed $(UNIT_SED) systemd/$(BIN).conf > $(DESTDIR)$(DROPIN)
+	sed $(DROPIN_SED) systemd/$(BIN).conf > $(DESTDIR)$(DROPIN)
 	chmod 0644 $(DESTDIR)$(DROPIN)
 else
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
@@ -90,10 +99,43 @@ uninstall:
 	-rmdir $(DESTDIR)$(DROPIN_DIR) 2>/dev/null
 	if grep -qs '$(BIN)' $(DESTDIR)$(UNITDIR)/haproxy.service; then rm -f $(DESTDIR)$(UNITDIR)/haproxy.service; fi
 
-# Builds in a copy of the source tree (tracked and untracked, not ignored, files) so the build
-# leaves nothing in the checkout; only the .deb lands in dist/. Installs the packaging tools
-# (dpkg-dev, devscripts, equivs, build-essential) and then the Build-Depends first when missing. CARGO_HOME is kept in target/ between builds (crates.io downloads).
-deb:
+# Release tarballs in dist/ (packaging/dist.sh; reproducible): the source tree
+# haproxy-systemd-wrapper-VERSION.tar.gz, the crates Cargo.lock names as `cargo vendor` lays them
+# out, haproxy-systemd-wrapper-VERSION-vendor.tar.xz, and SHA256SUMS. Vendoring is the only step
+# that downloads (crates.io), and runs again only when Cargo.lock changes; every build from these
+# tarballs (dsc, srpm, deb, rpm) is offline.
+dist: $(DIST_VENDOR)
+	packaging/dist.sh source $(DIST_SRC)
+	packaging/dist.sh sums dist $(notdir $(DIST_SRC) $(DIST_VENDOR))
+
+# cargo downloads over TLS: on a fresh Debian host (no Build-Depends needs them any more) the CA
+# certificates are installed first.
+$(DIST_VENDOR): Cargo.lock
+	@command -v $(CARGO) >/dev/null || { echo "dist: no $(CARGO) (make deb installs Debian's cargo; or apt-get install cargo)" >&2; exit 1; }
+	@[ -e /etc/ssl/certs/ca-certificates.crt ] || ! command -v apt-get >/dev/null || { \
+	  echo "dist: installing ca-certificates (cargo vendor downloads from crates.io)" >&2; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates >/dev/null; }
+	mkdir -p dist
+	CARGO=$(CARGO) packaging/dist.sh vendor $@
+
+# dpkg-source and dpkg-parsechangelog (dsc), rpmbuild (srpm, rpm): installed when missing
+dpkg-tools:
+	@dpkg-query -W -f='$${Status}\n' dpkg-dev 2>/dev/null | grep -q 'install ok installed' || { \
+	  echo "installing dpkg-dev" >&2; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null; }
+# (elfutils: eu-strip, which find-debuginfo runs for the -debuginfo package.)
+rpm-tools:
+	@command -v rpmbuild >/dev/null && command -v eu-strip >/dev/null || { echo "installing rpm elfutils" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rpm elfutils >/dev/null; }
+
+# Debian source package, 3.0 (quilt): .dsc, .orig.tar.gz (= the source tarball), .orig-vendor.tar.xz
+# (= the vendored crates, unpacked into vendor/) and .debian.tar.xz, in dist/ (packaging/dsc.sh).
+dsc: dpkg-tools dist
+	packaging/dsc.sh
+
+# The packaging tools (dpkg-dev, devscripts, equivs, build-essential) and the Build-Depends of
+# debian/control, installed when missing (mk-build-deps: Debian's cargo and rustc among them).
+deb-deps:
 	@missing=$$(for p in dpkg-dev devscripts equivs build-essential; do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "deb: installing" $$missing >&2; apt-get update -qq && \
@@ -102,34 +144,55 @@ deb:
 	  rm -rf $(PKG_BUILD)/build-deps && mkdir -p $(PKG_BUILD)/build-deps && apt-get update -qq && \
 	  cd $(PKG_BUILD)/build-deps && DEBIAN_FRONTEND=noninteractive mk-build-deps -i -r \
 	  -t 'apt-get -y -qq --no-install-recommends' $(CURDIR)/debian/control >/dev/null; }
-	rm -rf $(PKG_BUILD)/deb && mkdir -p $(PKG_BUILD)/deb/$(BIN)-$(VERSION) $(PKG_BUILD)/cargo-home
-	packaging/source-tree.sh | tar -x -C $(PKG_BUILD)/deb/$(BIN)-$(VERSION)
-	cd $(PKG_BUILD)/deb/$(BIN)-$(VERSION) && CARGO_HOME=$(CURDIR)/$(PKG_BUILD)/cargo-home dpkg-buildpackage -us -uc -b
+
+# Builds the .deb from the source package, as a distribution would: `dpkg-source -x` of the .dsc in
+# target/packaging/deb, `dpkg-buildpackage -us -uc -b` there (offline: debian/rules points cargo at
+# vendor/). The .deb goes to dist/; the -dbgsym .deb, .buildinfo and .changes stay there.
+# On a fresh host the first `make dist` (here) downloads the crates once.
+deb: deb-deps
+	$(MAKE) dsc
+	rm -rf $(PKG_BUILD)/deb && mkdir -p $(PKG_BUILD)/deb
+	cd $(PKG_BUILD)/deb && dpkg-source -x $(CURDIR)/$(DSC) $(BIN)-$(VERSION) >/dev/null
+	cd $(PKG_BUILD)/deb/$(BIN)-$(VERSION) && dpkg-buildpackage -us -uc -b
 	mkdir -p dist && rm -f dist/$(BIN)_*.deb
-	cp $(PKG_BUILD)/deb/$(BIN)_$(VERSION)_*.deb dist/
+	cp $(PKG_BUILD)/deb/$(BIN)_$(DEB_VERSION)_*.deb dist/
 
 # rpmbuild on this Debian host as well as on Fedora/RHEL: rpm/fallback.macros (%_unitdir,
 # %systemd_requires) is loaded only when rpm does not define them (no systemd-rpm-macros), and
 # --nodeps only when rpm's own database does not know rpm (a Debian host: BuildRequires name
-# Fedora packages). The source tarball is the same tree `make deb` builds. DEB_BUILD_OPTIONS=nocheck
-# skips %check here too.
+# Fedora packages). fallback.macros also makes the -debuginfo package as Fedora's redhat-rpm-config
+# does. DEB_BUILD_OPTIONS=nocheck skips %check too.
+RPM_ON_DEBIAN := $(if $(shell rpm -q rpm >/dev/null 2>&1 && echo known),,yes)
 RPMBUILD_FLAGS ?= $(if $(shell rpm --eval '%{?_unitdir}' 2>/dev/null),,--load=$(CURDIR)/rpm/fallback.macros) \
-                  $(if $(shell rpm -q rpm >/dev/null 2>&1 && echo known),,--nodeps) \
+                  $(if $(RPM_ON_DEBIAN),--nodeps) \
                   $(if $(filter nocheck,$(DEB_BUILD_OPTIONS)),--nocheck)
-rpm:
-	@command -v rpmbuild >/dev/null || { echo "rpm: installing rpm" >&2; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rpm >/dev/null; }
-	rm -rf $(PKG_BUILD)/rpm && mkdir -p $(PKG_BUILD)/rpm/SOURCES $(PKG_BUILD)/cargo-home
-	packaging/source-tree.sh $(BIN)-$(VERSION)/ | gzip -n > $(PKG_BUILD)/rpm/SOURCES/$(BIN)-$(VERSION).tar.gz
-	CARGO_HOME=$(CURDIR)/$(PKG_BUILD)/cargo-home rpmbuild -bb $(RPMBUILD_FLAGS) \
-	  --define '_topdir $(CURDIR)/$(PKG_BUILD)/rpm' rpm/$(BIN).spec
-	mkdir -p dist && rm -f dist/$(BIN)-*.rpm
+
+# Source RPM: rpm/haproxy-systemd-wrapper.spec with Source0 (the source tarball) and Source1 (the
+# vendored crates) from dist/; the .src.rpm goes to dist/.
+srpm: rpm-tools dist
+	rm -rf $(PKG_BUILD)/srpm && mkdir -p $(PKG_BUILD)/srpm/SOURCES
+	cp $(DIST_SRC) $(DIST_VENDOR) $(PKG_BUILD)/srpm/SOURCES/
+	rpmbuild -bs $(RPMBUILD_FLAGS) --define '_topdir $(CURDIR)/$(PKG_BUILD)/srpm' rpm/$(BIN).spec >/dev/null
+	mkdir -p dist && rm -f dist/$(BIN)-*.src.rpm
+	cp $(PKG_BUILD)/srpm/SRPMS/$(BIN)-$(VERSION)-$(RPM_RELEASE)*.src.rpm dist/
+
+# Builds the .rpm from the source RPM (rpmbuild --rebuild, offline) in target/packaging/rpm; the
+# .rpm goes to dist/ (the -debuginfo/-debugsource .rpm stay there).
+rpm: srpm
+	rm -rf $(PKG_BUILD)/rpm && mkdir -p $(PKG_BUILD)/rpm
+	rpmbuild --rebuild $(RPMBUILD_FLAGS) --define '_topdir $(CURDIR)/$(PKG_BUILD)/rpm' $(SRPM)
+	rm -f $(filter-out %.src.rpm,$(wildcard dist/$(BIN)-*.rpm))
 	cp $(PKG_BUILD)/rpm/RPMS/*/$(BIN)-$(VERSION)-*.rpm dist/
 
-# Checks what the packages ship (needs root: it installs tools it lacks, and the .deb into a
-# throw-away root). Ends with "N passed, M failed".
+# Checks the source packages and what the packages ship (needs root: it installs tools it lacks,
+# builds the .dsc in a fresh Debian 12 chroot and the .src.rpm, both without network, and compares).
+# Ends with "N passed, M failed".
 test-packaging: deb rpm
 	tests/packaging/run.sh
+
+# For tests/packaging/run.sh: the flags `make rpm` gives rpmbuild.
+print-rpmbuild-flags:
+	@echo $(RPMBUILD_FLAGS)
 
 
 ## ---- end-to-end under systemd (test-e2e) ----

@@ -168,7 +168,12 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
             Answer::Failed { gen, ms, reasons } => {
                 let mut lines = reasons.iter();
                 let summary = lines.next().map(String::as_str).unwrap_or("no reason recorded");
-                error!("reload to gen {} failed after {} ms, the previous generation keeps serving: {}", gen, ms, summary);
+                if ledger.stopping {
+                    // The wrapper found nothing serving after the failure (or was asked to stop).
+                    error!("reload to gen {} failed after {} ms and the service is stopping: {}", gen, ms, summary);
+                } else {
+                    error!("reload to gen {} failed after {} ms, the previous generation keeps serving: {}", gen, ms, summary);
+                }
                 for l in lines {
                     error!("haproxy: {}", l);
                 }

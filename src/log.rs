@@ -80,6 +80,38 @@ macro_rules! notice { ($($t:tt)*) => { $crate::log::write($crate::log::NOTICE, f
 macro_rules! info { ($($t:tt)*) => { $crate::log::write($crate::log::INFO, format_args!($($t)*)) } }
 macro_rules! debug { ($($t:tt)*) => { $crate::log::write($crate::log::DEBUG, format_args!($($t)*)) } }
 
+/// Lets at most `burst` lines of one kind through per `window`: a flood (e.g. of spoofed notify
+/// datagrams) makes a handful of lines, not one per event. The lines held back are counted and
+/// their number is told with the next line let through.
+#[derive(Debug)]
+pub struct RateLimit {
+    burst: u32,
+    window_ns: u64,
+    window_start_ns: u64,
+    in_window: u32,
+    held_back: u64,
+}
+
+impl RateLimit {
+    pub fn new(burst: u32, window: std::time::Duration) -> RateLimit {
+        RateLimit { burst, window_ns: window.as_nanos() as u64, window_start_ns: 0, in_window: 0, held_back: 0 }
+    }
+
+    /// Some(lines held back since the last one let through) when this line may be logged.
+    pub fn allow(&mut self, now_ns: u64) -> Option<u64> {
+        if self.in_window == 0 || now_ns.saturating_sub(self.window_start_ns) >= self.window_ns {
+            self.window_start_ns = now_ns;
+            self.in_window = 0;
+        }
+        if self.in_window >= self.burst {
+            self.held_back += 1;
+            return None;
+        }
+        self.in_window += 1;
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
 /// Maps one line that haproxy printed to a journald priority, from haproxy's own tag.
 pub fn haproxy_line_priority(line: &str) -> u8 {
     let t = line.trim_start();
@@ -116,6 +148,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rate_limit_lets_a_burst_through_per_window_and_counts_the_rest() {
+        let mut r = RateLimit::new(3, std::time::Duration::from_secs(1));
+        let s = 1_000_000_000;
+        assert_eq!(r.allow(10), Some(0));
+        assert_eq!(r.allow(11), Some(0));
+        assert_eq!(r.allow(12), Some(0));
+        for t in 13..1000 {
+            assert_eq!(r.allow(t), None);
+        }
+        // The next window: the count of what was held back comes with its first line.
+        assert_eq!(r.allow(10 + s), Some(987));
+        assert_eq!(r.allow(11 + s), Some(0));
+        let allowed = (0..100_000u64).filter(|i| r.allow(3 * s + i * 20_000).is_some()).count();
+        assert_eq!(allowed, 3 * 2, "100 000 events over 2 s make two windows of 3 lines");
+    }
+
+    #[test]
     fn the_prefix_only_when_journal_stream_names_stderr() {
         assert!(names_stderr(Some("64768:123456"), Some((64768, 123456))));
         assert!(!names_stderr(Some("64768:123456"), Some((64768, 999))));
@@ -143,5 +192,37 @@ mod tests {
         );
         assert_eq!(alert_text("[ALERT] 123/456 (7) : Starting frontend fe: cannot bind"), Some("123/456 (7) : Starting frontend fe: cannot bind"));
         assert_eq!(alert_text("[WARNING]  (1) : x"), None);
+    }
+
+    #[test]
+    fn randomized_haproxy_lines_get_a_priority_and_alerts_their_text() {
+        use crate::fuzz::{Rng, CASES};
+        let mut rng = Rng::new(0x106);
+        let valid = [
+            "[ALERT]    (5967) : config : parsing [good.cfg:11] : unknown keyword 'garbage'",
+            "[WARNING]  (12) : Proxy fe stopped (cumulated conns: FE: 0, BE: 0).",
+            "[NOTICE]   (12) : New worker (13) forked",
+            "[ALERT] 123/456 (7) : Starting frontend fe: cannot bind",
+            "plain text",
+        ];
+        for case in 0..CASES {
+            let base = *rng.pick(&valid);
+            let line = if case % 3 == 0 { rng.text(60) } else { rng.mutate_text(base, b"[]():ALERT ") };
+            let priority = haproxy_line_priority(&line);
+            assert!((ERR..=DEBUG).contains(&priority), "case {}: {:?}", case, line);
+            let is_alert = line.trim_start().starts_with("[ALERT]");
+            assert_eq!(priority == ERR, is_alert || line.trim_start().starts_with("[EMERG]"), "case {}: {:?}", case, line);
+            match alert_text(&line) {
+                Some(text) => {
+                    assert!(is_alert, "case {}: {:?}", case, line);
+                    // A piece of the line itself, trimmed, without the tag.
+                    let start = text.as_ptr() as usize - line.as_ptr() as usize;
+                    assert!(start <= line.len() && line[start..].starts_with(text), "case {}: {:?}", case, line);
+                    assert_eq!(text, text.trim(), "case {}: {:?}", case, line);
+                    assert!(!text.starts_with("[ALERT]") || line.matches("[ALERT]").count() > 1, "case {}: {:?}", case, line);
+                }
+                None => assert!(!is_alert, "case {}: {:?}", case, line),
+            }
+        }
     }
 }

@@ -7,6 +7,8 @@ mod cli;
 mod client;
 mod clock;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod haproxy;
 mod ledger;
 mod mode;

@@ -2,6 +2,7 @@
 //! sent over one socket of our own, see `Systemd`), the watchdog interval systemd asks for, and
 //! the private socket on which the haproxy master (master-worker mode) reports to the wrapper.
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -11,15 +12,49 @@ use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockF
 
 use sd_notify::NotifyState;
 
-/// The wrapper's messages to systemd. Without NOTIFY_SOCKET they are skipped.
+/// How often messages systemd's socket had no room for are tried again.
+pub const RETRY_EVERY: Duration = Duration::from_millis(100);
+/// How long a message is tried again before it is given up (with an error in the log).
+const RETRY_FOR: Duration = Duration::from_secs(60);
+/// How many state messages (READY=1, RELOADING=1, STOPPING=1) wait at most; older ones are given up.
+const MAX_PENDING: usize = 32;
+
+/// The wrapper's messages to systemd. Without NOTIFY_SOCKET (unset or empty) they are skipped.
 ///
 /// Sent over one socket opened at start, not with `sd_notify::notify`: sd-notify 0.4.2 (the last
 /// release that builds with rustc 1.63) opens a new blocking socket for every message (the
 /// descriptor count flickers, and a full NOTIFY_SOCKET would block the event loop), and it does
 /// not reach an abstract `@name` NOTIFY_SOCKET. The crate formats the messages.
+///
+/// Sending never blocks the loop: the socket is non-blocking. When systemd's socket is full
+/// (nobody reads it), the message waits and the loop tries again every `RETRY_EVERY` (see
+/// `next_retry_ns`, `flush`), in order: a READY=1, RELOADING=1 or STOPPING=1 is kept (at most
+/// `MAX_PENDING`, for at most `RETRY_FOR`), a STATUS= or WATCHDOG=1 only until a newer one
+/// replaces it. The first full socket is logged once.
 pub struct Systemd {
     target: Option<(OwnedFd, UnixAddr)>,
     last_status: String,
+    /// Messages systemd's socket had no room for, oldest first.
+    pending: VecDeque<Pending>,
+    next_retry_ns: Option<u64>,
+    warned_full: bool,
+}
+
+/// What a message is, for what may replace it while it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// READY=1, RELOADING=1, STOPPING=1: never replaced, never dropped silently.
+    State,
+    /// Only STATUS=: a newer one replaces it.
+    Status,
+    Watchdog,
+}
+
+#[derive(Debug)]
+struct Pending {
+    text: String,
+    kind: Kind,
+    since_ns: u64,
 }
 
 /// NOTIFY_SOCKET's address: a path, or `@name` in the abstract namespace.
@@ -30,11 +65,30 @@ fn notify_address(value: &OsStr) -> nix::Result<UnixAddr> {
     }
 }
 
+/// NOTIFY_SOCKET as systemd means it: an empty value is the same as none.
+fn notify_socket_value(value: Option<std::ffi::OsString>) -> Option<std::ffi::OsString> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// Queues `text` behind what already waits: a STATUS= or WATCHDOG=1 replaces the waiting one of
+/// its kind; state messages beyond `MAX_PENDING` push the oldest out (returned, to be logged).
+fn enqueue(pending: &mut VecDeque<Pending>, text: String, kind: Kind, now_ns: u64) -> Option<Pending> {
+    if kind != Kind::State {
+        pending.retain(|p| p.kind != kind);
+    }
+    pending.push_back(Pending { text, kind, since_ns: now_ns });
+    if pending.iter().filter(|p| p.kind == Kind::State).count() > MAX_PENDING {
+        let oldest = pending.iter().position(|p| p.kind == Kind::State)?;
+        return pending.remove(oldest);
+    }
+    None
+}
+
 impl Systemd {
     pub fn new() -> Systemd {
-        let target = std::env::var_os("NOTIFY_SOCKET").and_then(|value| {
+        let target = notify_socket_value(std::env::var_os("NOTIFY_SOCKET")).and_then(|value| {
             let opened = notify_address(&value).and_then(|addr| {
-                let raw = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+                let raw = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
                 // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
                 Ok((unsafe { OwnedFd::from_raw_fd(raw) }, addr))
             });
@@ -46,21 +100,60 @@ impl Systemd {
                 }
             }
         });
-        Systemd { target, last_status: String::new() }
+        Systemd { target, last_status: String::new(), pending: VecDeque::new(), next_retry_ns: None, warned_full: false }
     }
 
-    fn send(&self, fields: &[NotifyState]) {
-        if let Some((fd, addr)) = &self.target {
-            let msg = message(fields);
-            if let Err(e) = socket::sendto(fd.as_raw_fd(), msg.as_bytes(), addr, MsgFlags::MSG_NOSIGNAL) {
-                warning!("sd_notify failed: {}", e);
-            }
+    fn send(&mut self, fields: &[NotifyState], kind: Kind) {
+        if self.target.is_none() {
+            return;
         }
+        let now = crate::clock::now_ns();
+        if let Some(lost) = enqueue(&mut self.pending, message(fields), kind, now) {
+            error!("systemd's notify socket is full: gave up {:?} after {} waiting messages", lost.text.trim_end(), MAX_PENDING);
+        }
+        self.flush(now);
+    }
+
+    /// Sends what waits, oldest first, until systemd's socket is full again. Never blocks.
+    pub fn flush(&mut self, now_ns: u64) {
+        let (fd, addr) = match &self.target {
+            Some(t) => t,
+            None => return,
+        };
+        while let Some(first) = self.pending.front() {
+            match socket::sendto(fd.as_raw_fd(), first.text.as_bytes(), addr, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {
+                    if !self.warned_full {
+                        self.warned_full = true;
+                        warning!("systemd's notify socket is full (nobody reads it?): messages wait and are tried again every {} ms (warned once)", RETRY_EVERY.as_millis());
+                    }
+                    break;
+                }
+                Err(e) => warning!("sd_notify failed: {}", e),
+            }
+            self.pending.pop_front();
+        }
+        // Too old to matter any more: given up, loudly for state messages.
+        let retry_for = RETRY_FOR.as_nanos() as u64;
+        self.pending.retain(|p| {
+            let keep = now_ns.saturating_sub(p.since_ns) < retry_for;
+            if !keep && p.kind == Kind::State {
+                error!("systemd's notify socket stayed full for {} s: gave up {:?}", RETRY_FOR.as_secs(), p.text.trim_end());
+            }
+            keep
+        });
+        self.next_retry_ns = if self.pending.is_empty() { None } else { Some(now_ns + RETRY_EVERY.as_nanos() as u64) };
+    }
+
+    /// When the loop should call `flush` again (messages wait), if ever.
+    pub fn next_retry_ns(&self) -> Option<u64> {
+        self.next_retry_ns
     }
 
     pub fn ready(&mut self, status: &str) {
         self.last_status = status.to_string();
-        self.send(&[NotifyState::Ready, NotifyState::MainPid(std::process::id()), NotifyState::Status(status)]);
+        self.send(&[NotifyState::Ready, NotifyState::MainPid(std::process::id()), NotifyState::Status(status)], Kind::State);
     }
 
     pub fn reloading(&mut self, status: &str) {
@@ -68,24 +161,29 @@ impl Systemd {
         // systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 to match the reload to its request
         // (sd-notify 0.4.2 has no variant for it).
         let usec = monotonic_usec(crate::clock::now_ns());
-        self.send(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status(status)]);
+        self.send(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status(status)], Kind::State);
+        // The wrapper re-executes itself right after this: what still waits does not survive it.
+        let lost: Vec<&str> = self.pending.iter().filter(|p| p.kind == Kind::State).map(|p| p.text.lines().next().unwrap_or("")).collect();
+        if !lost.is_empty() {
+            error!("systemd's notify socket is full: {:?} will be lost at the re-exec", lost);
+        }
     }
 
     pub fn stopping(&mut self) {
         self.last_status = "stopping".into();
-        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")], Kind::State);
     }
 
     /// Sends STATUS= when it changed.
     pub fn status(&mut self, status: &str) {
         if status != self.last_status {
             self.last_status = status.to_string();
-            self.send(&[NotifyState::Status(status)]);
+            self.send(&[NotifyState::Status(status)], Kind::Status);
         }
     }
 
-    pub fn watchdog(&self) {
-        self.send(&[NotifyState::Watchdog]);
+    pub fn watchdog(&mut self) {
+        self.send(&[NotifyState::Watchdog], Kind::Watchdog);
     }
 }
 
@@ -107,6 +205,9 @@ pub fn watchdog_interval() -> Option<Duration> {
         None
     }
 }
+
+/// How many datagrams of the master's socket one turn of the loop reads at most.
+const MAX_RECV: usize = 256;
 
 /// The datagram socket the haproxy master sends its sd_notify messages to.
 pub struct MasterSocket {
@@ -139,10 +240,11 @@ impl MasterSocket {
         self.fd.as_raw_fd()
     }
 
-    /// Every datagram waiting, with the sender's pid (0 when the kernel gave none).
+    /// The datagrams waiting (at most `MAX_RECV` per call: a flood must not keep the loop from
+    /// signals), with the sender's pid (0 when the kernel gave none).
     pub fn recv_all(&self) -> Vec<(i32, String)> {
         let mut out = Vec::new();
-        loop {
+        while out.len() < MAX_RECV {
             let mut buf = [0u8; 4096];
             let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
@@ -179,32 +281,4 @@ pub fn value<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_are_one_line_per_state() {
-        let usec = monotonic_usec(5_000_123_456);
-        assert_eq!(
-            message(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status("reloading gen 2 (foreground)")]),
-            "RELOADING=1\nMONOTONIC_USEC=5000123\nSTATUS=reloading gen 2 (foreground)\n"
-        );
-        assert_eq!(message(&[NotifyState::Ready, NotifyState::MainPid(7)]), "READY=1\nMAINPID=7\n");
-    }
-
-    #[test]
-    fn notify_addresses() {
-        assert_eq!(notify_address(OsStr::new("@abc")).unwrap().as_abstract(), Some(&b"abc"[..]));
-        assert_eq!(notify_address(OsStr::new("/run/systemd/notify")).unwrap().path(), Some(std::path::Path::new("/run/systemd/notify")));
-    }
-
-    #[test]
-    fn reads_keys_of_a_datagram() {
-        let m = "READY=1\nMAINPID=5967\nSTATUS=Ready.";
-        assert!(says(m, "READY"));
-        assert!(!says(m, "RELOADING"));
-        assert!(!says("NOTREADY=1", "READY"));
-        assert_eq!(value(m, "MAINPID"), Some("5967"));
-        assert_eq!(value(m, "STATUS"), Some("Ready."));
-    }
-}
+mod tests;

@@ -174,4 +174,32 @@ mod tests {
         assert_eq!(left.len(), 3, "only fifo, victim and link are left: {:?}", left);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn randomized_pid_files_parse_or_fail_clearly() {
+        use crate::fuzz::{assert_clear_error, Rng, CASES};
+        let mut rng = Rng::new(0x91d);
+        let valid = b"1234\n5678\n";
+        for case in 0..CASES {
+            let input = match case % 3 {
+                0 => rng.bytes(64),
+                1 => rng.mutate(valid, b" \n\t-+0123456789"),
+                _ => {
+                    // Round trip: pids written one per line (or with any white space) read back.
+                    let pids: Vec<i32> = (0..rng.below(8)).map(|_| 1 + rng.below(4_194_304) as i32).collect();
+                    let sep = *rng.pick(&[" ", "\n", "\t", " \n ", "\r\n"]);
+                    let text: String = pids.iter().map(|p| format!("{}{}", p, sep)).collect();
+                    assert_eq!(parse(text.as_bytes()), Ok(pids), "case {}: {:?}", case, text);
+                    continue;
+                }
+            };
+            match parse(&input) {
+                Ok(pids) => assert!(pids.iter().all(|&p| p > 0 && p <= 4_194_304), "case {}: {:?} gave {:?}", case, input, pids),
+                Err(e) => {
+                    assert_clear_error(&input, &e);
+                    assert!(e.chars().count() < 100 && !e.contains('\n'), "case {}: one short line: {:?}", case, e);
+                }
+            }
+        }
+    }
 }

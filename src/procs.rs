@@ -2,7 +2,8 @@
 //! own program.
 
 use std::fs;
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 
 /// The wrapper's own program file: what /proc/self/exe names (without the " (deleted)" a package
 /// upgrade leaves there: the new file has the same name), else argv[0].
@@ -36,55 +37,119 @@ pub fn is_child_of(pid: i32, parent: i32) -> bool {
     matches!(stat(pid), Some((pp, _)) if pp == parent)
 }
 
-/// Live (non-zombie) children of `parent`, in ascending order.
-pub fn children_of(parent: i32) -> Vec<i32> {
+/// What the walks below read of /proc: the real one, or a failing one in unit tests.
+pub trait ProcView {
+    /// The names in a directory.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    fn read(&self, file: &Path) -> io::Result<String>;
+}
+
+/// The kernel's /proc.
+pub struct Proc;
+
+impl ProcView for Proc {
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn read(&self, file: &Path) -> io::Result<String> {
+        fs::read_to_string(file)
+    }
+}
+
+/// The process (or thread) is gone: what the walk was looking at no longer exists.
+fn gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(nix::libc::ENOENT) | Some(nix::libc::ESRCH))
+}
+
+/// Parent and state of `pid` as `view` sees it: Ok(None) when it is gone, Err when /proc could
+/// not be read (out of descriptors, ...).
+fn stat_in(view: &dyn ProcView, pid: i32) -> io::Result<Option<(i32, char)>> {
+    match view.read(&Path::new("/proc").join(pid.to_string()).join("stat")) {
+        Ok(text) => Ok(parse_stat(&text)),
+        Err(e) if gone(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Live (non-zombie) children of `parent`, in ascending order. An error reading the kernel's
+/// view (out of descriptors, ...) is an error, never an empty list: callers decide what an
+/// unknown list means. A `parent` that is gone has no children.
+pub fn children_of(parent: i32) -> io::Result<Vec<i32>> {
+    children_in(&Proc, parent)
+}
+
+pub fn children_in(view: &dyn ProcView, parent: i32) -> io::Result<Vec<i32>> {
+    let task_dir = Path::new("/proc").join(parent.to_string()).join("task");
     let mut out = Vec::new();
-    let mut complete = false;
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", parent)) {
-        complete = true;
-        for t in tasks.flatten() {
-            match fs::read_to_string(t.path().join("children")) {
-                Ok(text) => out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok())),
-                Err(_) => {
-                    complete = false;
-                    break;
+    let from_tasks = match view.list(&task_dir) {
+        Ok(tasks) => {
+            let mut complete = true;
+            for task in tasks {
+                match view.read(&task_dir.join(task).join("children")) {
+                    Ok(text) => out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok())),
+                    // A thread that ended meanwhile has no children left to tell.
+                    Err(e) if gone(&e) => {}
+                    Err(_) => {
+                        complete = false;
+                        break;
+                    }
                 }
             }
+            complete
         }
-    }
-    if !complete {
-        // Kernels without CONFIG_PROC_CHILDREN: scan every process.
+        Err(e) if gone(&e) => return Ok(Vec::new()),
+        Err(_) => false,
+    };
+    if !from_tasks {
+        // Kernels without CONFIG_PROC_CHILDREN (or a read that failed): scan every process.
         out.clear();
-        if let Ok(all) = fs::read_dir("/proc") {
-            for e in all.flatten() {
-                if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-                    if matches!(stat(pid), Some((pp, _)) if pp == parent) {
+        for name in view.list(Path::new("/proc"))? {
+            if let Ok(pid) = name.parse::<i32>() {
+                if let Some((pp, _)) = stat_in(view, pid)? {
+                    if pp == parent {
                         out.push(pid);
                     }
                 }
             }
         }
     }
-    out.retain(|&p| !matches!(stat(p), Some((_, 'Z')) | None));
-    out.sort_unstable();
-    out.dedup();
-    out
+    let mut live = Vec::with_capacity(out.len());
+    for pid in out {
+        if let Some((_, state)) = stat_in(view, pid)? {
+            if state != 'Z' {
+                live.push(pid);
+            }
+        }
+    }
+    live.sort_unstable();
+    live.dedup();
+    Ok(live)
 }
 
-/// Every live process below `root` (children, their children, ...), parents before children.
-pub fn descendants_of(root: i32) -> Vec<i32> {
+/// Every live process below `root` (children, their children, ...), parents before children;
+/// an error when any part of the tree could not be read.
+pub fn descendants_of(root: i32) -> io::Result<Vec<i32>> {
+    descendants_in(&Proc, root)
+}
+
+fn descendants_in(view: &dyn ProcView, root: i32) -> io::Result<Vec<i32>> {
     let mut found = Vec::new();
     let mut next = 0;
     let mut parent = root;
     loop {
-        for child in children_of(parent) {
+        for child in children_in(view, parent)? {
             if !found.contains(&child) {
                 found.push(child);
             }
         }
         match found.get(next) {
             Some(&p) => parent = p,
-            None => return found,
+            None => return Ok(found),
         }
         next += 1;
     }
@@ -172,10 +237,81 @@ mod tests {
         let me = std::process::id() as i32;
         let pid = child.id() as i32;
         assert!(is_child_of(pid, me));
-        assert!(children_of(me).contains(&pid));
-        assert!(descendants_of(me).contains(&pid));
+        assert!(children_of(me).unwrap().contains(&pid));
+        assert!(descendants_of(me).unwrap().contains(&pid));
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_child_of(pid, me));
+        assert_eq!(children_of(4_194_304).unwrap(), Vec::<i32>::new(), "a process that is gone has no children");
+    }
+
+    /// /proc as it is, except that opening files fails once `budget` reads are spent (out of
+    /// descriptors), for the paths that contain `failing`.
+    struct Failing {
+        failing: &'static str,
+        budget: std::cell::Cell<u32>,
+    }
+
+    impl ProcView for Failing {
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.check(dir)?;
+            Proc.list(dir)
+        }
+        fn read(&self, file: &Path) -> io::Result<String> {
+            self.check(file)?;
+            Proc.read(file)
+        }
+    }
+
+    impl Failing {
+        fn check(&self, path: &Path) -> io::Result<()> {
+            if path.to_string_lossy().contains(self.failing) {
+                if self.budget.get() == 0 {
+                    return Err(io::Error::from_raw_os_error(nix::libc::EMFILE));
+                }
+                self.budget.set(self.budget.get() - 1);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_walk_that_cannot_read_proc_is_an_error_not_an_empty_list() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let me = std::process::id() as i32;
+        let pid = child.id() as i32;
+        // Every read fails: the task list, the fallback scan.
+        for (failing, budget) in [("/proc", 0), ("children", 0), ("/stat", 0), ("/proc", 1), ("/proc", 2), ("/proc", 3)] {
+            let view = Failing { failing, budget: std::cell::Cell::new(budget) };
+            let walked = children_in(&view, me);
+            assert!(walked.is_err() || walked.as_ref().unwrap().contains(&pid), "{} after {} reads: {:?}", failing, budget, walked);
+            let view = Failing { failing, budget: std::cell::Cell::new(budget) };
+            let walked = descendants_in(&view, me);
+            assert!(walked.is_err() || walked.as_ref().unwrap().contains(&pid), "{} after {} reads: {:?}", failing, budget, walked);
+        }
+        let view = Failing { failing: "/proc", budget: std::cell::Cell::new(0) };
+        assert_eq!(children_in(&view, me).unwrap_err().raw_os_error(), Some(nix::libc::EMFILE));
+        // Only the per-task children files fail: the scan of /proc still finds the child.
+        let view = Failing { failing: "children", budget: std::cell::Cell::new(0) };
+        assert!(children_in(&view, me).unwrap().contains(&pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn randomized_process_names_never_confuse_the_stat_parser() {
+        use crate::fuzz::{Rng, CASES};
+        // The name between the parentheses is the process's own choice (prctl, exec of any file).
+        let mut rng = Rng::new(0x57a7);
+        for case in 0..CASES {
+            let comm = rng.text(16);
+            let state = *rng.pick(&['R', 'S', 'D', 'Z', 'T', 'X']);
+            let ppid = rng.below(4_194_305) as i32;
+            let stat = format!("{} ({}) {} {} 42 42 0 -1 4194560 100 0", 1 + rng.below(4_194_304), comm, state, ppid);
+            assert_eq!(parse_stat(&stat), Some((ppid, state)), "case {}: {:?}", case, stat);
+            // Damaged text: an answer or None, never a panic.
+            let _ = parse_stat(&rng.mutate_text(&stat, b"() "));
+            let _ = parse_stat(&rng.text(40));
+        }
     }
 }

@@ -38,9 +38,10 @@ fn unhex(s: &str) -> Result<Vec<u8>, String> {
     if s.len() % 2 != 0 {
         return Err("odd hex length".into());
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| "bad hex".to_string()))
+    // By bytes: a slice of the str could cut a multibyte character (a panic, not an error).
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()).ok_or_else(|| "bad hex".to_string()))
         .collect()
 }
 
@@ -302,83 +303,4 @@ pub fn exec(exe: &std::path::Path, state: &Carried) -> nix::Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(generations: Generations) -> Carried {
-        Carried {
-            wrapper_pid: 42,
-            exe: PathBuf::from("/usr/sbin/haproxy-systemd-wrapper"),
-            next_gen: 5,
-            last_reload: LastReload::Failed { ms: 31, reason: "config : parsing [x.cfg:3] ; unknown=keyword\n".into() },
-            reloads: 7,
-            relay_read: 3,
-            relay_write: 4,
-            reload_started_ns: 123456789,
-            generations,
-            attempt: None,
-        }
-    }
-
-    fn foreground() -> Generations {
-        Generations::Foreground(ForegroundGenerations {
-            serving: Some(Gen { n: 4, pid: 1000 }),
-            draining: vec![Gen { n: 2, pid: 900 }, Gen { n: 3, pid: 950 }],
-            pidfile_written: true,
-        })
-    }
-
-    fn master_worker() -> Generations {
-        Generations::MasterWorker(MasterWorkerGenerations {
-            master: Some(Gen { n: 4, pid: 1000 }),
-            workers: vec![1001, 1002],
-            old_workers: vec![990],
-            socket_fd: 5,
-            reload: None,
-        })
-    }
-
-    #[test]
-    fn round_trips() {
-        for state in [sample(foreground()), sample(master_worker())] {
-            assert_eq!(decode(&encode(&state)).unwrap(), state);
-        }
-        // A master-worker reload carried in progress.
-        let mut carried = sample(master_worker());
-        if let Generations::MasterWorker(mw) = &mut carried.generations {
-            mw.reload = Some(MasterReload { gen: 5, workers_before: vec![1001, 1002], signalled_ns: 77, master_began: false, loading_failed: true });
-        }
-        carried.attempt = Some(CarriedAttempt { gen: 5, started_ns: 70, deadline_ns: 30_000_000_070, ledger_seq: Some(3) });
-        assert_eq!(decode(&encode(&carried)).unwrap(), carried);
-        carried.attempt = Some(CarriedAttempt { gen: 5, started_ns: 70, deadline_ns: 71, ledger_seq: None });
-        assert_eq!(decode(&encode(&carried)).unwrap(), carried);
-        assert!(encode(&carried).starts_with("v=2;"));
-        let mut other = sample(Generations::Foreground(ForegroundGenerations::default()));
-        other.last_reload = LastReload::Ok { ms: 85 };
-        assert_eq!(decode(&encode(&other)).unwrap(), other);
-    }
-
-    #[test]
-    fn reads_the_state_of_the_wrapper_before_the_mode_split() {
-        // Written by the previous wrapper (both modes' keys side by side): an upgrade re-execs into this one.
-        let old = "v=1;pid=42;exe=2f78;next_gen=3;serving=2:100;draining=;workers=101;old_workers=;last=ok:5;reloads=1;relay=3,4;master_sock=5;reload_t0=9;pidfile_written=0";
-        let state = decode(old).unwrap();
-        assert_eq!(
-            state.generations,
-            Generations::MasterWorker(MasterWorkerGenerations { master: Some(Gen { n: 2, pid: 100 }), workers: vec![101], old_workers: vec![], socket_fd: 5, reload: None })
-        );
-    }
-
-    #[test]
-    fn rejects_damaged_state() {
-        assert!(decode("").is_err());
-        assert!(decode("v=3;pid=1;exe=2f;relay=3,4").unwrap_err().contains("newer than this wrapper's"));
-        assert!(decode("v=2;pid=1;exe=2f;relay=3,4").is_ok());
-        assert!(decode("v=2;pid=1;exe=2f;relay=3,4;attempt=1:2:3:-").unwrap_err().contains("half"));
-        assert!(decode("v=2;pid=1;exe=2f;relay=3,4;master_sock=5;mw_reload=1:2:3:0:").is_err());
-        assert!(decode("v=1;pid=x;exe=2f;relay=3,4").is_err());
-        assert!(decode("v=1;pid=1;exe=2f").is_err());
-        assert!(decode("v=1;pid=1;exe=2f;relay=3,4;draining=1:").is_err());
-        assert!(decode("v=1;pid=1;exe=2f;relay=3,4;future_key=7").is_ok());
-    }
-}
+mod tests;

@@ -3,32 +3,15 @@
 //! haproxy's reason, when it cannot take effect, while the old generation answers every request.
 //! Each configuration answers with its own tag, so old and new generations are told apart.
 
+#[macro_use]
 mod util;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use nix::sys::signal::Signal;
 
 use util::*;
-
-macro_rules! both_modes {
-    ($(#[$doc:meta])* fn $name:ident($mode:ident) $body:block) => {
-        $(#[$doc])*
-        mod $name {
-            use super::*;
-            fn run($mode: Mode) $body
-            #[test]
-            fn foreground() {
-                run(Mode::Foreground)
-            }
-            #[test]
-            fn master_worker() {
-                run(Mode::MasterWorker)
-            }
-        }
-    };
-}
 
 /// A configuration answering `tag`; `global` and `frontend` lines added as given.
 fn config(t: &Ctx, mode: Mode, tag: &str, global: &str, frontend: &str) -> String {
@@ -65,11 +48,7 @@ fn start(t: &mut Ctx, mode: Mode, cfg_text: &str, handover: bool, tag: &str) {
 /// `kill -USR2 $MAINPID` then `haproxy-systemd-wrapper --wait-reload $MAINPID`, as the unit does.
 fn systemctl_reload(t: &mut Ctx) -> Output {
     t.signal(Signal::SIGUSR2);
-    let out = Command::new(WRAPPER)
-        .args(["--wait-reload", &t.pid.to_string(), "--run-dir", &t.p("run"), "--timeout", "60"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the client");
+    let out = t.wait_reload_command(t.pid, &["--timeout", "60"]).output().expect("run the client");
     t.track_haproxy(REAL_HAPROXY);
     out
 }

@@ -7,7 +7,7 @@ mod util;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use nix::sys::signal::Signal;
 
@@ -15,11 +15,7 @@ use util::*;
 
 /// `--wait-reload` for the test's wrapper: its exit status and stderr.
 fn wait_reload(t: &Ctx) -> (Option<i32>, String) {
-    let out = Command::new(WRAPPER)
-        .args(["--wait-reload", &t.pid.to_string(), "--run-dir", &t.p("run"), "--timeout", "20"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = t.wait_reload_command(t.pid, &["--timeout", "20"]).output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

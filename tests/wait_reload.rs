@@ -4,33 +4,16 @@
 //! no reload was asked. Driven with the fake haproxy in both modes; each wrapper keeps its ledger
 //! in the test's own run directory.
 
+#[macro_use]
 mod util;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use util::*;
-
-macro_rules! both_modes {
-    ($(#[$doc:meta])* fn $name:ident($mode:ident) $body:block) => {
-        $(#[$doc])*
-        mod $name {
-            use super::*;
-            fn run($mode: Mode) $body
-            #[test]
-            fn foreground() {
-                run(Mode::Foreground)
-            }
-            #[test]
-            fn master_worker() {
-                run(Mode::MasterWorker)
-            }
-        }
-    };
-}
 
 /// Starts the wrapper on the fake (its ledger in `<test>/run`, see `Ctx::command`) and waits for
 /// READY=1; returns the cfg path.
@@ -48,15 +31,7 @@ fn client(t: &Ctx, extra: &[&str]) -> Child {
 }
 
 fn client_for(t: &Ctx, pid: i32, extra: &[&str]) -> Child {
-    Command::new(WRAPPER)
-        .args(["--wait-reload", &pid.to_string(), "--run-dir", &t.p("run")])
-        .args(extra)
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the client")
+    t.wait_reload_command(pid, extra).spawn().expect("spawn the client")
 }
 
 /// Waits for the client's end (killing it after `timeout`).

@@ -228,6 +228,12 @@ impl Protocol for Foreground {
         }
     }
 
+    fn acknowledges_stop(&self) -> bool {
+        // Each generation handles SIGUSR1 itself, from its first instruction on (before haproxy
+        // installs its handler, the default action ends it): nothing drops it.
+        false
+    }
+
     fn decides_attempt(&self, pid: i32) -> bool {
         self.attempt.as_ref().map_or(false, |attempt| attempt.sentinel == pid)
     }
@@ -312,141 +318,4 @@ impl Protocol for Foreground {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cli;
-    use nix::unistd::Pid;
-    use std::path::PathBuf;
-
-    const SENTINEL: i32 = 4_000_001;
-    const NEW: i32 = 4_000_002;
-    const SERVING: i32 = 4_000_003;
-    const DRAINING: i32 = 4_000_004;
-
-    fn exit(pid: i32, code: i32) -> Event {
-        Event::ChildEnded { pid, status: WaitStatus::Exited(Pid::from_raw(pid), code) }
-    }
-
-    /// A foreground protocol in the middle of a start (no serving generation) or of a reload of
-    /// gen 2 (gen 1 serving, gen 0 draining), with made-up pids: nothing is started.
-    fn attempt(first: bool, with_handover: bool) -> Foreground {
-        let hargs = match cli::parse(["-f", "h.cfg", "-x", "/nonexistent/admin.sock"]).unwrap() {
-            cli::Command::Supervise(_, h) => h,
-            _ => unreachable!(),
-        };
-        let launch = Launch { program: PathBuf::from("/nonexistent/haproxy"), args: hargs, relay_write: 2 };
-        let generations = if first {
-            ForegroundGenerations::default()
-        } else {
-            ForegroundGenerations { serving: Some(Gen { n: 1, pid: SERVING }), draining: vec![Gen { n: 0, pid: DRAINING }], pidfile_written: false }
-        };
-        let attempt = Attempt { gen: 2, first, sentinel: SENTINEL, haproxy: Some(NEW), with_handover, old_in_sf: false, retried: false, serving_ended: None };
-        Foreground { launch, generations, attempt: Some(attempt) }
-    }
-
-    #[test]
-    fn the_sentinel_exiting_0_means_serving() {
-        let mut p = attempt(false, false);
-        assert!(p.decides_attempt(SENTINEL) && !p.decides_attempt(NEW));
-        assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Outcome::Attempt(Verdict::Serving));
-        assert_eq!(p.commit(), NEW);
-        assert_eq!(p.serving_pid(), Some(NEW));
-        assert_eq!(p.draining(), vec![DRAINING, SERVING]);
-        assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (pid {})", NEW));
-    }
-
-    #[test]
-    fn a_sentinel_ending_otherwise_decides_nothing() {
-        let mut p = attempt(false, false);
-        let killed = Event::ChildEnded { pid: SENTINEL, status: WaitStatus::Signaled(Pid::from_raw(SENTINEL), Signal::SIGKILL, false) };
-        assert_eq!(p.on_event(&killed, &[]), Outcome::Nothing);
-        assert_eq!(p.on_event(&exit(SENTINEL, 1), &[]), Outcome::Nothing);
-    }
-
-    #[test]
-    fn the_new_haproxy_exiting_fails_the_attempt_with_its_status() {
-        let mut p = attempt(true, false);
-        assert_eq!(p.on_event(&exit(NEW, 3), &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 3".into(), code: 3 }));
-        let mut p = attempt(true, false);
-        let killed = Event::ChildEnded { pid: NEW, status: WaitStatus::Signaled(Pid::from_raw(NEW), Signal::SIGSEGV, true) };
-        assert_eq!(p.on_event(&killed, &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 139".into(), code: 139 }));
-    }
-
-    #[test]
-    fn a_failed_handover_is_retried_once_a_config_error_is_not() {
-        // A configuration alert: no second try.
-        let mut p = attempt(false, true);
-        let alerts = vec!["config : parsing [cfg:11] : unknown keyword 'garbage'".to_string()];
-        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
-        // The socket named: a second try, without -x (here it cannot start: /nonexistent/haproxy).
-        let mut p = attempt(false, true);
-        let alerts = vec!["Failed to get the sockets from the old process!".to_string()];
-        match p.on_event(&exit(NEW, 1), &alerts) {
-            Outcome::Attempt(Verdict::Failed { reason, code: 127 }) => assert!(reason.contains("not found"), "{}", reason),
-            other => panic!("no retry: {:?}", other),
-        }
-        assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried && !attempt.with_handover && attempt.old_in_sf));
-        // The retry's own end is final.
-        if let Some(attempt) = &mut p.attempt {
-            attempt.haproxy = Some(NEW);
-        }
-        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
-        assert!(handover_may_be_at_fault(&[]));
-        // "cannot bind socket" is not about the hand-over (it names a socket, though).
-        let mut p = attempt(false, true);
-        let alerts = vec!["Starting frontend fe: cannot bind socket (Cannot assign requested address) [192.0.2.1:80]".to_string()];
-        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
-    }
-
-    #[test]
-    fn address_in_use_is_retried_once_with_the_older_generations_in_sf() {
-        let alerts = vec!["Starting frontend fe: cannot bind socket (Address already in use) [127.0.0.1:80]".to_string()];
-        let mut p = attempt(false, false);
-        match p.on_event(&exit(NEW, 1), &alerts) {
-            Outcome::Attempt(Verdict::Failed { code: 127, .. }) => {}
-            other => panic!("no retry: {:?}", other),
-        }
-        assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried && attempt.old_in_sf));
-        if let Some(attempt) = &mut p.attempt {
-            attempt.haproxy = Some(NEW);
-        }
-        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
-        // At the first start there is nobody to wait for: no retry.
-        let mut p = attempt(true, false);
-        assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
-    }
-
-    #[test]
-    fn the_serving_generation_ending_during_a_reload_is_left_to_the_reload() {
-        let mut p = attempt(false, false);
-        assert_eq!(p.on_event(&exit(SERVING, 0), &[]), Outcome::Attempt(Verdict::Pending));
-        assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Outcome::Attempt(Verdict::Serving));
-        p.commit();
-        assert_eq!(p.draining(), vec![DRAINING], "the ended generation is not draining");
-        // A failed reload returns the serving generation's end (the service is gone).
-        let mut p = attempt(false, false);
-        p.on_event(&exit(SERVING, 7), &[]);
-        p.on_event(&exit(NEW, 1), &[]);
-        assert_eq!(p.abandon(true), Some(WaitStatus::Exited(Pid::from_raw(SERVING), 7)));
-        assert_eq!(p.serving_pid(), None);
-    }
-
-    #[test]
-    fn outside_an_attempt_the_serving_end_is_the_services_and_draining_ends_change_status() {
-        let mut p = attempt(false, false);
-        p.attempt = None;
-        assert_eq!(p.on_event(&exit(DRAINING, 0), &[]), Outcome::StatusChanged);
-        assert_eq!(p.on_event(&exit(SERVING, 2), &[]), Outcome::ServingEnded(WaitStatus::Exited(Pid::from_raw(SERVING), 2)));
-        assert_eq!(p.on_event(&exit(12345678, 0), &[]), Outcome::Nothing);
-        assert_eq!(p.signal_targets(), Vec::<i32>::new());
-    }
-
-    #[test]
-    fn a_deadline_fails_the_attempt_with_69() {
-        let mut p = attempt(true, false);
-        let timeout = std::time::Duration::from_millis(1500);
-        assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Attempt(Verdict::Failed { reason: "not ready after 1.5 s".into(), code: 69 }));
-        p.attempt = None;
-        assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Nothing);
-    }
-}
+mod tests;

@@ -13,10 +13,11 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::{exited, not_ready, Event, Launch, Outcome, Protocol, Verdict};
+use super::{exited, not_ready, Event, Launch, Outcome, Protocol, StillServing, Verdict};
 use crate::clock;
 use crate::error::Error;
 use crate::haproxy;
+use crate::log::RateLimit;
 use crate::notify::{self, MasterSocket};
 use crate::procs;
 use crate::state::{Gen, Generations, MasterReload, MasterWorkerGenerations};
@@ -39,8 +40,8 @@ struct Attempt {
     signalled_ns: u64,
     /// The master said RELOADING=1 for this reload: its next READY=1 answers it.
     master_began: bool,
-    /// The master's children when it said READY=1.
-    children_at_ready: Vec<i32>,
+    /// The master's children when it said READY=1 (None: /proc could not be read).
+    children_at_ready: Option<Vec<i32>>,
 }
 
 pub struct MasterWorker {
@@ -49,16 +50,31 @@ pub struct MasterWorker {
     generations: MasterWorkerGenerations,
     attempt: Option<Attempt>,
     next_drain_check_ns: u64,
+    /// Logs of datagrams from other processes than the master.
+    foreign_log: RateLimit,
+    /// The current workers are not known (the master's children could not be read at its
+    /// READY=1): the next drain check learns them.
+    workers_unknown: bool,
+    /// Logs of failed walks of the master's children during drain checks.
+    walk_log: RateLimit,
 }
 
-/// The verdict on a READY=1 of the master: `children` are its children then.
-fn judge_ready(attempt: &Attempt, children: &[i32]) -> Verdict {
+/// How many times the master's children are read when one walk of /proc fails.
+const WALK_TRIES: u32 = 3;
+
+/// At most this many datagrams from other processes than the master are logged per second.
+const FOREIGN_LOG_BURST: u32 = 5;
+
+/// The verdict on a READY=1 of the master: `children` are its children then, None when they
+/// could not be read: the master's READY=1 is trusted then (a warning was logged), since an
+/// error reading /proc says nothing about haproxy.
+fn judge_ready(attempt: &Attempt, children: Option<&[i32]>) -> Verdict {
     if attempt.first {
         return Verdict::Serving;
     }
     let reason = if attempt.loading_failed {
         "haproxy reported a loading failure"
-    } else if children.iter().all(|c| attempt.workers_before.contains(c)) {
+    } else if children.map_or(false, |children| children.iter().all(|c| attempt.workers_before.contains(c))) {
         "the master started no new worker"
     } else {
         return Verdict::Serving;
@@ -69,7 +85,7 @@ fn judge_ready(attempt: &Attempt, children: &[i32]) -> Verdict {
 impl MasterWorker {
     pub fn fresh(launch: Launch, socket: MasterSocket) -> MasterWorker {
         let generations = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: socket.fd(), reload: None };
-        MasterWorker { launch, socket, generations, attempt: None, next_drain_check_ns: 0 }
+        MasterWorker::new(launch, socket, generations, None)
     }
 
     /// Takes the carried generations back, keeping only the workers the kernel confirms.
@@ -91,10 +107,23 @@ impl MasterWorker {
             loading_failed: r.loading_failed,
             signalled_ns: r.signalled_ns,
             master_began: r.master_began,
-            children_at_ready: vec![],
+            children_at_ready: None,
         });
         // Draining workers are looked for right away: some may have ended during the re-exec.
-        MasterWorker { launch, socket, generations, attempt, next_drain_check_ns: 0 }
+        MasterWorker::new(launch, socket, generations, attempt)
+    }
+
+    fn new(launch: Launch, socket: MasterSocket, generations: MasterWorkerGenerations, attempt: Option<Attempt>) -> MasterWorker {
+        MasterWorker {
+            launch,
+            socket,
+            generations,
+            attempt,
+            next_drain_check_ns: 0,
+            foreign_log: RateLimit::new(FOREIGN_LOG_BURST, Duration::from_secs(1)),
+            workers_unknown: false,
+            walk_log: RateLimit::new(1, Duration::from_secs(10)),
+        }
     }
 
     fn master_pid(&self) -> Option<i32> {
@@ -107,6 +136,9 @@ impl MasterWorker {
     }
 
     fn master_said(&mut self, message: &str, children: Option<&Vec<i32>>) -> Outcome {
+        if notify::says(message, "STOPPING") {
+            return Outcome::Stopping;
+        }
         if let Some(attempt) = &mut self.attempt {
             if !attempt.first && notify::says(message, "RELOADING") {
                 // haproxy >= 3.0 dates it: an older one is an earlier reload's.
@@ -121,33 +153,43 @@ impl MasterWorker {
                 attempt.loading_failed = true;
             }
         }
-        let children = match children {
-            Some(c) if notify::says(message, "READY") => c,
-            _ => return Outcome::Nothing,
-        };
-        match &mut self.attempt {
-            Some(attempt) if !attempt.first && !attempt.master_began => {
+        if !notify::says(message, "READY") {
+            return Outcome::Nothing;
+        }
+        match (&mut self.attempt, children) {
+            (Some(attempt), children) if !attempt.first && !attempt.master_began => {
                 // The late answer of an earlier reload (it timed out, or its RELOADING=1 came
                 // before this reload's signal): what it printed or forked is not this reload's.
                 info!("gen {}: a READY=1 of an earlier reload; still waiting for the master to begin this one", attempt.gen);
                 attempt.loading_failed = false;
-                for &c in children {
-                    if !attempt.workers_before.contains(&c) {
-                        attempt.workers_before.push(c);
+                match children {
+                    Some(children) => {
+                        for &c in children {
+                            if !attempt.workers_before.contains(&c) {
+                                attempt.workers_before.push(c);
+                            }
+                        }
+                        let old = &self.generations.old_workers;
+                        self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
+                        self.workers_unknown = false;
                     }
+                    None => self.workers_unknown = true,
                 }
-                let old = &self.generations.old_workers;
-                self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
                 Outcome::StatusChanged
             }
-            Some(attempt) => {
-                attempt.children_at_ready = children.clone();
-                Outcome::Attempt(judge_ready(attempt, children))
+            (Some(attempt), children) => {
+                attempt.children_at_ready = children.cloned();
+                Outcome::Attempt(judge_ready(attempt, children.map(|c| c.as_slice())))
             }
-            None => {
+            (None, Some(children)) => {
                 // A late answer to a reload that already timed out: learn the current workers.
                 let old = &self.generations.old_workers;
                 self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
+                self.workers_unknown = false;
+                Outcome::StatusChanged
+            }
+            (None, None) => {
+                self.workers_unknown = true;
                 Outcome::StatusChanged
             }
         }
@@ -168,12 +210,18 @@ impl Protocol for MasterWorker {
         let mut events = Vec::new();
         for (pid, message) in self.socket.recv_all() {
             if Some(pid) != master {
-                debug!("ignoring a notify message from pid {} (not the master): {:?}", pid, message);
+                // Anyone may send to the socket: a flood makes a few lines, not one per datagram.
+                let message: String = message.chars().take(200).collect();
+                match self.foreign_log.allow(clock::now_ns()) {
+                    Some(0) => notice!("ignoring a notify message from pid {} (not the master): {:?}", pid, message),
+                    Some(n) => notice!("ignoring a notify message from pid {} (not the master): {:?} ({} more ignored before it, not logged)", pid, message, n),
+                    None => {}
+                }
                 continue;
             }
             debug!("master {} says {:?}", pid, message);
             // The fact the verdict needs, read once, when the master says it is ready.
-            let children = if notify::says(&message, "READY") { Some(procs::children_of(pid)) } else { None };
+            let children = if notify::says(&message, "READY") { master_children_at_ready(pid) } else { None };
             events.push(Event::MasterSaid { message, children });
         }
         events
@@ -185,7 +233,7 @@ impl Protocol for MasterWorker {
             let pid = haproxy::spawn(program, &self.launch.args.base, self.launch.relay_write, Some(&self.socket.address))
                 .map_err(|e| Error::from_spawn(program, &e))?;
             info!("gen {}: started haproxy master pid {}", gen, pid);
-            self.attempt = Some(Attempt { gen, first, master: pid, workers_before: vec![], loading_failed: false, signalled_ns: 0, master_began: true, children_at_ready: vec![] });
+            self.attempt = Some(Attempt { gen, first, master: pid, workers_before: vec![], loading_failed: false, signalled_ns: 0, master_began: true, children_at_ready: None });
             return Ok(());
         }
         let master = self.master_pid().ok_or_else(|| Error::Internal("no master to reload".into()))?;
@@ -198,7 +246,7 @@ impl Protocol for MasterWorker {
         let signalled_ns = clock::now_ns();
         haproxy::signal(master, Signal::SIGUSR2);
         info!("gen {}: asked master {} to reload (workers before: {:?})", gen, master, before);
-        self.attempt = Some(Attempt { gen, first, master, workers_before: before, loading_failed: false, signalled_ns, master_began: false, children_at_ready: vec![] });
+        self.attempt = Some(Attempt { gen, first, master, workers_before: before, loading_failed: false, signalled_ns, master_began: false, children_at_ready: None });
         Ok(())
     }
 
@@ -226,6 +274,13 @@ impl Protocol for MasterWorker {
         }
     }
 
+    fn acknowledges_stop(&self) -> bool {
+        // The master says STOPPING=1 when it acts on SIGUSR1/SIGTERM (haproxy >= 1.8 with -Ws;
+        // seen on 2.6). While it re-executes itself (a reload, and right after its start on
+        // 2.6) it drops signals.
+        true
+    }
+
     fn decides_attempt(&self, _pid: i32) -> bool {
         false
     }
@@ -235,14 +290,24 @@ impl Protocol for MasterWorker {
             Some(attempt) => attempt,
             None => return 0,
         };
-        let children = attempt.children_at_ready;
-        let new: Vec<i32> = children.iter().copied().filter(|w| !attempt.workers_before.contains(w)).collect();
         let mut old = std::mem::take(&mut self.generations.workers);
         old.extend(attempt.workers_before.iter().copied());
         old.sort_unstable();
         old.dedup();
-        self.generations.old_workers = old.into_iter().filter(|w| children.contains(w) && !new.contains(w)).collect();
-        self.generations.workers = new;
+        match attempt.children_at_ready {
+            Some(children) => {
+                let new: Vec<i32> = children.iter().copied().filter(|w| !attempt.workers_before.contains(w)).collect();
+                self.generations.old_workers = old.into_iter().filter(|w| children.contains(w) && !new.contains(w)).collect();
+                self.generations.workers = new;
+                self.workers_unknown = false;
+            }
+            None => {
+                // Every worker known before is presumed draining; the drain check sorts them
+                // out and learns the new ones.
+                self.generations.old_workers = old;
+                self.workers_unknown = true;
+            }
+        }
         self.generations.master = Some(Gen { n: attempt.gen, pid: attempt.master });
         self.next_drain_check_ns = clock::deadline_after(DRAIN_POLL);
         attempt.master
@@ -265,8 +330,43 @@ impl Protocol for MasterWorker {
         self.master_pid()
     }
 
+    fn still_serving(&mut self) -> StillServing {
+        let master = match self.master_pid() {
+            Some(master) => master,
+            None => return StillServing::No,
+        };
+        if matches!(procs::stat(master), None | Some((_, 'Z'))) {
+            return StillServing::No;
+        }
+        if self.workers_unknown {
+            return StillServing::Yes; // nothing known to check: the master lives
+        }
+        let alive = match procs::children_of(master) {
+            Ok(alive) => alive,
+            Err(_) => return StillServing::Yes,
+        };
+        // The serving workers known (some may have been found gone after a re-exec); with
+        // none known, any child of the master.
+        let known = !self.generations.workers.is_empty();
+        self.generations.workers.retain(|w| alive.contains(w));
+        self.generations.old_workers.retain(|w| alive.contains(w));
+        let serving: Vec<i32> = if known { self.generations.workers.clone() } else { alive };
+        if serving.is_empty() {
+            return StillServing::No;
+        }
+        // Alive is not serving: haproxy may have soft-stopped them for the new worker, or
+        // stopped them (2.6 leaves an old worker in state T when the new one fails early).
+        // Only TCP listeners are seen; this only words the log, nothing is stopped on it.
+        if serving.iter().any(|&w| procs::stat(w).map_or(false, |(_, state)| state != 'T') && procs::holds_listener(w)) {
+            StillServing::Yes
+        } else {
+            StillServing::Unsure(format!("its workers {} hold no listening TCP socket or are stopped", super::pid_list(&serving)))
+        }
+    }
+
     fn serving_text(&self) -> Option<String> {
-        self.generations.master.map(|generation| format!("gen {} serving (master {}, workers {})", generation.n, generation.pid, super::pid_list(&self.generations.workers)))
+        let workers = if self.workers_unknown { "unknown".to_string() } else { super::pid_list(&self.generations.workers) };
+        self.generations.master.map(|generation| format!("gen {} serving (master {}, workers {})", generation.n, generation.pid, workers))
     }
 
     fn serving_label(&self, pid: i32) -> String {
@@ -278,7 +378,7 @@ impl Protocol for MasterWorker {
     }
 
     fn next_tick_ns(&self) -> Option<u64> {
-        if self.generations.old_workers.is_empty() {
+        if self.generations.old_workers.is_empty() && !self.workers_unknown {
             None
         } else {
             Some(self.next_drain_check_ns)
@@ -288,19 +388,21 @@ impl Protocol for MasterWorker {
     /// Which old workers are still draining, which are the current ones.
     fn on_tick(&mut self, now_ns: u64) -> bool {
         let master = match self.master_pid() {
-            Some(m) if !self.generations.old_workers.is_empty() && now_ns >= self.next_drain_check_ns => m,
+            Some(m) if (!self.generations.old_workers.is_empty() || self.workers_unknown) && now_ns >= self.next_drain_check_ns => m,
             _ => return false,
         };
         self.next_drain_check_ns = now_ns + DRAIN_POLL.as_nanos() as u64;
-        let alive = procs::children_of(master);
-        let before = self.generations.old_workers.len();
-        self.generations.old_workers.retain(|w| alive.contains(w));
-        self.generations.workers.retain(|w| alive.contains(w));
-        if self.generations.old_workers.len() != before {
-            info!("old workers still draining: {}", self.generations.old_workers.len());
-            return true;
-        }
-        false
+        let alive = match procs::children_of(master) {
+            Ok(alive) => alive,
+            Err(e) => {
+                // Unknown is not "all gone": keep the lists, look again at the next check.
+                if let Some(n) = self.walk_log.allow(now_ns) {
+                    warning!("cannot list the children of master {} ({}); draining workers are looked for again later{}", master, e, held_back(n));
+                }
+                return false;
+            }
+        };
+        self.learn_workers(&alive)
     }
 
     fn generations(&self) -> Generations {
@@ -323,178 +425,9 @@ impl Protocol for MasterWorker {
     fn finish(&mut self) {}
 }
 
+mod workers;
+
+use workers::{held_back, master_children_at_ready};
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cli;
-    use nix::unistd::Pid;
-    use std::path::PathBuf;
-
-    const MASTER: i32 = 4_100_001;
-    const W1: i32 = 4_100_011;
-    const W2: i32 = 4_100_012;
-    const W3: i32 = 4_100_013;
-
-    /// A master-worker protocol with a made-up master: serving gen 1 (worker W1) and, when
-    /// `reload`, reloading to gen 2; else starting gen 1. Nothing is started.
-    fn protocol(reload: bool) -> MasterWorker {
-        let hargs = match cli::parse(["-Ws", "-f", "h.cfg"]).unwrap() {
-            cli::Command::Supervise(_, h) => h,
-            _ => unreachable!(),
-        };
-        let launch = Launch { program: PathBuf::from("/nonexistent/haproxy"), args: hargs, relay_write: 2 };
-        let mut p = MasterWorker::fresh(launch, MasterSocket::bind().unwrap());
-        if reload {
-            p.generations.master = Some(Gen { n: 1, pid: MASTER });
-            p.generations.workers = vec![W1];
-        }
-        let workers_before = if reload { vec![W1] } else { vec![] };
-        // A reload the master has begun (it said RELOADING=1 after the signal).
-        p.attempt = Some(Attempt {
-            gen: 1 + reload as u32,
-            first: !reload,
-            master: MASTER,
-            workers_before,
-            loading_failed: false,
-            signalled_ns: 1_000_000,
-            master_began: true,
-            children_at_ready: vec![],
-        });
-        p
-    }
-
-    fn reloading(usec: Option<u64>) -> Event {
-        let message = match usec {
-            Some(usec) => format!("RELOADING=1\nMONOTONIC_USEC={}\n", usec),
-            None => "RELOADING=1\n".to_string(),
-        };
-        Event::MasterSaid { message, children: None }
-    }
-
-    #[test]
-    fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
-        let mut p = protocol(true);
-        if let Some(attempt) = &mut p.attempt {
-            attempt.master_began = false;
-        }
-        // The earlier reload (timed out) ends now: its READY=1, its worker W2, its failure line.
-        assert_eq!(p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]), Outcome::Nothing);
-        assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
-        // Its RELOADING=1, dated before this reload's signal, does not begin this one either.
-        assert_eq!(p.on_event(&reloading(Some(999)), &[]), Outcome::Nothing);
-        assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
-        // This reload's RELOADING=1: its READY=1 answers, and W2 is not its new worker.
-        assert_eq!(p.on_event(&reloading(Some(1000)), &[]), Outcome::Nothing);
-        assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), failed("the master started no new worker"));
-        // Undated (haproxy < 3.0): a RELOADING=1 after the signal begins it; the failure line of
-        // the earlier reload does not count against it.
-        let mut p = protocol(true);
-        if let Some(attempt) = &mut p.attempt {
-            attempt.master_began = false;
-        }
-        p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]);
-        p.on_event(&ready(&[W1, W2]), &[]);
-        p.on_event(&reloading(None), &[]);
-        assert_eq!(p.on_event(&ready(&[W1, W2, W3]), &[]), Outcome::Attempt(Verdict::Serving));
-    }
-
-    #[test]
-    fn a_reload_in_progress_is_carried_across_the_reexec() {
-        let mut p = protocol(true);
-        if let Some(attempt) = &mut p.attempt {
-            attempt.master_began = false;
-        }
-        let generations = match p.generations() {
-            Generations::MasterWorker(g) => g,
-            _ => unreachable!(),
-        };
-        let carried = generations.reload.clone().unwrap();
-        assert_eq!((carried.gen, carried.workers_before.clone(), carried.signalled_ns, carried.master_began), (2, vec![W1], 1_000_000, false));
-        let launch = p.launch.clone();
-        let mut q = MasterWorker::resume(launch, MasterSocket::bind().unwrap(), generations);
-        assert!(q.generations.reload.is_none());
-        q.on_event(&reloading(None), &[]);
-        assert_eq!(q.on_event(&ready(&[W1, W2]), &[]), Outcome::Attempt(Verdict::Serving));
-    }
-
-    fn ready(children: &[i32]) -> Event {
-        Event::MasterSaid { message: "READY=1\nMAINPID=4100001\n".into(), children: Some(children.to_vec()) }
-    }
-
-    fn failed(reason: &str) -> Outcome {
-        Outcome::Attempt(Verdict::Failed { reason: reason.into(), code: 1 })
-    }
-
-    #[test]
-    fn ready_at_the_start_means_serving() {
-        let mut p = protocol(false);
-        assert_eq!(p.on_event(&ready(&[W1]), &[]), Outcome::Attempt(Verdict::Serving));
-        assert_eq!(p.commit(), MASTER);
-        assert_eq!(p.serving_text().unwrap(), format!("gen 1 serving (master {}, workers {})", MASTER, W1));
-        assert_eq!(p.signal_targets(), vec![MASTER]);
-    }
-
-    #[test]
-    fn a_reload_serves_when_the_master_has_a_new_worker() {
-        let mut p = protocol(true);
-        assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::Attempt(Verdict::Serving));
-        p.commit();
-        assert_eq!(p.generations.workers, vec![W2]);
-        assert_eq!(p.draining(), vec![W1]);
-        assert!(p.next_tick_ns().is_some());
-    }
-
-    #[test]
-    fn a_reload_without_a_new_worker_failed() {
-        let mut p = protocol(true);
-        assert_eq!(p.on_event(&ready(&[W1]), &[]), failed("the master started no new worker"));
-        let mut p = protocol(true);
-        assert_eq!(p.on_event(&ready(&[]), &[]), failed("the master started no new worker"));
-    }
-
-    #[test]
-    fn a_loading_failure_fails_the_reload_even_with_a_new_worker() {
-        let mut p = protocol(true);
-        assert_eq!(p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]), Outcome::Nothing);
-        assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), failed("haproxy reported a loading failure"));
-        // haproxy >= 3.1 says it in STATUS= of the READY=1 datagram itself.
-        let mut p = protocol(true);
-        let said = Event::MasterSaid { message: "READY=1\nSTATUS=Reload failed!\n".into(), children: Some(vec![W1, W3]) };
-        assert_eq!(p.on_event(&said, &[]), failed("haproxy reported a loading failure"));
-    }
-
-    #[test]
-    fn messages_without_ready_decide_nothing() {
-        let mut p = protocol(true);
-        let reloading = Event::MasterSaid { message: "RELOADING=1\n".into(), children: None };
-        assert_eq!(p.on_event(&reloading, &[]), Outcome::Nothing);
-        assert_eq!(p.on_event(&Event::Line("[ALERT] (1) : config : bad".into()), &["config : bad".into()]), Outcome::Nothing);
-    }
-
-    #[test]
-    fn the_master_ending_fails_a_start_and_ends_a_running_service() {
-        let mut p = protocol(false);
-        let end = Event::ChildEnded { pid: MASTER, status: WaitStatus::Exited(Pid::from_raw(MASTER), 1) };
-        assert_eq!(p.on_event(&end, &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
-        let mut p = protocol(true);
-        let killed = WaitStatus::Signaled(Pid::from_raw(MASTER), Signal::SIGKILL, false);
-        assert_eq!(p.on_event(&Event::ChildEnded { pid: MASTER, status: killed }, &[]), Outcome::ServingEnded(killed));
-        assert_eq!(p.serving_pid(), None);
-    }
-
-    #[test]
-    fn a_late_ready_updates_the_workers() {
-        let mut p = protocol(true);
-        p.attempt = None;
-        p.generations.old_workers = vec![W1];
-        assert_eq!(p.on_event(&ready(&[W1, W3]), &[]), Outcome::StatusChanged);
-        assert_eq!(p.generations.workers, vec![W3]);
-    }
-
-    #[test]
-    fn a_deadline_fails_the_attempt_with_69() {
-        let mut p = protocol(true);
-        let d = Event::Deadline { ready_timeout: Duration::from_secs(2) };
-        assert_eq!(p.on_event(&d, &[]), Outcome::Attempt(Verdict::Failed { reason: "not ready after 2 s".into(), code: 69 }));
-    }
-}
+mod tests;

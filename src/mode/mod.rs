@@ -32,7 +32,8 @@ pub enum Event {
     /// One line haproxy printed.
     Line(String),
     /// master-worker: a datagram from the master on its private socket. `children` are the
-    /// master's children read when the datagram said READY=1 (None for other datagrams).
+    /// master's children read when the datagram said READY=1; None for other datagrams, and
+    /// for a READY=1 when /proc could not be read (an unknown list, never an empty one).
     MasterSaid { message: String, children: Option<Vec<i32>> },
     /// The attempt in progress was not ready within --ready-timeout.
     Deadline { ready_timeout: Duration },
@@ -49,6 +50,16 @@ pub enum Verdict {
     Failed { reason: String, code: u8 },
 }
 
+/// After a failed reload, what is left of the serving generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StillServing {
+    Yes,
+    /// Its processes live, but by what /proc shows they may not serve (why).
+    Unsure(String),
+    /// Its processes are gone: nothing serves.
+    No,
+}
+
 /// What an event means to the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -63,6 +74,8 @@ pub enum Outcome {
     StartedOver,
     /// The serving generation ended on its own (outside an attempt that decides for it).
     ServingEnded(WaitStatus),
+    /// haproxy acted on a stop request (master-worker: the master said STOPPING=1).
+    Stopping,
 }
 
 /// Where haproxy is started from: its program, its classified arguments, the relay pipe's write end.
@@ -109,8 +122,20 @@ pub trait Protocol {
     /// The processes to pass SIGTTOU/SIGTTIN on to, and to stop (SIGTERM/SIGUSR1).
     fn signal_targets(&self) -> Vec<i32>;
 
+    /// Whether haproxy says when it acts on a stop request (`Outcome::Stopping`). A graceful stop
+    /// is then re-sent until haproxy acted on it, and escalated when it never does (a master busy
+    /// reloading drops signals); without it, the SIGUSR1 is sent once and the drain is awaited.
+    fn acknowledges_stop(&self) -> bool;
+
     /// The serving generation's process (haproxy or master), for the watchdog.
     fn serving_pid(&self) -> Option<i32>;
+
+    /// After a failed reload: does the serving generation still serve? (master-worker: a new
+    /// worker that fails can make haproxy stop every process, its exit-on-failure.) Brings what
+    /// STATUS shows up to date. Foreground: the reload's verdict already knows (`abandon`).
+    fn still_serving(&mut self) -> StillServing {
+        StillServing::Yes
+    }
 
     /// "gen 3 serving (pid 1234)" for STATUS, or None before the first start.
     fn serving_text(&self) -> Option<String>;
@@ -166,10 +191,15 @@ pub fn not_ready(ready_timeout: Duration) -> Verdict {
     Verdict::Failed { reason: format!("not ready after {} s", ready_timeout.as_secs_f64()), code: error::EXIT_NOT_READY }
 }
 
-/// "haproxy exited with status N" and N as the exit status.
+/// "haproxy exited with status N" and N as the exit status. A haproxy that exits 0 before it
+/// was ready (a configuration that only checks, `-cc` conditions) never served: should this be
+/// the first start, the wrapper must not exit 0 as if stopped on request, so the status is 69,
+/// "never became ready", like a start that timed out.
 pub fn exited(status: &WaitStatus) -> Verdict {
-    let code = error::status_code(status).unwrap_or(1);
-    Verdict::Failed { reason: format!("haproxy exited with status {}", code), code }
+    match error::status_code(status).unwrap_or(1) {
+        0 => Verdict::Failed { reason: "haproxy exited with status 0 before it was ready".into(), code: error::EXIT_NOT_READY },
+        code => Verdict::Failed { reason: format!("haproxy exited with status {}", code), code },
+    }
 }
 
 /// "1300 1301", or "none".
@@ -178,5 +208,21 @@ pub fn pid_list(pids: &[i32]) -> String {
         "none".to_string()
     } else {
         pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal;
+    use nix::unistd::Pid;
+
+    #[test]
+    fn an_exit_before_ready_is_a_failure_and_never_exit_status_0() {
+        let p = Pid::from_raw(4_300_001);
+        let failed = |reason: &str, code| Verdict::Failed { reason: reason.into(), code };
+        assert_eq!(exited(&WaitStatus::Exited(p, 0)), failed("haproxy exited with status 0 before it was ready", 69));
+        assert_eq!(exited(&WaitStatus::Exited(p, 3)), failed("haproxy exited with status 3", 3));
+        assert_eq!(exited(&WaitStatus::Signaled(p, Signal::SIGSEGV, true)), failed("haproxy exited with status 139", 139));
     }
 }

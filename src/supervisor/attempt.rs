@@ -10,6 +10,7 @@ use crate::error::status_code;
 use crate::haproxy;
 use crate::procs;
 use crate::ledger;
+use crate::mode::StillServing;
 use crate::reexec;
 use crate::state::{Carried, CarriedAttempt, LastReload};
 
@@ -221,12 +222,32 @@ impl Supervisor {
         }
         self.next_gen = attempt.gen;
         self.last_reload = LastReload::Failed { ms, reason: reason.clone() };
+        let left = serving_ended.as_ref().map(|_| StillServing::No).unwrap_or_else(|| self.protocol.still_serving());
         if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
+            if left == StillServing::No {
+                // A --wait-reload client reads the failure and, with it, that nothing serves.
+                ledger.stopping();
+            }
             let mut reasons = vec![reason.clone()];
             reasons.extend(attempt.alerts.iter().cloned());
             ledger.finish(seq, ledger::Outcome::Failed { ms, reasons });
         }
-        error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason);
+        match left {
+            StillServing::Yes => error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason),
+            StillServing::Unsure(why) => {
+                error!("reload failed after {} ms; the previous generation may not serve any more ({}): {}", ms, why, reason)
+            }
+            StillServing::No if serving_ended.is_none() => {
+                // haproxy stopped everything (master-worker: its exit-on-failure when the new
+                // worker failed): say so, and stop with a failure status so that Restart= brings
+                // the service back.
+                error!("reload failed after {} ms and haproxy stopped the previous generation too, nothing serves: {}", ms, reason);
+                self.exit_code = Some(code.max(1));
+                self.begin_stop(false);
+                return;
+            }
+            StillServing::No => error!("reload failed after {} ms: {}", ms, reason),
+        }
         if let Some(status) = serving_ended {
             error!("the serving haproxy ended during the failed reload: stopping");
             self.exit_code = Some(status_code(&status).unwrap_or(1));

@@ -70,9 +70,19 @@ const SETTLE_MAX: Duration = Duration::from_secs(2);
 struct Stop {
     /// When SIGKILL follows SIGTERM (None: a graceful stop, or already killed).
     kill_deadline_ns: Option<u64>,
+    /// A graceful stop that haproxy has not acted on yet (see stop.rs).
+    unacknowledged: Option<GracefulStop>,
     /// The processes the wrapper SIGKILLed, and when it next looks for more.
     killed: Vec<i32>,
     next_sweep_ns: Option<u64>,
+}
+
+/// A graceful stop waiting for haproxy to act on its SIGUSR1.
+struct GracefulStop {
+    /// When SIGUSR1 is sent again.
+    resend_ns: u64,
+    /// When the stop becomes a SIGTERM stop (--stop-timeout after the SIGUSR1).
+    escalate_ns: u64,
 }
 
 enum Phase {
@@ -180,13 +190,18 @@ impl Supervisor {
     }
 
     fn deadlines(&self) -> Vec<Option<u64>> {
-        let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns()];
+        let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns(), self.systemd.next_retry_ns()];
         match &self.phase {
             Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(match &attempt.settling {
                 Some(settle) => Some(settle.next_check_ns),
                 None => Some(attempt.deadline_ns),
             }),
-            Phase::Stopping(stop) => out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]),
+            Phase::Stopping(stop) => {
+                out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]);
+                if let Some(graceful) = &stop.unacknowledged {
+                    out.extend([Some(graceful.resend_ns), Some(graceful.escalate_ns)]);
+                }
+            }
             Phase::Running => {}
         }
         out
@@ -222,6 +237,7 @@ impl Supervisor {
             Outcome::Attempt(Verdict::Serving) => self.attempt_succeeded(),
             Outcome::Attempt(Verdict::Failed { reason, code }) => self.attempt_failed(reason, code),
             Outcome::ServingEnded(status) => self.serving_ended(status),
+            Outcome::Stopping => info!("haproxy says it is stopping"),
         }
     }
 
@@ -264,6 +280,9 @@ impl Supervisor {
 
     fn on_tick(&mut self) {
         let now = now_ns();
+        if self.systemd.next_retry_ns().map_or(false, |t| now >= t) {
+            self.systemd.flush(now);
+        }
         if let Some(interval) = self.watchdog {
             if now >= self.next_watchdog_ns {
                 let serving_alive = self.protocol.serving_pid().map_or(false, |pid| procs::stat(pid).map_or(false, |(_, state)| state != 'Z'));
@@ -309,6 +328,10 @@ impl Supervisor {
     fn on_messages(&mut self) {
         for event in self.protocol.read_messages() {
             if let Phase::Stopping(_) = self.phase {
+                // Only whether haproxy acted on the stop matters now.
+                if self.protocol.on_event(&event, &[]) == Outcome::Stopping {
+                    self.stop_acknowledged();
+                }
                 continue;
             }
             // haproxy writes its lines before it sends a message, but they may still sit in the

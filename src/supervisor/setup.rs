@@ -175,9 +175,10 @@ impl Supervisor {
         let launch = Launch { program: PathBuf::new(), args, relay_write: relay.w };
         let protocol = mode::protocol(launch, None, std::process::id() as i32)?;
         let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, true);
-        let orphans = procs::children_of(s.wrapper_pid);
-        if !orphans.is_empty() {
-            warning!("stopping pids {:?}: the state carried across the re-exec does not say what they are", orphans);
+        match procs::children_of(s.wrapper_pid) {
+            Ok(orphans) if orphans.is_empty() => {}
+            Ok(orphans) => warning!("stopping pids {:?}: the state carried across the re-exec does not say what they are", orphans),
+            Err(e) => warning!("stopping every process below the wrapper (the state carried across the re-exec is unusable; cannot list them: {})", e),
         }
         s.fatal = Some(unplaced.error);
         s.begin_stop(false);

@@ -1,15 +1,26 @@
 //! The one way the wrapper stops: SIGTERM (or SIGUSR1, graceful) to haproxy, SIGKILL to
 //! everything left after --stop-timeout, then the exit status.
+//!
+//! A graceful stop has no deadline once haproxy acted on it: draining connections take the time
+//! they take. Until it acted (master-worker: the master said STOPPING=1; a master re-executing
+//! itself on a reload drops signals), SIGUSR1 is sent again every `RESEND`, and after
+//! --stop-timeout without an answer the stop becomes a SIGTERM stop (SIGKILL another
+//! --stop-timeout later): a dropped SIGUSR1 ends in at most twice --stop-timeout.
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{Phase, Stop, Supervisor, KILL_SWEEP};
+use std::time::Duration;
+
+use super::{GracefulStop, Phase, Stop, Supervisor, KILL_SWEEP};
 use crate::clock;
 use crate::error::{status_code, Error};
 use crate::haproxy;
 use crate::procs;
+
+/// How often a graceful stop's SIGUSR1 is sent again until haproxy acted on it.
+const RESEND: Duration = Duration::from_millis(500);
 
 impl Supervisor {
     /// The one way to stop: SIGTERM (or SIGUSR1, graceful) to haproxy, SIGKILL to everything
@@ -23,15 +34,21 @@ impl Supervisor {
         if self.take_attempt().is_some() {
             self.protocol.abandon(false);
         }
-        self.systemd.stopping();
-        if let Some(ledger) = &mut self.ledger {
-            ledger.stopping();
+        if !matches!(self.phase, Phase::Stopping(_)) {
+            self.systemd.stopping();
+            if let Some(ledger) = &mut self.ledger {
+                ledger.stopping();
+            }
         }
         let sig = if graceful { Signal::SIGUSR1 } else { Signal::SIGTERM };
         let mut targets = self.protocol.signal_targets();
         if !graceful {
             // Anything else of ours: orphaned workers of a dead master, leftovers.
-            targets.extend(procs::children_of(self.wrapper_pid));
+            match procs::children_of(self.wrapper_pid) {
+                Ok(children) => targets.extend(children),
+                // The SIGKILL rounds after --stop-timeout walk the tree again.
+                Err(e) => warning!("cannot list the wrapper's children ({}): SIGTERM to haproxy only", e),
+            }
             targets.sort_unstable();
             targets.dedup();
         }
@@ -39,12 +56,52 @@ impl Supervisor {
             haproxy::signal(pid, sig);
         }
         let kill_deadline_ns = if graceful { None } else { Some(clock::deadline_after(self.opts.stop_timeout)) };
-        self.phase = Phase::Stopping(Stop { kill_deadline_ns, killed: vec![], next_sweep_ns: None });
+        let unacknowledged = if graceful && self.protocol.acknowledges_stop() {
+            Some(GracefulStop { resend_ns: clock::deadline_after(RESEND), escalate_ns: clock::deadline_after(self.opts.stop_timeout) })
+        } else {
+            None
+        };
+        self.phase = Phase::Stopping(Stop { kill_deadline_ns, unacknowledged, killed: vec![], next_sweep_ns: None });
+    }
+
+    /// haproxy acted on the graceful stop: from now on its drain is awaited, however long.
+    pub(super) fn stop_acknowledged(&mut self) {
+        if let Phase::Stopping(stop) = &mut self.phase {
+            if stop.unacknowledged.take().is_some() {
+                info!("haproxy acted on the graceful stop; waiting for its connections to finish");
+            }
+        }
+    }
+
+    /// A graceful stop haproxy has not acted on yet: SIGUSR1 again, or after --stop-timeout, SIGTERM.
+    fn press_graceful_stop(&mut self, now: u64) {
+        let graceful = match &mut self.phase {
+            Phase::Stopping(Stop { unacknowledged: Some(graceful), .. }) => graceful,
+            _ => return,
+        };
+        if now >= graceful.escalate_ns {
+            warning!(
+                "haproxy did not act on SIGUSR1 within {} s (a master busy reloading drops signals): stopping with SIGTERM",
+                self.opts.stop_timeout.as_secs_f64()
+            );
+            if let Phase::Stopping(stop) = &mut self.phase {
+                stop.unacknowledged = None;
+            }
+            self.begin_stop(false);
+        } else if now >= graceful.resend_ns {
+            graceful.resend_ns = now + RESEND.as_nanos() as u64;
+            let targets = self.protocol.signal_targets();
+            info!("haproxy has not acted on SIGUSR1 yet: sending it again to {:?}", targets);
+            for pid in targets {
+                haproxy::signal(pid, Signal::SIGUSR1);
+            }
+        }
     }
 
     /// After --stop-timeout: SIGKILL to every process below the wrapper, and again to any that
     /// becomes its own later (workers reparented to it when their master died).
     pub(super) fn kill_when_due(&mut self, now: u64) {
+        self.press_graceful_stop(now);
         let stop = match &mut self.phase {
             Phase::Stopping(stop) => stop,
             _ => return,
@@ -54,7 +111,15 @@ impl Supervisor {
         if !first_round && !sweep {
             return;
         }
-        let pids = procs::descendants_of(self.wrapper_pid);
+        let pids = match procs::descendants_of(self.wrapper_pid) {
+            Ok(pids) => pids,
+            Err(e) => {
+                // Kill what is known now; the next sweep walks the tree again.
+                let known = self.protocol.signal_targets();
+                warning!("cannot list the processes below the wrapper ({}): SIGKILL to {:?}, trying again in {} ms", e, known, KILL_SWEEP.as_millis());
+                known
+            }
+        };
         if first_round {
             warning!("haproxy still running {} s after SIGTERM: sending SIGKILL to pids {:?}", self.opts.stop_timeout.as_secs_f64(), pids);
         } else if !pids.is_empty() {

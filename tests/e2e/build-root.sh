@@ -17,7 +17,8 @@ mirror=${E2E_MIRROR:-http://deb.debian.org/debian}
 # What the flows need inside the guest, so nothing is downloaded at test time:
 #   systemd (PID 1, journald, systemctl), haproxy (the distribution's unit the .deb drops into),
 #   python3 (load generator), curl (probes), procps (pgrep/ps), apt/dpkg (install, upgrade, purge).
-packages=systemd,systemd-sysv,dbus,haproxy,curl,python3,procps,iproute2
+#   autopkgtest and dpkg-dev (dpkg-source): the source package's tests with the null runner.
+packages=systemd,systemd-sysv,dbus,haproxy,curl,python3,procps,iproute2,autopkgtest,dpkg-dev
 customize() {
     local root=$1
     # A clean start for flow 1: the distribution's haproxy is installed but neither enabled nor running.

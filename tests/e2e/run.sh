@@ -71,6 +71,8 @@ for suite in "${suites[@]}"; do
     mkdir -p "$run/out" "$run/deb"
     cp -r "$here/guest" "$run/guest"
     [ -n "$deb" ] && cp "$deb" "$run/deb/"
+    # The source package and the .rpm beside the .deb (autopkgtest, RPM scriptlets: guest/packaging.sh).
+    [ -n "$deb" ] && "$here/copy-source.sh" "$(dirname "$deb")" "$run"
     sed "s/@GUEST_TIMEOUT@/$guest_timeout/" "$here/guest/e2e-run.service" > "$run/e2e-run.service"
     printf 'E2E_SUITE=%s\nE2E_FLOWS="%s"\n' "$suite" "${E2E_FLOWS:-}" > "$run/env"
 

@@ -605,6 +605,19 @@ impl Ctx {
         v
     }
 
+    /// `haproxy-systemd-wrapper --wait-reload PID --run-dir <test>/run [extra]`, the unit's last
+    /// `ExecReload=` line: stdin null, stdout and stderr piped.
+    pub fn wait_reload_command(&self, pid: i32, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(WRAPPER);
+        cmd.args(["--wait-reload", &pid.to_string(), "--run-dir", &self.p("run")])
+            .args(extra)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     /// A private copy of the wrapper program at `rel` (for tests that replace or rename it).
     pub fn copy_wrapper(&self, rel: &str) -> PathBuf {
         let dst = self.path(rel);

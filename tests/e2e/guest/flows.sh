@@ -391,6 +391,9 @@ else
 fi
 fi
 
+# ---- flows 11 and 12: quiet journal, autopkgtest (tests/e2e/guest/packaging.sh) ----
+. /e2e/guest/packaging.sh
+
 fi  # a package to test
 
 journalctl --sync

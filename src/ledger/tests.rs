@@ -1,0 +1,123 @@
+//! Unit tests of `ledger` (in a file of their own to keep the module short).
+
+use super::*;
+
+fn sample() -> Ledger {
+    let mut l = Ledger::new(42, 777);
+    l.requests = 2;
+    let a = l.begin(2, 1000);
+    l.finish(a, Outcome::Ok { ms: 48 });
+    l.requests = 3;
+    let b = l.begin(3, 2000);
+    l.finish(b, Outcome::Failed { ms: 20, reasons: vec!["cannot bind (haproxy exited with status 1)".into(), "[ALERT] line\nwith newline".into()] });
+    l.begin(4, 3000);
+    l
+}
+
+#[test]
+fn round_trips() {
+    let l = sample();
+    let back = Ledger::parse(&l.encode()).unwrap();
+    assert_eq!(back.attempts[1].outcome, Outcome::Failed { ms: 20, reasons: vec!["cannot bind (haproxy exited with status 1)".into(), "[ALERT] line with newline".into()] });
+    assert_eq!(back, Ledger::parse(&back.encode()).unwrap());
+    assert_eq!(back.attempts.iter().map(|a| (a.seq, a.covers, a.gen)).collect::<Vec<_>>(), vec![(1, 2, 2), (2, 3, 3), (3, 3, 4)]);
+    assert_eq!(back.attempts[2].outcome, Outcome::Pending);
+    assert_eq!((back.pid, back.start_time, back.requests, back.stopping), (42, 777, 3, false));
+}
+
+#[test]
+fn keeps_the_newest_attempts() {
+    let mut l = Ledger::new(1, 1);
+    for g in 0..100 {
+        l.requests += 1;
+        l.begin(g, g as u64);
+    }
+    assert_eq!(l.attempts.len(), KEEP);
+    assert_eq!(l.attempts.back().unwrap().seq, 100);
+    assert_eq!(l.attempts.front().unwrap().seq, 100 - KEEP as u64 + 1);
+}
+
+#[test]
+fn rejects_damaged_ledgers() {
+    for bad in [
+        "",
+        "garbage",
+        "haproxy-systemd-wrapper-ledger 2\npid 1\n",
+        "haproxy-systemd-wrapper-ledger 1\n",
+        "haproxy-systemd-wrapper-ledger 1\npid x\n",
+        "haproxy-systemd-wrapper-ledger 1\npid 1\nattempt 1 2 3\n",
+        "haproxy-systemd-wrapper-ledger 1\npid 1\nattempt 1 0 0 1 maybe 0\n",
+        "haproxy-systemd-wrapper-ledger 1\npid 1\nreason 9 x\n",
+        "haproxy-systemd-wrapper-ledger 1\npid 1\nstate odd\n",
+        "haproxy-systemd-wrapper-ledger 1\npid 1\nnoseparator\n",
+    ] {
+        assert!(Ledger::parse(bad).is_err(), "{:?} was accepted", bad);
+    }
+    assert!(Ledger::parse("haproxy-systemd-wrapper-ledger 1\npid 1\nfuture thing\n").is_ok());
+    assert!(Ledger::parse(&"x".repeat(MAX_FILE + 1)).is_err());
+}
+
+#[test]
+fn stores_atomically_in_a_private_dir() {
+    let dir = std::env::temp_dir().join(format!("hsw-ledger-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    prepare_dir(&dir).unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    let l = sample();
+    store(&dir, &l).unwrap();
+    store(&dir, &l).unwrap();
+    assert_eq!(load(&path(&dir, 42)).unwrap(), Ledger::parse(&l.encode()).unwrap());
+    assert_eq!(std::fs::metadata(path(&dir, 42)).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
+    // A FIFO where the ledger should be is refused without blocking.
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    assert_eq!(load(&fifo).unwrap_err(), "not a regular file");
+    // A directory others may write is refused.
+    let open = dir.join("open");
+    std::fs::DirBuilder::new().mode(0o777).create(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    assert!(prepare_dir(&open).unwrap_err().contains("writable by others"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn start_time_of_self() {
+    let me = std::process::id() as i32;
+    assert!(start_time(me).is_some());
+    assert_eq!(start_time(me), start_time(me));
+    assert_eq!(start_time(i32::MAX), None);
+}
+
+#[test]
+fn randomized_ledgers_round_trip_and_damaged_ones_fail_clearly() {
+    use crate::fuzz::{assert_clear_error, Rng, CASES};
+    let mut rng = Rng::new(0x1ed9e5);
+    for case in 0..CASES / 5 {
+        let mut l = Ledger::new(1 + rng.below(4_194_304) as i32, rng.number());
+        for _ in 0..rng.below(40) {
+            l.requests += rng.below(3) as u64;
+            let seq = l.begin(rng.number() as u32, rng.number());
+            let outcome = match rng.below(3) {
+                0 => Outcome::Pending,
+                1 => Outcome::Ok { ms: rng.number() },
+                // Reasons as haproxy or anyone may write them: the ledger keeps one line each.
+                _ => Outcome::Failed { ms: rng.number(), reasons: (0..rng.below(4)).map(|_| rng.text(30)).collect() },
+            };
+            l.finish(seq, outcome);
+        }
+        l.stopping = rng.one_in(3);
+        let text = l.encode();
+        assert_eq!(Ledger::parse(&text).as_ref(), Ok(&l), "case {}:\n{}", case, text);
+        for _ in 0..5 {
+            let damaged = if rng.one_in(4) { rng.text(100) } else { rng.mutate_text(&text, b" \nattemptreasonpid0123456789") };
+            match Ledger::parse(&damaged) {
+                Ok(back) => assert!(back.pid > 0, "case {}: {:?}", case, damaged),
+                Err(e) => {
+                    assert_clear_error(&damaged, &e);
+                    assert!(!e.contains('\n') && e.chars().count() < 1100, "case {}: one line: {:?}", case, e);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Unit tests of `master_worker` (in a file of their own to keep the module short).
+
+use super::*;
+use crate::cli;
+use nix::unistd::Pid;
+use std::path::PathBuf;
+
+const MASTER: i32 = 4_100_001;
+const W1: i32 = 4_100_011;
+const W2: i32 = 4_100_012;
+const W3: i32 = 4_100_013;
+
+/// A master-worker protocol with a made-up master: serving gen 1 (worker W1) and, when
+/// `reload`, reloading to gen 2; else starting gen 1. Nothing is started.
+fn protocol(reload: bool) -> MasterWorker {
+    let hargs = match cli::parse(["-Ws", "-f", "h.cfg"]).unwrap() {
+        cli::Command::Supervise(_, h) => h,
+        _ => unreachable!(),
+    };
+    let launch = Launch { program: PathBuf::from("/nonexistent/haproxy"), args: hargs, relay_write: 2 };
+    let mut p = MasterWorker::fresh(launch, MasterSocket::bind().unwrap());
+    if reload {
+        p.generations.master = Some(Gen { n: 1, pid: MASTER });
+        p.generations.workers = vec![W1];
+    }
+    let workers_before = if reload { vec![W1] } else { vec![] };
+    // A reload the master has begun (it said RELOADING=1 after the signal).
+    p.attempt = Some(Attempt {
+        gen: 1 + reload as u32,
+        first: !reload,
+        master: MASTER,
+        workers_before,
+        loading_failed: false,
+        signalled_ns: 1_000_000,
+        master_began: true,
+        children_at_ready: None,
+    });
+    p
+}
+
+fn reloading(usec: Option<u64>) -> Event {
+    let message = match usec {
+        Some(usec) => format!("RELOADING=1\nMONOTONIC_USEC={}\n", usec),
+        None => "RELOADING=1\n".to_string(),
+    };
+    Event::MasterSaid { message, children: None }
+}
+
+#[test]
+fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
+    let mut p = protocol(true);
+    if let Some(attempt) = &mut p.attempt {
+        attempt.master_began = false;
+    }
+    // The earlier reload (timed out) ends now: its READY=1, its worker W2, its failure line.
+    assert_eq!(p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
+    // Its RELOADING=1, dated before this reload's signal, does not begin this one either.
+    assert_eq!(p.on_event(&reloading(Some(999)), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
+    // This reload's RELOADING=1: its READY=1 answers, and W2 is not its new worker.
+    assert_eq!(p.on_event(&reloading(Some(1000)), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), failed("the master started no new worker"));
+    // Undated (haproxy < 3.0): a RELOADING=1 after the signal begins it; the failure line of
+    // the earlier reload does not count against it.
+    let mut p = protocol(true);
+    if let Some(attempt) = &mut p.attempt {
+        attempt.master_began = false;
+    }
+    p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]);
+    p.on_event(&ready(&[W1, W2]), &[]);
+    p.on_event(&reloading(None), &[]);
+    assert_eq!(p.on_event(&ready(&[W1, W2, W3]), &[]), Outcome::Attempt(Verdict::Serving));
+}
+
+#[test]
+fn a_reload_in_progress_is_carried_across_the_reexec() {
+    let mut p = protocol(true);
+    if let Some(attempt) = &mut p.attempt {
+        attempt.master_began = false;
+    }
+    let generations = match p.generations() {
+        Generations::MasterWorker(g) => g,
+        _ => unreachable!(),
+    };
+    let carried = generations.reload.clone().unwrap();
+    assert_eq!((carried.gen, carried.workers_before.clone(), carried.signalled_ns, carried.master_began), (2, vec![W1], 1_000_000, false));
+    let launch = p.launch.clone();
+    let mut q = MasterWorker::resume(launch, MasterSocket::bind().unwrap(), generations);
+    assert!(q.generations.reload.is_none());
+    q.on_event(&reloading(None), &[]);
+    assert_eq!(q.on_event(&ready(&[W1, W2]), &[]), Outcome::Attempt(Verdict::Serving));
+}
+
+fn ready(children: &[i32]) -> Event {
+    Event::MasterSaid { message: "READY=1\nMAINPID=4100001\n".into(), children: Some(children.to_vec()) }
+}
+
+fn failed(reason: &str) -> Outcome {
+    Outcome::Attempt(Verdict::Failed { reason: reason.into(), code: 1 })
+}
+
+#[test]
+fn ready_at_the_start_means_serving() {
+    let mut p = protocol(false);
+    assert_eq!(p.on_event(&ready(&[W1]), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.commit(), MASTER);
+    assert_eq!(p.serving_text().unwrap(), format!("gen 1 serving (master {}, workers {})", MASTER, W1));
+    assert_eq!(p.signal_targets(), vec![MASTER]);
+}
+
+#[test]
+fn a_reload_serves_when_the_master_has_a_new_worker() {
+    let mut p = protocol(true);
+    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::Attempt(Verdict::Serving));
+    p.commit();
+    assert_eq!(p.generations.workers, vec![W2]);
+    assert_eq!(p.draining(), vec![W1]);
+    assert!(p.next_tick_ns().is_some());
+}
+
+#[test]
+fn a_reload_without_a_new_worker_failed() {
+    let mut p = protocol(true);
+    assert_eq!(p.on_event(&ready(&[W1]), &[]), failed("the master started no new worker"));
+    let mut p = protocol(true);
+    assert_eq!(p.on_event(&ready(&[]), &[]), failed("the master started no new worker"));
+}
+
+#[test]
+fn a_loading_failure_fails_the_reload_even_with_a_new_worker() {
+    let mut p = protocol(true);
+    assert_eq!(p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), failed("haproxy reported a loading failure"));
+    // haproxy >= 3.1 says it in STATUS= of the READY=1 datagram itself.
+    let mut p = protocol(true);
+    let said = Event::MasterSaid { message: "READY=1\nSTATUS=Reload failed!\n".into(), children: Some(vec![W1, W3]) };
+    assert_eq!(p.on_event(&said, &[]), failed("haproxy reported a loading failure"));
+}
+
+#[test]
+fn messages_without_ready_decide_nothing() {
+    let mut p = protocol(true);
+    let reloading = Event::MasterSaid { message: "RELOADING=1\n".into(), children: None };
+    assert_eq!(p.on_event(&reloading, &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&Event::Line("[ALERT] (1) : config : bad".into()), &["config : bad".into()]), Outcome::Nothing);
+}
+
+#[test]
+fn the_master_ending_fails_a_start_and_ends_a_running_service() {
+    let mut p = protocol(false);
+    let end = Event::ChildEnded { pid: MASTER, status: WaitStatus::Exited(Pid::from_raw(MASTER), 1) };
+    assert_eq!(p.on_event(&end, &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+    let mut p = protocol(true);
+    let killed = WaitStatus::Signaled(Pid::from_raw(MASTER), Signal::SIGKILL, false);
+    assert_eq!(p.on_event(&Event::ChildEnded { pid: MASTER, status: killed }, &[]), Outcome::ServingEnded(killed));
+    assert_eq!(p.serving_pid(), None);
+}
+
+#[test]
+fn a_ready_whose_children_could_not_be_read_is_trusted_and_the_workers_learnt_later() {
+    let mut p = protocol(true);
+    let said = Event::MasterSaid { message: "READY=1\n".into(), children: None };
+    assert_eq!(p.on_event(&said, &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.commit(), MASTER);
+    // Not "none" and not the old worker: unknown, until a drain check reads them.
+    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers unknown)", MASTER));
+    assert_eq!(p.draining(), vec![W1]);
+    assert!(p.next_tick_ns().is_some());
+    assert!(p.learn_workers(&[W1, W2]));
+    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+    assert_eq!(p.draining(), vec![W1]);
+    assert!(p.learn_workers(&[W2]));
+    assert_eq!(p.draining(), Vec::<i32>::new());
+    assert!(p.next_tick_ns().is_none());
+    // A loading failure still fails the reload without a worker list.
+    let mut p = protocol(true);
+    assert_eq!(p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&said, &[]), failed("haproxy reported a loading failure"));
+    // A late READY=1 whose children are unknown: the next drain check learns them.
+    let mut p = protocol(true);
+    p.attempt = None;
+    assert_eq!(p.on_event(&said, &[]), Outcome::StatusChanged);
+    assert!(p.serving_text().unwrap().ends_with("workers unknown)"));
+}
+
+#[test]
+fn still_serving_means_a_live_master_with_a_live_worker() {
+    // A master that is gone serves nothing.
+    let mut p = protocol(true);
+    p.attempt = None;
+    assert_eq!(p.still_serving(), StillServing::No);
+    // This test process as the master, a child of it as its worker.
+    let me = std::process::id() as i32;
+    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    p.generations.master = Some(Gen { n: 1, pid: me });
+    p.generations.workers = vec![child.id() as i32];
+    // Alive but without a listening socket: maybe not serving.
+    assert!(matches!(p.still_serving(), StillServing::Unsure(_)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(p.still_serving(), StillServing::No, "its only worker is gone");
+    assert_eq!(p.generations.workers, Vec::<i32>::new(), "STATUS no longer names it");
+    p.workers_unknown = true;
+    assert_eq!(p.still_serving(), StillServing::Yes, "unknown workers: the live master is trusted");
+}
+
+#[test]
+fn the_master_saying_stopping_acknowledges_a_stop() {
+    let mut p = protocol(true);
+    assert!(p.acknowledges_stop());
+    let stopping = Event::MasterSaid { message: "STOPPING=1\n".into(), children: None };
+    assert_eq!(p.on_event(&stopping, &[]), Outcome::Stopping);
+    let status = Event::MasterSaid { message: "STATUS=stopping\n".into(), children: None };
+    assert_eq!(p.on_event(&status, &[]), Outcome::Nothing);
+}
+
+#[test]
+fn a_late_ready_updates_the_workers() {
+    let mut p = protocol(true);
+    p.attempt = None;
+    p.generations.old_workers = vec![W1];
+    assert_eq!(p.on_event(&ready(&[W1, W3]), &[]), Outcome::StatusChanged);
+    assert_eq!(p.generations.workers, vec![W3]);
+}
+
+#[test]
+fn a_deadline_fails_the_attempt_with_69() {
+    let mut p = protocol(true);
+    let d = Event::Deadline { ready_timeout: Duration::from_secs(2) };
+    assert_eq!(p.on_event(&d, &[]), Outcome::Attempt(Verdict::Failed { reason: "not ready after 2 s".into(), code: 69 }));
+}

@@ -1,0 +1,53 @@
+//! The master's workers as the kernel shows them: read when the master says READY=1 (a walk of
+//! /proc that fails is tried again, then given up on, never taken for an empty list) and at each
+//! drain check.
+
+use super::{MasterWorker, WALK_TRIES};
+use crate::procs;
+
+impl MasterWorker {
+    /// What a drain check found: the master's live children. True when STATUS changes.
+    pub(super) fn learn_workers(&mut self, alive: &[i32]) -> bool {
+        let before = self.generations.old_workers.len();
+        self.generations.old_workers.retain(|w| alive.contains(w));
+        self.generations.workers.retain(|w| alive.contains(w));
+        let mut changed = self.generations.old_workers.len() != before;
+        if changed {
+            info!("old workers still draining: {}", self.generations.old_workers.len());
+        }
+        if self.workers_unknown {
+            let old = &self.generations.old_workers;
+            self.generations.workers = alive.iter().copied().filter(|w| !old.contains(w)).collect();
+            self.workers_unknown = false;
+            info!("workers of the serving generation: {:?}", self.generations.workers);
+            changed = true;
+        }
+        changed
+    }
+}
+
+pub(super) fn held_back(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({} similar lines not logged)", n)
+    }
+}
+
+/// The master's children when it says READY=1. A walk of /proc that fails (out of descriptors)
+/// is tried again; if it keeps failing, None: the verdict then trusts the master's READY=1
+/// without a worker list, and says so.
+pub(super) fn master_children_at_ready(master: i32) -> Option<Vec<i32>> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match procs::children_of(master) {
+            Ok(children) => return Some(children),
+            Err(e) if tries >= WALK_TRIES => {
+                warning!("cannot list the children of master {} ({}, {} tries): trusting its READY=1 without a worker list", master, e, tries);
+                return None;
+            }
+            Err(_) => {}
+        }
+    }
+}
