@@ -213,20 +213,32 @@ test-e2e: deb
 	tests/e2e/run.sh $(E2E_SUITES)
 
 ## ---- benchmark (bench) ----
-# `make bench`: the wrapper (master-worker and foreground) against native `haproxy -Ws`, same config
-# and load, on 127.0.0.1; prints a table, the ratios and PASS/MISS per target, refreshes the results in
-# BENCHMARKS.md; exits 1 on a miss unless BENCH_ALLOW_MISS=1. No systemd, no root needed (apart from
-# installing haproxy/wrk when missing). Quick run: `make bench BENCH_ROUNDS=1 BENCH_RELOADS=10`.
-# Settings (environment or make command line): BENCH_ROUNDS BENCH_RELOADS BENCH_KINDS BENCH_WRK_CONNS
-# BENCH_WRK_DELAY_MS BENCH_ALLOW_MISS BENCH_RESULTS (file, or - for none) BENCH_JSON; see BENCHMARKS.md.
+# `make bench` runs two parts (BENCH_PARTS, default "local systemd"); exits 1 when a target of either
+# is missed unless BENCH_ALLOW_MISS=1. Both refresh their results section of BENCHMARKS.md.
+#  - local (`make bench-local`): the wrapper (master-worker and foreground) against native
+#    `haproxy -Ws`, same config and load, on 127.0.0.1; no systemd, no root (apart from installing
+#    haproxy/wrk when missing). Quick run: `make bench-local BENCH_ROUNDS=1 BENCH_RELOADS=10`.
+#  - systemd (`make bench-systemd`, root): `systemctl reload haproxy` on a large configuration in a
+#    Debian 13 guest (systemd-nspawn, like test-e2e), the distribution's unit against the .deb's drop-in,
+#    with and without its configuration check; builds the .deb (make deb). Quick run:
+#    `make bench-systemd BENCH_SD_ROUNDS=1 BENCH_SD_RELOADS=3`.
+# Settings (environment or make command line): see BENCHMARKS.md.
+# `make soak` (not part of `make test`): 1000 reloads in each wrapper mode under load; see BENCHMARKS.md.
 PYTHON ?= python3
 BENCH_VARS := BENCH_ROUNDS BENCH_RELOADS BENCH_KINDS BENCH_WRK_CONNS BENCH_WRK_DELAY_MS \
-              BENCH_ALLOW_MISS BENCH_RESULTS BENCH_JSON BENCH_HAPROXY BENCH_WRK BENCH_WRAPPER
+              BENCH_ALLOW_MISS BENCH_RESULTS BENCH_JSON BENCH_HAPROXY BENCH_WRK BENCH_WRAPPER \
+              BENCH_SD_ROUNDS BENCH_SD_RELOADS BENCH_SD_VARIANTS BENCH_SD_BACKENDS BENCH_SD_SERVERS \
+              BENCH_SD_CERTS BENCH_SD_TRACE BENCH_SD_SUITE BENCH_SD_DEB BENCH_SD_KEEP BENCH_CERT_CACHE \
+              SOAK_RELOADS SOAK_EVERY SOAK_KINDS
 export $(BENCH_VARS)
-.PHONY: bench bench-deps bench-test bench-trace
+BENCH_PARTS ?= local systemd
+.PHONY: bench bench-local bench-systemd bench-deps bench-sd-deps bench-test bench-trace soak
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 && { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 \
 		|| tests/install-deps.sh
+
+bench-sd-deps:
+	@for t in systemd-nspawn mmdebstrap openssl; do command -v $$t >/dev/null || { tests/install-deps.sh; break; }; done
 
 # The bench's own unit tests (parsers, statistics, process tree; no haproxy needed).
 bench-test:
@@ -235,8 +247,22 @@ bench-test:
 # The release build only when a wrapper kind runs (BENCH_KINDS=native works with the wrapper broken).
 bench_comma := ,
 bench_build := $(if $(BENCH_KINDS),$(if $(filter wrapper-%,$(subst $(bench_comma), ,$(BENCH_KINDS))),build),build)
-bench: $(bench_build) bench-deps bench-test
+bench_prereqs := bench-test $(if $(filter local,$(BENCH_PARTS)),$(bench_build) bench-deps) \
+                 $(if $(filter systemd,$(BENCH_PARTS)),deb bench-sd-deps)
+bench: $(bench_prereqs)
+	@rc=0; \
+	$(if $(filter local,$(BENCH_PARTS)),$(PYTHON) bench/bench.py || rc=1;) \
+	$(if $(filter systemd,$(BENCH_PARTS)),$(PYTHON) bench/systemd_bench.py || rc=1;) \
+	exit $$rc
+
+bench-local: $(bench_build) bench-deps bench-test
 	$(PYTHON) bench/bench.py
+
+bench-systemd: deb bench-sd-deps bench-test
+	$(PYTHON) bench/systemd_bench.py
+
+soak: build bench-deps bench-test
+	$(PYTHON) bench/soak.py
 
 # Diagnostic (root: ftrace): what the wrapper puts in front of the master's reload, per reload.
 bench-trace: build bench-deps

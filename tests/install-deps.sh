@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the test suite needs. Idempotent: apt runs only when one is missing.
 set -eu
-PKGS="haproxy curl python3 wrk rpm rpmlint lintian systemd-container mmdebstrap debhelper devscripts equivs build-essential iproute2 cpio man-db dpkg-dev elfutils"
+PKGS="haproxy curl python3 wrk openssl rpm rpmlint lintian systemd-container mmdebstrap debhelper devscripts equivs build-essential iproute2 cpio man-db dpkg-dev elfutils"
 missing=""
 # No cargo on PATH (a fresh Debian/Ubuntu host): Debian's toolchain (the crate builds with rustc 1.63).
 command -v cargo >/dev/null 2>&1 || PKGS="$PKGS cargo rustc"
