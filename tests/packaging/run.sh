@@ -111,8 +111,9 @@ for line in 'Type=notify' 'KillMode=mixed' 'Restart=always' 'SuccessExitStatus=1
     'ExecStartPre=' 'ExecStart=' 'ExecReload=' \
     'ExecStart=/usr/sbin/haproxy-systemd-wrapper $WRAPPER_MODE -f $CONFIG -p $PIDFILE $EXTRAOPTS $OPTIONS' \
     'ExecStartPre=/usr/sbin/haproxy -Ws -c -f $CONFIG $EXTRAOPTS $OPTIONS' \
-    'ExecReload=/usr/sbin/haproxy -Ws -c -f $CONFIG $EXTRAOPTS $OPTIONS' \
-    'ExecReload=/bin/kill -USR2 $MAINPID'; do
+    'ExecReload=/bin/kill -USR2 $MAINPID' \
+    'ExecReload=/usr/sbin/haproxy-systemd-wrapper --wait-reload $MAINPID' \
+    'RuntimeDirectory=haproxy-systemd-wrapper' 'RuntimeDirectoryMode=0700'; do
     check "drop-in: $line" has_line "$DROPIN_SRC" "$line"
 done
 for line in 'After=network-online.target rsyslog.service' 'Wants=network-online.target' \
@@ -120,8 +121,8 @@ for line in 'After=network-online.target rsyslog.service' 'Wants=network-online.
     'BindReadOnlyPaths=/dev/log:/var/lib/haproxy/dev/log' 'WantedBy=multi-user.target'; do
     check "unit: $line" has_line "$UNIT_SRC" "$line"
 done
-check "unit: the config check runs before the reload signal" \
-    bash -c "grep '^ExecReload=.' '$UNIT_SRC' | head -n1 | grep -q -- ' -c '"
+check "unit: a reload is the signal, then --wait-reload (no second parse of the configuration)" \
+    bash -c "diff <(grep '^ExecReload=.' '$UNIT_SRC') <(printf '%s\\n' 'ExecReload=/bin/kill -USR2 \$MAINPID' 'ExecReload=/usr/sbin/haproxy-systemd-wrapper --wait-reload \$MAINPID')"
 # The checks see the files and options haproxy is started with.
 check "unit: config checks use ExecStart's haproxy arguments" bash -c "
     start=\$(sed -n 's/^ExecStart=[^ ]*wrapper \\\$WRAPPER_MODE \(.*\)/\1/p' '$UNIT_SRC' | sed 's/ -p \\\$PIDFILE//')
