@@ -77,8 +77,10 @@ fn looks_like_wrapper(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// The wrapper that wrote the ledger is no more: its pid is gone, reused (another start time), or
+/// a zombie (it exited; its parent has not reaped it yet).
 fn gone(pid: i32, start: u64) -> bool {
-    ledger::start_time(pid) != Some(start)
+    ledger::start_time(pid) != Some(start) || matches!(crate::procs::stat(pid), Some((_, 'Z')) | None)
 }
 
 /// Waits for a change in the run directory (or `max`), whichever comes first.
@@ -152,6 +154,10 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
         Some(false) => {
             error!("no reload was asked of pid {} (send it SIGUSR2 first)", pid);
             return crate::error::EXIT_USAGE;
+        }
+        None if gone(pid, start) => {
+            error!("haproxy-systemd-wrapper (pid {}) ended before the reload finished", pid);
+            return EXIT_NO_WRAPPER;
         }
         None => {
             error!("cannot read the signal state of pid {}", pid);
