@@ -167,18 +167,27 @@ pub fn signal_pending(pid: i32, sig: i32) -> bool {
     fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| parse_pending(&s)).map_or(false, |bits| bits & (1u64 << (sig - 1)) != 0)
 }
 
-/// The inodes of the sockets in LISTEN state in the text of /proc/PID/net/tcp or tcp6.
-pub fn parse_listen_inodes(text: &str) -> Vec<u64> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match (fields.get(3), fields.get(9)) {
-                (Some(&"0A"), Some(inode)) => inode.parse().ok(),
-                _ => None,
+/// The inodes of the sockets in LISTEN state in /proc/PID/net/tcp or tcp6, read line by line. The
+/// kernel lists the listening sockets first: the reading stops at the first other one, so a
+/// table of thousands of connections (TIME_WAIT under load) is never generated in full.
+pub fn read_listen_inodes<R: std::io::BufRead>(table: R) -> Vec<u64> {
+    let mut out = Vec::new();
+    for line in table.lines().skip(1) {
+        let line = match line {
+            Ok(line) => line,
+            Err(_) => break,
+        };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match (fields.get(3), fields.get(9)) {
+            (Some(&"0A"), Some(inode)) => {
+                if let Ok(inode) = inode.parse() {
+                    out.push(inode);
+                }
             }
-        })
-        .collect()
+            _ => break,
+        }
+    }
+    out
 }
 
 /// Does `pid` still hold a listening TCP socket (its own, or one it shares with a newer haproxy
@@ -186,8 +195,8 @@ pub fn parse_listen_inodes(text: &str) -> Vec<u64> {
 pub fn holds_listener(pid: i32) -> bool {
     let mut listening = Vec::new();
     for table in ["tcp", "tcp6"] {
-        if let Ok(text) = fs::read_to_string(format!("/proc/{}/net/{}", pid, table)) {
-            listening.extend(parse_listen_inodes(&text));
+        if let Ok(file) = fs::File::open(format!("/proc/{}/net/{}", pid, table)) {
+            listening.extend(read_listen_inodes(std::io::BufReader::new(file)));
         }
     }
     if listening.is_empty() {
@@ -213,8 +222,11 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
    1: 0100007F:1F90 0100007F:D2E4 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
-        assert_eq!(parse_listen_inodes(text), vec![4242]);
-        assert_eq!(parse_listen_inodes("garbage\nmore garbage"), Vec::<u64>::new());
+        assert_eq!(read_listen_inodes(text.as_bytes()), vec![4242]);
+        assert_eq!(read_listen_inodes("garbage\nmore garbage".as_bytes()), Vec::<u64>::new());
+        // Listening sockets come first; what follows is never read.
+        let later = format!("{}   2: 0100007F:1F91 00000000:0000 0A 0 0 0 0 0 0 4444 1\n", text);
+        assert_eq!(read_listen_inodes(later.as_bytes()), vec![4242]);
         let me = std::process::id() as i32;
         assert!(!holds_listener(me));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

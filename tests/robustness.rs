@@ -545,3 +545,22 @@ mod failed_reload_truth {
         t.assert_no_fake_left();
     }
 }
+
+/// A graceful stop that haproxy acted on (STOPPING=1) and then undid (READY=1: the reload it was
+/// busy with brought it back, as haproxy 2.6 does when SIGUSR1 lands in a reload): the wrapper asks
+/// again and stops, instead of waiting for ever.
+#[test]
+fn a_graceful_stop_undone_by_a_reload_is_asked_again() {
+    let mut t = Ctx::new("usr1undone");
+    let cfg = t.write("h.cfg", "fake-usr1-undone\n");
+    let args = t.fake_args_with_options(Mode::MasterWorker, &cfg, &["--stop-timeout", "2"]);
+    t.start(&args);
+    t.wait_ready(T);
+    t.signal(Signal::SIGUSR1);
+    t.wait_events("the master undoing the first SIGUSR1", 1, T, |e| e.what == "usr1-undone");
+    let st = t.wait_exit(T);
+    assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+    assert!(t.log().contains("ready again after it acted on the graceful stop"), "{}", t.log());
+    t.assert_no_fake_left();
+}
+

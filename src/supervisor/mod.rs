@@ -328,9 +328,12 @@ impl Supervisor {
     fn on_messages(&mut self) {
         for event in self.protocol.read_messages() {
             if let Phase::Stopping(_) = self.phase {
-                // Only whether haproxy acted on the stop matters now.
+                // Only whether haproxy acted on the stop (or came back from it) matters now.
+                let ready_again = matches!(&event, Event::MasterSaid { message, .. } if crate::notify::says(message, "READY"));
                 if self.protocol.on_event(&event, &[]) == Outcome::Stopping {
                     self.stop_acknowledged();
+                } else if ready_again {
+                    self.stop_undone();
                 }
                 continue;
             }

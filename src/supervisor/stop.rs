@@ -73,6 +73,22 @@ impl Supervisor {
         }
     }
 
+    /// haproxy said it was ready again after it acted on the graceful stop: a master that was
+    /// busy reloading handled SIGUSR1, then finished the reload with a new worker (haproxy 2.6).
+    /// The stop still stands: ask again, with the same bound as the first time.
+    pub(super) fn stop_undone(&mut self) {
+        let stop = match &mut self.phase {
+            Phase::Stopping(stop) if stop.kill_deadline_ns.is_none() && stop.killed.is_empty() && stop.unacknowledged.is_none() => stop,
+            _ => return,
+        };
+        stop.unacknowledged = Some(GracefulStop { resend_ns: clock::deadline_after(RESEND), escalate_ns: clock::deadline_after(self.opts.stop_timeout) });
+        let targets = self.protocol.signal_targets();
+        warning!("haproxy is ready again after it acted on the graceful stop (a reload it was busy with): sending SIGUSR1 again to {:?}", targets);
+        for pid in targets {
+            haproxy::signal(pid, Signal::SIGUSR1);
+        }
+    }
+
     /// A graceful stop haproxy has not acted on yet: SIGUSR1 again, or after --stop-timeout, SIGTERM.
     fn press_graceful_stop(&mut self, now: u64) {
         let graceful = match &mut self.phase {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the cached Debian root a guest boots from, and prints its path.
 #
-#   tests/e2e/build-root.sh SUITE        SUITE: bookworm | trixie
+#   tests/e2e/build-root.sh SUITE        SUITE: bookworm | trixie | sid
 #
 # The cache key is a hash of this file plus the suite, so editing the recipe below rebuilds the root;
 # roots of an older recipe for the same suite are removed. Needs root, mmdebstrap and the network
@@ -16,9 +16,15 @@ mirror=${E2E_MIRROR:-http://deb.debian.org/debian}
 # ---- the recipe (everything below that changes the root must stay inside this file) ----
 # What the flows need inside the guest, so nothing is downloaded at test time:
 #   systemd (PID 1, journald, systemctl), haproxy (the distribution's unit the .deb drops into),
-#   python3 (load generator), curl (probes), procps (pgrep/ps), apt/dpkg (install, upgrade, purge).
+#   python3 (load generator), curl (probes), procps (pgrep/ps), apt/dpkg (install, upgrade, purge),
+#   mount (systemd's .mount units run /usr/bin/mount; sid no longer pulls it in: dev-hugepages.mount
+#   failed at boot without it).
 #   autopkgtest and dpkg-dev (dpkg-source): the source package's tests with the null runner.
-packages=systemd,systemd-sysv,dbus,haproxy,curl,python3,procps,iproute2,autopkgtest,dpkg-dev
+packages=systemd,systemd-sysv,dbus,haproxy,curl,python3,procps,iproute2,mount,autopkgtest,dpkg-dev
+# sid's Release file carries a Valid-Until a week after its Date; a mirror snapshot older than that
+# reads as expired here. Accept that date only (signatures are still checked: never unauthenticated).
+apt_opts=()
+[ "$suite" = sid ] && apt_opts=(--aptopt='Acquire::Check-Valid-Until "false"')
 customize() {
     local root=$1
     # A clean start for flow 1: the distribution's haproxy is installed but neither enabled nor running.
@@ -29,13 +35,14 @@ customize() {
     echo e2e-"$suite" > "$root/etc/hostname"
     # The flows run apt-get without a network: never wait for a lock or a mirror.
     printf 'Acquire::Retries "0";\nDPkg::Lock::Timeout "60";\n' > "$root/etc/apt/apt.conf.d/90e2e"
+    [ "$suite" != sid ] || printf 'Acquire::Check-Valid-Until "false";\n' >> "$root/etc/apt/apt.conf.d/90e2e"
 }
 # ---- end of recipe ----
 if [ -n "${root:-}" ]; then customize "$root"; exit; fi   # mmdebstrap's customize hook calls us back
 
 case $suite in
-    bookworm|trixie) ;;
-    *) echo "build-root: unknown suite '$suite' (bookworm, trixie)" >&2; exit 64 ;;
+    bookworm|trixie|sid) ;;
+    *) echo "build-root: unknown suite '$suite' (bookworm, trixie, sid)" >&2; exit 64 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "build-root: must run as root" >&2; exit 1; }
 
@@ -53,7 +60,7 @@ if [ ! -e "$dir/ok" ]; then
     mkdir -p "$dir"
     echo "build-root: building $suite root in $dir/root (recipe $key)" >&2
     start=$(date +%s)
-    mmdebstrap --mode=root --variant=apt --include="$packages" \
+    mmdebstrap --mode=root --variant=apt --include="$packages" "${apt_opts[@]}" \
         --skip=cleanup/apt/lists \
         --customize-hook="$(realpath "$0") --customize $suite \"\$1\"" \
         "$suite" "$dir/root" "$mirror" >&2

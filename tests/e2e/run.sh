@@ -2,7 +2,7 @@
 # End-to-end flows of the .deb under a real systemd: boots a Debian guest per suite with
 # systemd-nspawn, installs the package there and runs tests/e2e/guest/flows.sh (see docs/e2e.md).
 #
-#   tests/e2e/run.sh [--deb FILE] [--smoke] [SUITE...]      SUITE: bookworm trixie (default: both)
+#   tests/e2e/run.sh [--deb FILE] [--smoke] [SUITE...]      SUITE: bookworm trixie sid (default: all three)
 #
 #   --deb FILE   the package to test (default: the newest dist/haproxy-systemd-wrapper_*.deb)
 #   --smoke      no package: only boot each guest, run the harness self-checks, power off
@@ -10,7 +10,9 @@
 # Environment: E2E_CACHE (root cache, default /var/cache/haproxy-systemd-wrapper-e2e),
 # E2E_TIMEOUT (seconds per guest, whole boot-to-poweroff, default 900), E2E_KEEP=1 (keep the run
 # directories with the guests' output, journal and trace), E2E_FLOWS (e.g. "1 2 5": run only these).
-# Ends with "N passed, M failed"; exits 1 if anything failed, 2 on a usage or setup error.
+# Ends with "N passed, M failed"; a run that covers less than every flow in every guest adds what it
+# left out: "(PARTIAL: flows 1 2 only, suites bookworm only)". Exits 1 if anything failed, 2 on a
+# usage or setup error (an unknown flow in E2E_FLOWS is one).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,11 +24,26 @@ while [ $# -gt 0 ]; do
     case $1 in
         --deb) deb=${2:?--deb needs a file}; shift 2 ;;
         --smoke) smoke=1; shift ;;
-        bookworm|trixie) suites+=("$1"); shift ;;
-        *) echo "usage: $0 [--deb FILE] [--smoke] [bookworm] [trixie]" >&2; exit 2 ;;
+        bookworm|trixie|sid) suites+=("$1"); shift ;;
+        *) echo "usage: $0 [--deb FILE] [--smoke] [bookworm] [trixie] [sid]" >&2; exit 2 ;;
     esac
 done
-[ ${#suites[@]} -gt 0 ] || suites=(bookworm trixie)
+all_suites=(bookworm trixie sid)
+[ ${#suites[@]} -gt 0 ] || suites=("${all_suites[@]}")
+# What this run leaves out, for its last line: a count over less than everything must say so.
+known_flows=$(sed -n 's/^if wanted \([0-9A-Za-z-]*\); then$/\1/p' "$here"/guest/*.sh | tr '\n' ' ' | sed 's/ $//')
+flows=$(echo ${E2E_FLOWS:-})
+for f in $flows; do
+    case " $known_flows" in *" $f "*) ;; *)
+        echo "e2e: E2E_FLOWS: unknown flow '$f' (the flows: $known_flows)" >&2; exit 2 ;;
+    esac
+done
+partial=()
+[ -z "$flows" ] || partial+=("flows $flows only")
+missing=()
+for s in "${all_suites[@]}"; do [[ " ${suites[*]} " == *" $s "* ]] || missing+=("$s"); done
+[ ${#missing[@]} = 0 ] || partial+=("suites $(printf '%s\n' "${suites[@]}" | sort -u | tr '\n' ' ' | sed 's/ $//') only")
+[ "$smoke" = 0 ] || partial+=("--smoke: no package, harness self-checks only")
 timeout_s=${E2E_TIMEOUT:-900}
 [ "$timeout_s" -ge 120 ] 2>/dev/null || { echo "e2e: E2E_TIMEOUT must be >= 120 (seconds)" >&2; exit 2; }
 guest_timeout=$(( timeout_s - 60 ))   # the guest gives up first, so its output still comes back
@@ -77,10 +94,10 @@ for suite in "${suites[@]}"; do
     printf 'E2E_SUITE=%s\nE2E_FLOWS="%s"\n' "$suite" "${E2E_FLOWS:-}" > "$run/env"
 
     # On these hosts nspawn cannot register with (or create a scope through) a host systemd, so it
-    # runs in our own cgroup (--keep-unit): one guest at a time. systemd >= 256 (trixie) refuses a
-    # legacy/hybrid cgroup hierarchy, so that guest gets the unified one.
+    # runs in our own cgroup (--keep-unit): one guest at a time. systemd >= 256 (trixie, sid) refuses
+    # a legacy/hybrid cgroup hierarchy, so those guests get the unified one.
     nspawn_env=()
-    [ "$suite" = trixie ] && nspawn_env=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1)
+    case $suite in trixie|sid) nspawn_env=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1) ;; esac
     set +e
     # unshare: nspawn runs as PID 1 of a PID namespace of its own, so even a SIGKILL (timeout's
     # --kill-after) takes the whole guest with it; a killed nspawn would otherwise leave the guest's
@@ -122,5 +139,7 @@ done
 
 echo "=== summary ==="
 printf '%s\n' "${summary[@]}"
-echo "$total_pass passed, $total_fail failed"
+note=
+[ ${#partial[@]} = 0 ] || note=" (PARTIAL: $(printf '%s, ' "${partial[@]}" | sed 's/, $//'))"
+echo "$total_pass passed, $total_fail failed$note"
 [ "$total_fail" = 0 ]

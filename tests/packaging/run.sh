@@ -125,7 +125,7 @@ check "unit: the config check runs before the reload signal" \
 # The checks see the files and options haproxy is started with.
 check "unit: config checks use ExecStart's haproxy arguments" bash -c "
     start=\$(sed -n 's/^ExecStart=[^ ]*wrapper \\\$WRAPPER_MODE \(.*\)/\1/p' '$UNIT_SRC' | sed 's/ -p \\\$PIDFILE//')
-    for l in \$(grep -n -e '^ExecStartPre=.' -e '^ExecReload=/usr/sbin/haproxy' '$UNIT_SRC' | cut -d: -f1); do
+    for l in \$(grep -n -e '^ExecStartPre=.' -e '^ExecReload=/usr/sbin/haproxy ' '$UNIT_SRC' | cut -d: -f1); do
         sed -n \"\${l}p\" '$UNIT_SRC' | grep -qF -- \"-c \$start\" || { echo \"line \$l: not -c \$start\"; exit 1; }
     done"
 

@@ -5,15 +5,19 @@
 # Input: /e2e/deb/*.deb, /e2e/src/*.dsc and its tarballs (tests/e2e/run.sh copies them from dist/).
 
 # systemd's warnings about haproxy.service since cursor $1: PID 1's messages about the unit (UNIT=)
-# at priority warning or worse, any of them saying a variable is unset, and PID 1's warnings that
-# name the unit in their text.
+# at priority warning or worse, any message of the unit's saying a variable is unset (-u: systemd 262
+# logs that from the unit's own executor process, without UNIT=), and PID 1's warnings that name the
+# unit in their text. Left out: "Failed to read pids.max for control group": systemd 262 in the sid
+# guest says it whenever the unit's properties are read, because the cgroup2 hierarchy nspawn gives
+# the guest on this hybrid host has no pids controller (the host keeps it on cgroup v1): a fact of
+# the test machine, not of the unit.
 systemd_warnings() {
     journalctl --sync
     {
         journalctl -q --no-pager -o short-monotonic --after-cursor="$1" -p warning UNIT=haproxy.service
-        journalctl -q --no-pager -o short-monotonic --after-cursor="$1" UNIT=haproxy.service | grep -i 'unset environment variable'
+        journalctl -q --no-pager -o short-monotonic --after-cursor="$1" -u haproxy.service | grep -i 'unset environment variable'
         journalctl -q --no-pager -o short-monotonic --after-cursor="$1" -p warning _PID=1 | grep -F haproxy.service
-    } | sort -u
+    } | grep -v 'Failed to read pids\.max for control group' | sort -u
 }
 # purge_wrapper: the .deb of the wrapper purged (apt-get fails on a package it does not know at all).
 purge_wrapper() {
