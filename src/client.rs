@@ -180,8 +180,9 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
                 } else {
                     error!("reload to gen {} failed after {} ms, the previous generation keeps serving: {}", gen, ms, summary);
                 }
+                // haproxy's own [ALERT] lines (tag restored), so that `systemctl status` shows them.
                 for l in lines {
-                    error!("haproxy: {}", l);
+                    error!("[ALERT] (haproxy) : {}", l);
                 }
                 return EXIT_FAILED;
             }

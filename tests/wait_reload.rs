@@ -86,6 +86,8 @@ both_modes! {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("reload to gen 2 failed after") && err.contains("unknown keyword 'fake-bad'"), "{err}");
         assert!(err.contains("the previous generation keeps serving"), "{err}");
+        // haproxy's own alert, tagged as such (what `systemctl status` shows of the failed reload).
+        assert!(err.lines().any(|l| l.contains("[ALERT]") && l.contains("unknown keyword 'fake-bad'")), "{err}");
         t.assert_running();
         // The next reload is judged on its own: fixed, it succeeds (no stale "failed").
         t.replace("h.cfg", "fake-marker three\n");
