@@ -933,22 +933,29 @@ BEGIN = "<!-- bench:results:begin (written by bench/bench.py; edit outside these
 END = "<!-- bench:results:end -->"
 
 
-def write_results(text):
-    if RESULTS_FILE == "-":
+def write_block(path, begin, end, heading, text):
+    """Replaces the block between the markers `begin` and `end` in `path` (BENCHMARKS.md) with
+    `text`, or appends it under `heading`; "-" writes nothing. Shared by the bench, the systemd part
+    and the soak."""
+    if path == "-":
         return
     try:
-        with open(RESULTS_FILE) as f:
+        with open(path) as f:
             doc = f.read()
     except FileNotFoundError:
         doc = "# Benchmarks\n\n"
-    block = BEGIN + "\n" + text.rstrip() + "\n" + END
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    block = begin + "\n" + text.rstrip() + "\n" + end
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
     else:
-        doc = doc.rstrip() + "\n\n## Latest results\n\n" + block + "\n"
-    with open(RESULTS_FILE, "w") as f:
+        doc = doc.rstrip() + "\n\n## " + heading + "\n\n" + block + "\n"
+    with open(path, "w") as f:
         f.write(doc)
-    log("results written to %s" % RESULTS_FILE)
+    log("results written to %s" % path)
+
+
+def write_results(text):
+    write_block(RESULTS_FILE, BEGIN, END, "Latest results", text)
 
 
 # ---------------------------------------------------------------------------------------------------

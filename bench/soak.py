@@ -126,23 +126,7 @@ def table(results, every):
 
 
 def write_results(path, text):
-    if path == "-":
-        return
-    with open(path) as f:
-        doc = f.read()
-    block = BEGIN + "\n" + text.rstrip() + "\n" + END
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n## Latest soak results\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(doc)
-    log("results written to %s" % path)
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+    bench.write_block(path, BEGIN, END, "Latest soak results", text)
 
 
 def main():
@@ -163,7 +147,7 @@ def main():
         cfg, sock = bench.write_config(tmp, port)
         notify = bench.Notify(os.path.join(tmp, "notify.sock"))
         started = datetime.datetime.now(datetime.timezone.utc)
-        load_start = loadavg()
+        load_start = bench.loadavg()
         results = []
         verdicts = []
         for n, kind in enumerate(KINDS, 1):
@@ -172,7 +156,7 @@ def main():
             t0 = datetime.datetime.now(datetime.timezone.utc)
             r = bench.Run(kind, tmp, cfg, sock, port, notify, n).run()
             r["seconds"] = (datetime.datetime.now(datetime.timezone.utc) - t0).total_seconds()
-            r["load_after"] = loadavg()
+            r["load_after"] = bench.loadavg()
             results.append((kind, r))
             for ok, text in soak_checks(r, RELOADS, EVERY):
                 verdicts.append((ok, "%s: %s" % (bench.KIND_LABEL[kind], text)))

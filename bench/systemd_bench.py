@@ -476,23 +476,7 @@ def report(res, s, relay, suppressed, started, elapsed, load_start, load_end):
 
 
 def write_results(text):
-    if RESULTS_FILE == "-":
-        return
-    with open(RESULTS_FILE) as f:
-        doc = f.read()
-    block = BEGIN + "\n" + text.rstrip() + "\n" + END
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n## Latest results: `systemctl reload` on a large configuration\n\n" + block + "\n"
-    with open(RESULTS_FILE, "w") as f:
-        f.write(doc)
-    log("results written to %s" % RESULTS_FILE)
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+    bench.write_block(RESULTS_FILE, BEGIN, END, "Latest results: `systemctl reload` on a large configuration", text)
 
 
 def newest_deb():
@@ -563,13 +547,13 @@ def main():
         with open(os.path.join(rundir, "bench-run.service"), "w") as f:
             f.write(unit)
         started = datetime.datetime.now(datetime.timezone.utc)
-        load_start = loadavg()
+        load_start = bench.loadavg()
         log("guest %s, package %s, %d rounds x %d reloads x %s, trace %d; run dir %s" % (
             SUITE, os.path.basename(deb), ROUNDS, RELOADS, ",".join(VARIANTS), TRACE, rundir))
         t0 = time.monotonic()
         trace, trace_err, rc = run_guest(root, rundir)
         elapsed = time.monotonic() - t0
-        load_end = loadavg()
+        load_end = bench.loadavg()
         try:
             with open(os.path.join(rundir, "out", "result.json")) as f:
                 res = json.load(f)
