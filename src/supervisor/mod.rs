@@ -64,7 +64,7 @@ struct Settle {
 }
 
 /// How often, and how long at most, the retired generations' listeners are looked for.
-const SETTLE_POLL: Duration = Duration::from_millis(2);
+const SETTLE_POLL: Duration = Duration::from_micros(500);
 const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 struct Stop {
