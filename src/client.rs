@@ -80,7 +80,7 @@ fn looks_like_wrapper(pid: i32) -> bool {
 /// The wrapper that wrote the ledger is no more: its pid is gone, reused (another start time), or
 /// a zombie (it exited; its parent has not reaped it yet).
 fn gone(pid: i32, start: u64) -> bool {
-    ledger::start_time(pid) != Some(start) || matches!(crate::procs::stat(pid), Some((_, 'Z')) | None)
+    crate::procs::start_time(pid) != Some(start) || matches!(crate::procs::stat(pid), Some((_, 'Z')) | None)
 }
 
 /// Waits for a change in the run directory (or `max`), whichever comes first.
@@ -119,7 +119,7 @@ const RECHECK: Duration = Duration::from_millis(100);
 pub fn wait_reload(opts: &WaitOptions) -> u8 {
     let pid = opts.pid;
     let deadline = clock::now_ns() + opts.timeout.as_nanos() as u64;
-    let start = match ledger::start_time(pid) {
+    let start = match crate::procs::start_time(pid) {
         Some(s) => s,
         None => {
             error!("no process {}: haproxy-systemd-wrapper is not running", pid);

@@ -236,14 +236,6 @@ pub fn load(file: &Path) -> Result<Ledger, String> {
     Ledger::parse(&text)
 }
 
-/// A process's start time (field 22 of /proc/PID/stat), None when it is gone.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid)).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Fields after comm start at field 3 (state); start time is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// The wrapper's side: the ledger in memory and its file, stored after every change. A failure to
 /// store is logged once; the wrapper goes on (only `--wait-reload` clients lose their answer).
 pub struct Recorder {
@@ -262,7 +254,7 @@ impl Recorder {
             info!("no reload ledger (--wait-reload cannot answer): {}", e);
             return None;
         }
-        let start = start_time(pid).unwrap_or(0);
+        let start = crate::procs::start_time(pid).unwrap_or(0);
         let ledger = match load(&path(dir, pid)) {
             Ok(l) if resumed && l.pid == pid && l.start_time == start => l,
             _ => {

@@ -19,12 +19,24 @@ pub fn own_program() -> PathBuf {
 
 /// The parent pid and state letter from the text of /proc/PID/stat.
 pub fn parse_stat(stat: &str) -> Option<(i32, char)> {
-    // "pid (comm) S ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut it = rest.split_whitespace();
+    let mut it = after_comm(stat)?.split_whitespace();
     let state = it.next()?.chars().next()?;
     let ppid = it.next()?.parse().ok()?;
     Some((ppid, state))
+}
+
+/// The fields of /proc/PID/stat after "pid (comm)": comm may hold spaces and parentheses; the
+/// last ')' ends it.
+fn after_comm(stat: &str) -> Option<&str> {
+    Some(&stat[stat.rfind(')')? + 1..])
+}
+
+/// A process's start time (field 22 of /proc/PID/stat), None when it is gone: with the pid, it
+/// tells a process apart from a later one that reused the pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{}/stat", pid)).ok()?;
+    // The fields after comm start at field 3 (state).
+    after_comm(&stat)?.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Parent pid and state of a live process, None when it is gone.

@@ -84,9 +84,9 @@ fn stores_atomically_in_a_private_dir() {
 #[test]
 fn start_time_of_self() {
     let me = std::process::id() as i32;
-    assert!(start_time(me).is_some());
-    assert_eq!(start_time(me), start_time(me));
-    assert_eq!(start_time(i32::MAX), None);
+    assert!(crate::procs::start_time(me).is_some());
+    assert_eq!(crate::procs::start_time(me), crate::procs::start_time(me));
+    assert_eq!(crate::procs::start_time(i32::MAX), None);
 }
 
 #[test]
