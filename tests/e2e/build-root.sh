@@ -20,7 +20,8 @@ mirror=${E2E_MIRROR:-http://deb.debian.org/debian}
 #   mount (systemd's .mount units run /usr/bin/mount; sid no longer pulls it in: dev-hugepages.mount
 #   failed at boot without it).
 #   autopkgtest and dpkg-dev (dpkg-source): the source package's tests with the null runner.
-packages=systemd,systemd-sysv,dbus,haproxy,curl,python3,procps,iproute2,mount,autopkgtest,dpkg-dev
+#   ansible-core: the fleet-automation flow runs a playbook against the guest itself (connection: local).
+packages=systemd,systemd-sysv,dbus,haproxy,curl,python3,procps,iproute2,mount,autopkgtest,dpkg-dev,ansible-core
 # sid's Release file carries a Valid-Until a week after its Date; a mirror snapshot older than that
 # reads as expired here. Accept that date only (signatures are still checked: never unauthenticated).
 apt_opts=()
