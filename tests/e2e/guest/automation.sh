@@ -204,7 +204,7 @@ auto_failures mw
 key=no-such-keyword-validate-$RANDOM
 auto_vars mw-broken-validated true "$(auto_broken "$key")"; play broken-validate
 check "bad configuration, validate on: the play fails in the template task" play_failed_in "$AUTO_TEMPLATE"
-check "bad configuration, validate on: haproxy -c's message is in the play's output" grep -qF -- "$key" "$PLAY_LOG"
+check "bad configuration, validate on: haproxy -c's message is in the play's output" grep -qF -- "unknown keyword '$key'" "$PLAY_LOG"
 check "bad configuration, validate on: the file is unchanged and the old configuration serves" eval \
     'same_file /tmp/automation-serving.cfg /etc/haproxy/haproxy.cfg && serves "$AUTO_OLD"'
 auto_not_ready mw "--ready-timeout $AUTO_READY_TIMEOUT -Ws"
