@@ -113,27 +113,30 @@ auto_fails() {
     check "$what: the rescue put the serving configuration file back" same_file /tmp/automation-serving.cfg /etc/haproxy/haproxy.cfg
 }
 # auto_failures MODE: every failure class of the README's table, from a serving configuration
-# MODE-base; then a good change again.
+# MODE-base.
 auto_failures() {
     local mode=$1 key
     auto_good "$mode-base"; AUTO_OLD=$mode-base
     cp /etc/haproxy/haproxy.cfg /tmp/automation-serving.cfg
     # haproxy rejects the configuration (the template's validate: off, so that the reload sees it).
     key=no-such-keyword-$mode-$RANDOM
-    auto_vars "$mode-broken" false "$(auto_broken "$key")"; play broken-novalidate
+    auto_vars "$mode-broken" false "$(auto_broken "$key")"; play "$mode-broken-novalidate"
     auto_fails broken-novalidate "bad configuration, validate off" "$key"
     # An address the host lacks (passes haproxy -c).
-    auto_vars "$mode-unbindable" true "$AUTO_UNBINDABLE"; play unbindable
+    auto_vars "$mode-unbindable" true "$AUTO_UNBINDABLE"; play "$mode-unbindable"
     auto_fails unbindable "an address the host lacks" '192\.0\.2\.1:8082'
     # A port another program holds (passes haproxy -c), under a probe loop on the old configuration
     # whose count is recorded, not asserted (foreground mode refuses some today: branch fgport).
     check "a python3 listener holds 127.0.0.1:8083" start_holder
     auto_vars "$mode-held" true "$AUTO_HELD"
     start_load "$AUTO_OLD"
-    play port-held
+    local start end; start=$(date +%s.%N)
+    play "$mode-port-held"
+    end=$(date +%s.%N)
+    echo "$start $end" > "$LOAD_DIR/window"
     stop_load
     stop_holder
-    say "       port held: probes on the old configuration during the play: $LOAD_RESULT (recorded, not asserted)"
+    say "       port held: probes on the old configuration, during=N while ansible-playbook ran: $LOAD_RESULT (recorded, not asserted)"
     auto_fails port-held "a port another program holds" '127\.0\.0\.1:8083'
 }
 # auto_not_ready MODE-LINE: not ready within --ready-timeout: WRAPPER_MODE gets a short one,
@@ -146,7 +149,7 @@ auto_not_ready() {
     check "WRAPPER_MODE=$line: restart exits 0" timeout 60 systemctl restart $UNIT
     check "serves $AUTO_OLD" wait_for 10 serves "$AUTO_OLD"
     AUTO_SLOW_TAG=$mode-slow
-    auto_vars "$AUTO_SLOW_TAG" false "$AUTO_SLOW"; play not-ready
+    auto_vars "$AUTO_SLOW_TAG" false "$AUTO_SLOW"; play "$mode-not-ready"
     auto_fails not-ready "not ready within --ready-timeout $AUTO_READY_TIMEOUT" "not ready after $AUTO_READY_TIMEOUT s"
 }
 
@@ -202,7 +205,7 @@ auto_failures mw
 # The template's validate stops a broken configuration before it reaches the file (once: the
 # mode does not matter): the play fails in the template task, with haproxy -c's message.
 key=no-such-keyword-validate-$RANDOM
-auto_vars mw-broken-validated true "$(auto_broken "$key")"; play broken-validate
+auto_vars mw-broken-validated true "$(auto_broken "$key")"; play mw-broken-validate
 check "bad configuration, validate on: the play fails in the template task" play_failed_in "$AUTO_TEMPLATE"
 check "bad configuration, validate on: haproxy -c's message is in the play's output" grep -qF -- "unknown keyword '$key'" "$PLAY_LOG"
 check "bad configuration, validate on: the file is unchanged and the old configuration serves" eval \
