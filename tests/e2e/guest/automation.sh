@@ -112,11 +112,14 @@ auto_fails() {
     check "$what: the old configuration serves" serves "$AUTO_OLD"
     check "$what: the rescue put the serving configuration file back" same_file /tmp/automation-serving.cfg /etc/haproxy/haproxy.cfg
 }
-# auto_failures MODE: every failure class of the README's table, from a serving configuration
-# MODE-base.
+# auto_failures MODE [from-stopped]: every failure class of the README's table, from a serving
+# configuration MODE-base; with from-stopped, the unit is stopped and that play starts it
+# (Ansible's state: reloaded runs systemctl start then), in master-worker mode.
 auto_failures() {
     local mode=$1 key
     auto_good "$mode-base"; AUTO_OLD=$mode-base
+    [ "${2:-}" != from-stopped ] || check "the play started the stopped unit under the wrapper, master-worker" \
+        eval 'is_active && main_is_wrapper && expect_match StatusText "$(status_text)" "^master-worker; "'
     cp /etc/haproxy/haproxy.cfg /tmp/automation-serving.cfg
     # haproxy rejects the configuration (the template's validate: off, so that the reload sees it).
     key=no-such-keyword-$mode-$RANDOM
@@ -197,11 +200,8 @@ if ! dpkg-query -W -f '${Status}' haproxy-systemd-wrapper 2>/dev/null | grep -q 
 fi
 sed -i '/^WRAPPER_MODE=/d' /etc/default/haproxy
 check "systemctl stop exits 0" timeout 60 systemctl stop $UNIT
-# master-worker
-auto_good mw-start
-check "the play started the stopped unit under the wrapper, master-worker" eval 'is_active && main_is_wrapper &&
-    expect_match StatusText "$(status_text)" "^master-worker; "'
-auto_failures mw
+# master-worker; the first play starts the stopped unit (Ansible runs systemctl start then)
+auto_failures mw from-stopped
 # The template's validate stops a broken configuration before it reaches the file (once: the
 # mode does not matter): the play fails in the template task, with haproxy -c's message.
 key=no-such-keyword-validate-$RANDOM
@@ -214,10 +214,7 @@ auto_not_ready mw "--ready-timeout $AUTO_READY_TIMEOUT -Ws"
 # haproxy's master itself goes on loading it after the wrapper gave up, and then serves it.
 check "(master-worker) haproxy's master serves the slow configuration once it has loaded it" wait_for 30 serves "$AUTO_SLOW_TAG"
 sed -i '/^WRAPPER_MODE=/d' /etc/default/haproxy
-check "master-worker, default --ready-timeout: restart exits 0" timeout 60 systemctl restart $UNIT
-auto_good mw-fixed
 # foreground
-AUTO_OLD=mw-fixed
 echo 'WRAPPER_MODE=-x /run/haproxy/admin.sock' >> /etc/default/haproxy
 check "foreground mode: restart exits 0" timeout 60 systemctl restart $UNIT
 check "StatusText: foreground" expect_match StatusText "$(status_text)" "^foreground; "
