@@ -87,6 +87,8 @@ for suite in "${suites[@]}"; do
     run=$(mktemp -d /tmp/haproxy-systemd-wrapper-e2e-"$suite".XXXXXX)
     mkdir -p "$run/out" "$run/deb"
     cp -r "$here/guest" "$run/guest"
+    # The example Ansible role the automation flows run (guest/automation.sh).
+    cp -r "$repo/examples" "$run/examples"
     [ -n "$deb" ] && cp "$deb" "$run/deb/"
     # The source package and the .rpm beside the .deb (autopkgtest, RPM scriptlets: guest/packaging.sh).
     [ -n "$deb" ] && "$here/copy-source.sh" "$(dirname "$deb")" "$run"

@@ -74,6 +74,10 @@ check "dist: source tarball entries sorted, under $BIN-$VERSION/, owner 0/0, one
     [ \$(awk '{print \$4, \$5}' '$TMP/src.tv' | sort -u | wc -l) = 1 ]"
 check "dist: source tarball holds exactly the files git knows (packaging/source-tree.sh) but debian/" bash -c \
     "diff -u <(packaging/source-tree.sh | tar -t | grep -v '^debian/' | LC_ALL=C sort) <(sed 's|^$BIN-$VERSION/||' '$TMP/src.names')"
+# The example Ansible role (docs/automation.md) ships in the source tarball, not in the packages.
+EXAMPLE_FILES="site.yml inventory.ini roles/haproxy/tasks/main.yml roles/haproxy/handlers/main.yml roles/haproxy/defaults/main.yml roles/haproxy/templates/haproxy.cfg.j2"
+check "dist: source tarball ships the example Ansible role examples/ansible/" bash -c \
+    "for f in $EXAMPLE_FILES; do grep -qx '$BIN-$VERSION/examples/ansible/'\$f '$TMP/src.names' || { echo \"missing: examples/ansible/\$f\"; exit 1; }; done"
 # The crates of Cargo.lock (registry packages: every [[package]] with a source), no more, no less.
 awk '/^\[\[package\]\]/{n=""} /^name = /{n=$3} /^source = "registry/{gsub(/"/,"",n); print n}' Cargo.lock | sort >"$TMP/lock.crates"
 tar -tJf "$DIST_VENDOR" | sed -n 's|^vendor/\([^/]*\)/Cargo.toml$|\1|p' | sort >"$TMP/vendor.crates"
@@ -212,6 +216,7 @@ check "deb: Depends on haproxy" bash -c "dpkg-deb -f '$DEB' Depends | tr ',' '\n
 rm -rf "$TMP/deb-x" && dpkg-deb -R "$DEB" "$TMP/deb-x"
 check "deb: drop-in is systemd/$BIN.conf" same "$DROPIN_SRC" "$TMP/deb-x/lib/systemd/system/haproxy.service.d/$BIN.conf"
 check "deb: ships no unit of its own" bash -c "! dpkg-deb -c '$DEB' | grep -E 'system/[^/]+\.service$'"
+check "deb: ships no example (examples/ansible is in the source tarball only)" lacks "$TMP/deb.list" 'examples\|ansible\|\.yml$'
 check "deb: binary is the wrapper" bash -c "'$TMP/deb-x/usr/sbin/$BIN' --version | grep -q '$VERSION'"
 for s in postinst postrm; do
     check "deb: $s is valid sh" sh -n "$TMP/deb-x/DEBIAN/$s"
@@ -277,6 +282,7 @@ sort -k3 -o "$TMP/rpm.expected" "$TMP/rpm.expected"
 # Fedora compresses man pages (.gz); Debian's rpmbuild does not.
 sed -i 's|\(man8/.*\.8\)\.gz$|\1|' "$TMP/rpm.list"
 check "rpm: paths, modes and owners" same "$TMP/rpm.expected" "$TMP/rpm.list"
+check "rpm: ships no example (examples/ansible is in the source tarball only)" lacks "$TMP/rpm.list" 'examples\|ansible\|\.yml$'
 # Same files as the .deb, modulo /lib vs /usr/lib, compressed man pages and the doc/licence files.
 norm() { awk '$1 !~ /^d/ {print $3}' "$1" | sed -e 's|^/lib/|/usr/lib/|' -e 's|\.gz$||' | grep -v -e '^/usr/share/doc/' -e '^/usr/share/licenses/' -e '^/usr/share/lintian/' | sort; }
 check "rpm: same files as the .deb" bash -c "diff -u <($(declare -f norm); norm '$TMP/deb.list') <($(declare -f norm); norm '$TMP/rpm.list')"

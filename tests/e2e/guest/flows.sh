@@ -614,6 +614,9 @@ fi
 # ---- flows 11 and 12: quiet journal, autopkgtest (tests/e2e/guest/packaging.sh) ----
 . /e2e/guest/packaging.sh
 
+# ---- flows automation-distro, automation: the example Ansible role (tests/e2e/guest/automation.sh) ----
+. /e2e/guest/automation.sh
+
 fi  # a package to test
 
 journalctl --sync
