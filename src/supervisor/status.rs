@@ -30,6 +30,7 @@ pub fn status_line(v: &StatusView) -> String {
             LastReload::None => "last reload: none".to_string(),
             LastReload::Ok { ms } => format!("last reload: ok in {} ms", ms),
             LastReload::Failed { ms, reason } => format!("last reload: failed after {} ms: {}", ms, reason),
+            LastReload::Late { ms } => format!("last reload: took effect late, ready in {} ms (reported failed at --ready-timeout)", ms),
         });
     }
     let line = parts.join("; ");
