@@ -331,7 +331,16 @@ impl Recorder {
     }
 
     pub fn finish(&mut self, seq: u64, outcome: Outcome) {
+        self.finish_late(seq, outcome, Late::No);
+    }
+
+    /// `finish`, with what may still become of a failure, in the same write: a client never
+    /// reads the one without the other.
+    pub fn finish_late(&mut self, seq: u64, outcome: Outcome, late: Late) {
         self.ledger.finish(seq, outcome);
+        if let Some(a) = self.ledger.attempts.iter_mut().find(|a| a.seq == seq) {
+            a.late = late;
+        }
         self.save();
     }
 

@@ -201,7 +201,7 @@ fn a_stuck_old_worker_holds_up_only_the_reload_that_retired_it() {
     stop_and_expect_0(&mut t, T_REAL);
 }
 
-/// master-worker: a reload slower than --ready-timeout (a configuration with a map of a million
+/// master-worker: a reload slower than --ready-timeout (a configuration with a map of two million
 /// entries, seconds to load) is reported failed, without claiming the previous generation keeps
 /// serving: haproxy's master cannot be told to give it up. When it takes effect later, the log,
 /// STATUS and the ledger say that its generation serves; the next reload goes on from there.
@@ -218,7 +218,7 @@ fn a_reload_slower_than_the_ready_timeout_is_told_when_it_takes_effect_late() {
     assert_eq!(wait_http_200(t.port, T_REAL).body.trim(), "old");
     let map = t.path("big.map");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&map).unwrap());
-    for i in 0..1_000_000 {
+    for i in 0..2_000_000 {
         writeln!(f, "/k{i} v{i}").unwrap();
     }
     f.flush().unwrap();

@@ -202,7 +202,7 @@ both_modes! {
         t.wait_ready(T);
         let job = t.path("job.pid");
         // The job keeps the probe's stdout and stderr open for 30 s (longer than the client waits).
-        replace_with_script(&exe, &format!("#!/bin/sh\nsh -c 'echo $$ > {}; exec sleep 30' &\necho 'not a wrapper' >&2\nexit 1\n", job.display()));
+        replace_with_script(&exe, &format!("#!/bin/sh\nsleep 30 &\necho $! > {}\necho 'not a wrapper' >&2\nexit 1\n", job.display()));
         t.signal(Signal::SIGUSR2);
         let (code, err) = wait_reload(&t);
         assert_eq!(code, Some(0), "the reload waited for the probe's background job: {err}");

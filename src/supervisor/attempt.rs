@@ -263,10 +263,8 @@ impl Supervisor {
             }
             let mut reasons = vec![reason.clone()];
             reasons.extend(attempt.alerts.iter().cloned());
-            ledger.finish(seq, ledger::Outcome::Failed { ms, reasons });
-            if may_complete && left != StillServing::No {
-                ledger.set_late(attempt.gen, ledger::Late::Possible);
-            }
+            let late = if may_complete && left != StillServing::No { ledger::Late::Possible } else { ledger::Late::No };
+            ledger.finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
         }
         match left {
             StillServing::Yes if may_complete => error!(
