@@ -288,6 +288,38 @@ mod tests {
     }
 
     #[test]
+    fn a_full_pipe_drops_whole_lines_counts_them_and_finishes_a_line_cut_in_two() {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        // Two pages: the first line takes one, the next write fills the other and is cut.
+        fcntl(w, FcntlArg::F_SETPIPE_SZ(8192)).unwrap();
+        let mut sink = Sink { fd: w, socket: false, rest: Vec::new(), dropped: 0 };
+        let line = |c: &str| format!("{}\n", c.repeat(2999));
+        assert!(sink.write_lines(line("a").as_bytes(), 1));
+        let batch = format!("{}{}{}", line("b"), line("c"), "d\n".repeat(10));
+        assert!(!sink.write_lines(batch.as_bytes(), 12));
+        assert_eq!(sink.dropped, 10, "the whole lines after the cut one are dropped and counted");
+        assert!(!sink.rest.is_empty() && sink.rest.len() < 3000 && sink.rest.ends_with(b"c\n"));
+        // Nothing more fits: dropped, counted, never blocking.
+        assert!(!sink.write_lines(b"x\n", 1));
+        assert_eq!(sink.dropped, 11);
+        let mut buf = vec![0u8; 16384];
+        let n = nix::unistd::read(r, &mut buf).unwrap();
+        assert_eq!(n, 3000 + 4096);
+        // The reader took it all: the rest of the cut line first, then the count, then the line.
+        assert!(sink.write_lines(b"e\n", 1));
+        let n = nix::unistd::read(r, &mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{:?}", lines);
+        assert!(lines[0].chars().all(|c| c == 'c'), "{:?}", lines);
+        assert!(lines[1].ends_with("11 log lines dropped: stderr was not ready to take them"), "{:?}", lines);
+        assert_eq!(lines[2], "e");
+        assert_eq!(sink.dropped, 0);
+        let _ = (nix::unistd::close(r), nix::unistd::close(w));
+    }
+
+    #[test]
     fn the_prefix_only_when_journal_stream_names_stderr() {
         assert!(names_stderr(Some("64768:123456"), Some((64768, 123456))));
         assert!(!names_stderr(Some("64768:123456"), Some((64768, 999))));
