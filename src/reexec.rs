@@ -308,7 +308,7 @@ pub fn probe(exe: &std::path::Path, state: &Carried, stop_asked: &dyn Fn() -> bo
             return Err(why.to_string());
         }
         // Woken by its output, else every 5 ms to see whether it ended (or a stop was asked).
-        let wait_ms = (deadline - now).as_millis().min(5).max(1) as i32;
+        let wait_ms = (deadline - now).as_millis().clamp(1, 5) as i32;
         let mut polled: Vec<PollFd> = open.iter().map(|&(fd, _)| PollFd::new(fd, PollFlags::POLLIN)).collect();
         if polled.is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(wait_ms as u64));
