@@ -320,6 +320,27 @@ mod tests {
     }
 
     #[test]
+    fn a_full_socket_drops_lines_and_never_blocks() {
+        use std::io::Read;
+        use std::os::unix::io::AsRawFd;
+        // The journal's stream socket: written with MSG_DONTWAIT, its own flags untouched.
+        let (ours, mut journal) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut sink = Sink { fd: ours.as_raw_fd(), socket: true, rest: Vec::new(), dropped: 0 };
+        let line = format!("{}\n", "x".repeat(999));
+        let written = (0..100_000).take_while(|_| sink.write_lines(line.as_bytes(), 1)).count();
+        assert!(written < 100_000, "a socket nobody reads took 100 MB");
+        assert!(sink.dropped >= 1);
+        let dropped = sink.dropped + (0..5).filter(|_| !sink.write_lines(line.as_bytes(), 1)).count() as u64;
+        journal.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        while journal.read(&mut buf).map_or(false, |n| n > 0) {}
+        assert!(sink.write_lines(b"after\n", 1));
+        let n = journal.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.ends_with(&format!("{} log lines dropped: stderr was not ready to take them\nafter\n", dropped)), "{:?}", text);
+    }
+
+    #[test]
     fn the_prefix_only_when_journal_stream_names_stderr() {
         assert!(names_stderr(Some("64768:123456"), Some((64768, 123456))));
         assert!(!names_stderr(Some("64768:123456"), Some((64768, 999))));
