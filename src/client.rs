@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::clock;
-use crate::ledger::{self, Ledger, Outcome};
+use crate::ledger::{self, Late, Ledger, Outcome};
 
 /// The reload served: the new generation answers.
 pub const EXIT_OK: u8 = 0;
@@ -44,7 +44,8 @@ pub enum Target {
 pub enum Answer<'a> {
     Wait,
     Served { gen: u32, ms: u64 },
-    Failed { gen: u32, ms: u64, reasons: &'a [String] },
+    /// `late`: haproxy may still complete it, or did (master-worker, at --ready-timeout).
+    Failed { gen: u32, ms: u64, reasons: &'a [String], late: Late },
     /// The wrapper is stopping and no attempt answers us.
     Stopping,
 }
@@ -55,9 +56,9 @@ pub fn answer(ledger: &Ledger, target: Target) -> Answer<'_> {
         Target::Covers(n) => a.covers >= n,
         Target::BegunAfter(t) => a.begun_ns > t,
     });
-    match ours.map(|a| (a.gen, &a.outcome)) {
-        Some((gen, Outcome::Ok { ms })) => Answer::Served { gen, ms: *ms },
-        Some((gen, Outcome::Failed { ms, reasons })) => Answer::Failed { gen, ms: *ms, reasons },
+    match ours.map(|a| (a.gen, &a.outcome, a.late)) {
+        Some((gen, Outcome::Ok { ms }, _)) => Answer::Served { gen, ms: *ms },
+        Some((gen, Outcome::Failed { ms, reasons }, late)) => Answer::Failed { gen, ms: *ms, reasons, late },
         _ if ledger.stopping => Answer::Stopping,
         _ => Answer::Wait,
     }
@@ -171,10 +172,17 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
                 println!("reload ok: gen {} serving, ready in {} ms", gen, ms);
                 return EXIT_OK;
             }
-            Answer::Failed { gen, ms, reasons } => {
+            Answer::Failed { gen, late: Late::Served { ms: late_ms }, ms, .. } => {
+                println!("reload ok: gen {} serving, ready in {} ms (late: reported failed after {} ms, at --ready-timeout)", gen, late_ms, ms);
+                return EXIT_OK;
+            }
+            Answer::Failed { gen, ms, reasons, late } => {
                 let mut lines = reasons.iter();
                 let summary = lines.next().map(String::as_str).unwrap_or("no reason recorded");
-                if ledger.stopping {
+                if late == Late::Possible {
+                    // The master cannot be told to give the reload up: it may still take effect.
+                    error!("reload to gen {} failed after {} ms: {}; haproxy may still complete it", gen, ms, summary);
+                } else if ledger.stopping {
                     // The wrapper found nothing serving after the failure (or was asked to stop).
                     error!("reload to gen {} failed after {} ms and the service is stopping: {}", gen, ms, summary);
                 } else {
@@ -237,14 +245,14 @@ mod tests {
     fn the_attempt_that_answers_the_request() {
         let mut l = ledger();
         assert_eq!(answer(&l, Target::Covers(1)), Answer::Served { gen: 2, ms: 40 });
-        assert_eq!(answer(&l, Target::Covers(2)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()] });
-        assert_eq!(answer(&l, Target::Covers(3)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()] });
+        assert_eq!(answer(&l, Target::Covers(2)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()], late: Late::No });
+        assert_eq!(answer(&l, Target::Covers(3)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()], late: Late::No });
         // Counted, its attempt still running.
         assert_eq!(answer(&l, Target::Covers(4)), Answer::Wait);
         // Counted, not begun yet (coalesced into the next attempt).
         assert_eq!(answer(&l, Target::Covers(5)), Answer::Wait);
         // Pending when asked at t=150: the attempt begun at 200 answers, never the one of 100.
-        assert_eq!(answer(&l, Target::BegunAfter(150)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()] });
+        assert_eq!(answer(&l, Target::BegunAfter(150)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()], late: Late::No });
         assert_eq!(answer(&l, Target::BegunAfter(300)), Answer::Wait);
         l.stopping = true;
         assert_eq!(answer(&l, Target::BegunAfter(300)), Answer::Stopping);

@@ -42,6 +42,20 @@ pub struct Attempt {
     pub begun_ns: u64,
     pub gen: u32,
     pub outcome: Outcome,
+    /// After a failure: whether haproxy may still complete the reload, or did (master-worker, at
+    /// --ready-timeout). Written as a `late` line of its own, which older readers skip.
+    pub late: Late,
+}
+
+/// What became of a reload reported failed that haproxy could still complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Late {
+    /// Nothing pending: the failure is final.
+    No,
+    /// Not ready at --ready-timeout; haproxy may still complete it.
+    Possible,
+    /// It took effect later, `ms` after it began: its generation serves.
+    Served { ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +85,7 @@ impl Ledger {
     /// A reload attempt begins; it answers every request counted so far. Returns its seq.
     pub fn begin(&mut self, gen: u32, now_ns: u64) -> u64 {
         let seq = self.next_seq();
-        self.attempts.push_back(Attempt { seq, covers: self.requests, begun_ns: now_ns, gen, outcome: Outcome::Pending });
+        self.attempts.push_back(Attempt { seq, covers: self.requests, begun_ns: now_ns, gen, outcome: Outcome::Pending, late: Late::No });
         while self.attempts.len() > KEEP {
             self.attempts.pop_front();
         }
@@ -90,6 +104,13 @@ impl Ledger {
         }
     }
 
+    /// What became of the last attempt at `gen` that may still complete.
+    pub fn set_late(&mut self, gen: u32, late: Late) {
+        if let Some(a) = self.attempts.iter_mut().rev().find(|a| a.gen == gen && matches!(a.outcome, Outcome::Failed { .. })) {
+            a.late = late;
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = format!("{} {}\npid {}\nstart {}\nrequests {}\nstate {}\n", MAGIC, VERSION, self.pid, self.start_time, self.requests, if self.stopping { "stopping" } else { "running" });
         for a in &self.attempts {
@@ -103,6 +124,11 @@ impl Ledger {
                 for r in reasons {
                     out.push_str(&format!("reason {} {}\n", a.seq, r));
                 }
+            }
+            match a.late {
+                Late::No => {}
+                Late::Possible => out.push_str(&format!("late {} possible\n", a.seq)),
+                Late::Served { ms } => out.push_str(&format!("late {} served {}\n", a.seq, ms)),
             }
         }
         out
@@ -148,13 +174,26 @@ impl Ledger {
                         _ => return Err(bad()),
                     };
                     let gen = u32::try_from(num(f[3])?).map_err(|_| bad())?;
-                    ledger.attempts.push_back(Attempt { seq: num(f[0])?, covers: num(f[1])?, begun_ns: num(f[2])?, gen, outcome });
+                    ledger.attempts.push_back(Attempt { seq: num(f[0])?, covers: num(f[1])?, begun_ns: num(f[2])?, gen, outcome, late: Late::No });
                 }
                 "reason" => {
                     let (seq, text) = rest.split_once(' ').unwrap_or((rest, ""));
                     let seq = num(seq)?;
                     match ledger.attempts.iter_mut().find(|a| a.seq == seq).map(|a| &mut a.outcome) {
                         Some(Outcome::Failed { reasons, .. }) => reasons.push(text.to_string()),
+                        _ => return Err(bad()),
+                    }
+                }
+                "late" => {
+                    let f: Vec<&str> = rest.split(' ').collect();
+                    let late = match f.as_slice() {
+                        [_, "possible"] => Late::Possible,
+                        [_, "served", ms] => Late::Served { ms: num(ms)? },
+                        _ => return Err(bad()),
+                    };
+                    let seq = num(f[0])?;
+                    match ledger.attempts.iter_mut().find(|a| a.seq == seq) {
+                        Some(a) if matches!(a.outcome, Outcome::Failed { .. }) => a.late = late,
                         _ => return Err(bad()),
                     }
                 }
@@ -292,7 +331,21 @@ impl Recorder {
     }
 
     pub fn finish(&mut self, seq: u64, outcome: Outcome) {
+        self.finish_late(seq, outcome, Late::No);
+    }
+
+    /// `finish`, with what may still become of a failure, in the same write: a client never
+    /// reads the one without the other.
+    pub fn finish_late(&mut self, seq: u64, outcome: Outcome, late: Late) {
         self.ledger.finish(seq, outcome);
+        if let Some(a) = self.ledger.attempts.iter_mut().find(|a| a.seq == seq) {
+            a.late = late;
+        }
+        self.save();
+    }
+
+    pub fn set_late(&mut self, gen: u32, late: Late) {
+        self.ledger.set_late(gen, late);
         self.save();
     }
 

@@ -1,10 +1,15 @@
 //! The wrapper's logger: one line per event on stderr. When stderr is the journal, each line
 //! starts with its journald priority prefix (`<3>` error ... `<7>` debug) so that
 //! `journalctl -p` filters work; anywhere else (a terminal, a file) it is plain text.
+//!
+//! Writing never blocks: a reader that does not keep up (a stalled journal, a pipe nobody reads)
+//! must not stop the wrapper from supervising or from acting on SIGTERM. A line that cannot be
+//! written at once is dropped and counted, and the count is told with the next line written
+//! ("N log lines dropped"); a line written in part has its rest written before anything else.
 
 use std::fmt;
-use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
 
 pub const ERR: u8 = 3;
 pub const WARNING: u8 = 4;
@@ -49,28 +54,146 @@ fn line(priority: u8, args: fmt::Arguments, journal: bool) -> String {
     }
 }
 
-/// Writes one log line, in one write(2) so that no reader (journald, a tail) sees half of it.
+/// stderr as the logger writes it: without ever blocking.
+struct Sink {
+    /// The descriptor written: stderr itself (a socket, written with MSG_DONTWAIT; a regular
+    /// file, which never blocks), or a non-blocking descriptor of its own for the pipe or
+    /// terminal stderr is (opened anew through /proc/self/fd/2: O_NONBLOCK on stderr itself would
+    /// change it for every process sharing it).
+    fd: i32,
+    socket: bool,
+    /// The rest of a line written in part: written before anything else.
+    rest: Vec<u8>,
+    /// Lines dropped since the last one written.
+    dropped: u64,
+}
+
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+
+fn open_sink() -> Sink {
+    use nix::sys::stat::SFlag;
+    let kind = nix::sys::stat::fstat(2).map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
+    let mut sink = Sink { fd: 2, socket: false, rest: Vec::new(), dropped: 0 };
+    match kind {
+        Ok(k) if k == SFlag::S_IFSOCK => sink.socket = true,
+        Ok(k) if k == SFlag::S_IFIFO || k == SFlag::S_IFCHR => {
+            use nix::fcntl::OFlag;
+            let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_APPEND;
+            if let Ok(fd) = nix::fcntl::open("/proc/self/fd/2", flags, nix::sys::stat::Mode::empty()) {
+                sink.fd = fd;
+            }
+        }
+        _ => {}
+    }
+    sink
+}
+
+/// How a write went.
+enum Wrote {
+    All,
+    /// This many bytes (fewer than asked).
+    Part(usize),
+    /// Nothing: it would block.
+    WouldBlock,
+    /// stderr is gone (closed, a broken pipe): nothing sensible to do, the wrapper goes on.
+    Gone,
+}
+
+impl Sink {
+    fn write_once(&self, bytes: &[u8]) -> Wrote {
+        loop {
+            let r = if self.socket {
+                nix::sys::socket::send(self.fd, bytes, nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+            } else {
+                nix::unistd::write(self.fd, bytes)
+            };
+            return match r {
+                Ok(n) if n >= bytes.len() => Wrote::All,
+                Ok(0) => Wrote::WouldBlock,
+                Ok(n) => Wrote::Part(n),
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => Wrote::WouldBlock,
+                Err(_) => Wrote::Gone,
+            };
+        }
+    }
+
+    /// Writes whole lines (`bytes` ends with a newline), `lines` of them; true when written.
+    fn write_lines(&mut self, bytes: &[u8], lines: u64) -> bool {
+        if !self.rest.is_empty() {
+            let rest = std::mem::take(&mut self.rest);
+            match self.write_once(&rest) {
+                Wrote::All | Wrote::Gone => {}
+                Wrote::Part(n) => self.rest = rest[n..].to_vec(),
+                Wrote::WouldBlock => self.rest = rest,
+            }
+            if !self.rest.is_empty() {
+                self.dropped += lines;
+                return false;
+            }
+        }
+        let mut out = Vec::new();
+        let told = self.dropped;
+        if told > 0 {
+            let journal = stderr_is_journal();
+            out.extend_from_slice(line(WARNING, format_args!("{} log lines dropped: stderr was not ready to take them", told), journal).as_bytes());
+        }
+        out.extend_from_slice(bytes);
+        match self.write_once(&out) {
+            Wrote::All | Wrote::Gone => {
+                self.dropped = 0;
+                true
+            }
+            Wrote::Part(n) => {
+                // The line cut in two is finished first, at the next write; the whole lines
+                // after it are dropped.
+                let cut_end = out[n..].iter().position(|&b| b == b'\n').map_or(out.len(), |i| n + i + 1);
+                self.rest = out[n..cut_end].to_vec();
+                let after = out[cut_end..].iter().filter(|&&b| b == b'\n').count() as u64;
+                // The count told (if any) went out with the first bytes.
+                self.dropped = after;
+                after == 0
+            }
+            Wrote::WouldBlock => {
+                self.dropped += lines;
+                false
+            }
+        }
+    }
+}
+
+fn emit(bytes: &[u8], lines: u64) {
+    let mut guard = match SINK.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    guard.get_or_insert_with(open_sink).write_lines(bytes, lines);
+}
+
+/// Writes one log line, in one write(2) so that no reader (journald, a tail) sees half of it;
+/// never blocking (see the module's comment).
 pub fn write(priority: u8, args: fmt::Arguments) {
     let line = line(priority, args, stderr_is_journal());
-    // Nothing sensible can be done when stderr is gone; the wrapper keeps supervising.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    emit(line.as_bytes(), 1);
 }
 
 /// Writes many lines in as few write(2) calls as possible, each call holding whole lines only
-/// (at most about 64 KiB), so no reader sees half a line.
+/// (at most about 64 KiB), so no reader sees half a line; never blocking.
 pub fn write_lines<'a>(lines: impl Iterator<Item = (u8, &'a str)>) {
     let journal = stderr_is_journal();
     let mut buf = String::new();
-    let mut out = std::io::stderr().lock();
+    let mut n = 0;
     for (priority, text) in lines {
         buf.push_str(&line(priority, format_args!("{}", text), journal));
+        n += 1;
         if buf.len() >= 64 * 1024 {
-            let _ = out.write_all(buf.as_bytes());
+            emit(buf.as_bytes(), n);
             buf.clear();
+            n = 0;
         }
     }
     if !buf.is_empty() {
-        let _ = out.write_all(buf.as_bytes());
+        emit(buf.as_bytes(), n);
     }
 }
 
@@ -162,6 +285,59 @@ mod tests {
         assert_eq!(r.allow(11 + s), Some(0));
         let allowed = (0..100_000u64).filter(|i| r.allow(3 * s + i * 20_000).is_some()).count();
         assert_eq!(allowed, 3 * 2, "100 000 events over 2 s make two windows of 3 lines");
+    }
+
+    #[test]
+    fn a_full_pipe_drops_whole_lines_counts_them_and_finishes_a_line_cut_in_two() {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        // Two pages: the first line takes one, the next write fills the other and is cut.
+        fcntl(w, FcntlArg::F_SETPIPE_SZ(8192)).unwrap();
+        let mut sink = Sink { fd: w, socket: false, rest: Vec::new(), dropped: 0 };
+        let line = |c: &str| format!("{}\n", c.repeat(2999));
+        assert!(sink.write_lines(line("a").as_bytes(), 1));
+        let batch = format!("{}{}{}", line("b"), line("c"), "d\n".repeat(10));
+        assert!(!sink.write_lines(batch.as_bytes(), 12));
+        assert_eq!(sink.dropped, 10, "the whole lines after the cut one are dropped and counted");
+        assert!(!sink.rest.is_empty() && sink.rest.len() < 3000 && sink.rest.ends_with(b"c\n"));
+        // Nothing more fits: dropped, counted, never blocking.
+        assert!(!sink.write_lines(b"x\n", 1));
+        assert_eq!(sink.dropped, 11);
+        let mut buf = vec![0u8; 16384];
+        let n = nix::unistd::read(r, &mut buf).unwrap();
+        assert_eq!(n, 3000 + 4096);
+        // The reader took it all: the rest of the cut line first, then the count, then the line.
+        assert!(sink.write_lines(b"e\n", 1));
+        let n = nix::unistd::read(r, &mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{:?}", lines);
+        assert!(lines[0].chars().all(|c| c == 'c'), "{:?}", lines);
+        assert!(lines[1].ends_with("11 log lines dropped: stderr was not ready to take them"), "{:?}", lines);
+        assert_eq!(lines[2], "e");
+        assert_eq!(sink.dropped, 0);
+        let _ = (nix::unistd::close(r), nix::unistd::close(w));
+    }
+
+    #[test]
+    fn a_full_socket_drops_lines_and_never_blocks() {
+        use std::io::Read;
+        use std::os::unix::io::AsRawFd;
+        // The journal's stream socket: written with MSG_DONTWAIT, its own flags untouched.
+        let (ours, mut journal) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut sink = Sink { fd: ours.as_raw_fd(), socket: true, rest: Vec::new(), dropped: 0 };
+        let line = format!("{}\n", "x".repeat(999));
+        let written = (0..100_000).take_while(|_| sink.write_lines(line.as_bytes(), 1)).count();
+        assert!(written < 100_000, "a socket nobody reads took 100 MB");
+        assert!(sink.dropped >= 1);
+        let dropped = sink.dropped + (0..5).filter(|_| !sink.write_lines(line.as_bytes(), 1)).count() as u64;
+        journal.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        while journal.read(&mut buf).map_or(false, |n| n > 0) {}
+        assert!(sink.write_lines(b"after\n", 1));
+        let n = journal.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.ends_with(&format!("{} log lines dropped: stderr was not ready to take them\nafter\n", dropped)), "{:?}", text);
     }
 
     #[test]

@@ -68,8 +68,10 @@ pub fn encode(state: &Carried) -> String {
             out.push(format!("old_workers={}", pids(&mw.old_workers)));
             // Its presence is what marks master-worker state.
             out.push(format!("master_sock={}", mw.socket_fd));
-            if let Some(r) = &mw.reload {
-                out.push(format!("mw_reload={}:{}:{}:{}:{}", r.gen, r.signalled_ns, r.master_began as u8, r.loading_failed as u8, pids(&r.workers_before)));
+            for (key, r) in [("mw_reload", &mw.reload), ("mw_late", &mw.late)] {
+                if let Some(r) = r {
+                    out.push(format!("{}={}:{}:{}:{}:{}", key, r.gen, r.signalled_ns, r.master_began as u8, r.loading_failed as u8, pids(&r.workers_before)));
+                }
             }
         }
     }
@@ -77,6 +79,7 @@ pub fn encode(state: &Carried) -> String {
         LastReload::None => "last=none".to_string(),
         LastReload::Ok { ms } => format!("last=ok:{}", ms),
         LastReload::Failed { ms, reason } => format!("last=failed:{}:{}", ms, hex(reason.as_bytes())),
+        LastReload::Late { ms } => format!("last=late:{}", ms),
     });
     out.push(format!("reloads={}", state.reloads));
     out.push(format!("relay={},{}", state.relay_read, state.relay_write));
@@ -122,7 +125,7 @@ pub fn decode(s: &str) -> Result<Carried, String> {
     let mut version = None;
     let mut serving = None;
     let mut fg = ForegroundGenerations::default();
-    let mut mw = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: -1, reload: None };
+    let mut mw = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: -1, reload: None, late: None };
     let mut master_worker = false;
     for field in s.split(';') {
         let (k, v) = field.split_once('=').ok_or_else(|| format!("bad field '{}'", field))?;
@@ -140,6 +143,8 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                     LastReload::None
                 } else if let Some(ms) = v.strip_prefix("ok:") {
                     LastReload::Ok { ms: num(k, ms)? }
+                } else if let Some(ms) = v.strip_prefix("late:") {
+                    LastReload::Late { ms: num(k, ms)? }
                 } else if let Some(rest) = v.strip_prefix("failed:") {
                     let (ms, reason) = rest.split_once(':').ok_or("last: bad failed entry")?;
                     LastReload::Failed { ms: num(k, ms)?, reason: String::from_utf8_lossy(&unhex(reason)?).into_owned() }
@@ -166,17 +171,18 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                 let ledger_seq = if f[3] == "-" { None } else { Some(num(k, f[3])?) };
                 state.attempt = Some(CarriedAttempt { gen: num(k, f[0])?, started_ns: num(k, f[1])?, deadline_ns: num(k, f[2])?, ledger_seq });
             }
-            "mw_reload" => {
+            "mw_reload" | "mw_late" => {
                 let f: Vec<&str> = v.splitn(5, ':').collect();
                 if f.len() != 5 {
-                    return Err(format!("mw_reload: bad value '{}'", v));
+                    return Err(format!("{}: bad value '{}'", k, v));
                 }
                 let flag = |s: &str| match s {
                     "0" => Ok(false),
                     "1" => Ok(true),
-                    _ => Err(format!("mw_reload: bad flag '{}'", s)),
+                    _ => Err(format!("{}: bad flag '{}'", k, s)),
                 };
-                mw.reload = Some(MasterReload {
+                let slot = if k == "mw_reload" { &mut mw.reload } else { &mut mw.late };
+                *slot = Some(MasterReload {
                     gen: num(k, f[0])?,
                     signalled_ns: num(k, f[1])?,
                     master_began: flag(f[2])?,
@@ -210,49 +216,116 @@ pub fn decode(s: &str) -> Result<Carried, String> {
     Ok(state)
 }
 
+/// How long a probe may take, all told (its answer read, its exit seen).
+pub const PROBE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Does `exe` take `state` and this command line? Runs it as a probe (same arguments, the state
-/// and PROBE_ENV in its environment), bounded in time; it must print PROBE_ANSWER and exit 0. A
-/// previous release, or a file that is not a wrapper at all, does not: the caller then reloads
-/// with the program it runs instead of exec'ing into one that would lose the service.
-pub fn probe(exe: &std::path::Path, state: &Carried) -> Result<(), String> {
-    use std::io::Read;
+/// and PROBE_ENV in its environment, a process group of its own), bounded in time; it must print
+/// PROBE_ANSWER and exit 0. A previous release, or a file that is not a wrapper at all, does not:
+/// the caller then reloads with the program it runs instead of exec'ing into one that would lose
+/// the service. Never waits longer than PROBE_MAX: its output is read without blocking (a
+/// background job it left may hold the pipes open), and when the bound passes, or `stop_asked`
+/// says a stop was requested, the probe's process group is killed. Whatever the probe left in its
+/// group (a background job) is killed when it ends, too.
+pub fn probe(exe: &std::path::Path, state: &Carried, stop_asked: &dyn Fn() -> bool) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let mut child = Command::new(exe)
-        .args(std::env::args_os().skip(1))
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
         .env(ENV, encode(state))
         .env(PROBE_ENV, "1")
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        .stderr(Stdio::piped());
+    // SAFETY: setpgid is async-signal-safe; the child only calls it before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if nix::libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("its probe could not start: {}", e))?;
+    let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    let kill_group = || {
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    };
+    let deadline = std::time::Instant::now() + PROBE_MAX;
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    // The pipes still open (stdout, stderr), read without blocking; 4 KiB of each is kept.
+    let mut open: Vec<(i32, bool)> = Vec::new();
+    for (fd, is_out) in [(child.stdout.as_ref().map(|o| o.as_raw_fd()), true), (child.stderr.as_ref().map(|e| e.as_raw_fd()), false)] {
+        if let Some(fd) = fd {
+            if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_ok() {
+                open.push((fd, is_out));
+            }
+        }
+    }
+    let drain = |open: &mut Vec<(i32, bool)>, out: &mut Vec<u8>, err: &mut Vec<u8>| {
+        let mut buf = [0u8; 4096];
+        open.retain(|&(fd, is_out)| {
+            let keep = if is_out { &mut *out } else { &mut *err };
+            loop {
+                match nix::unistd::read(fd, &mut buf) {
+                    Ok(0) => return false,
+                    Ok(n) => {
+                        let room = 4096usize.saturating_sub(keep.len());
+                        keep.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                    Err(nix::Error::EINTR) => continue,
+                    Err(nix::Error::EAGAIN) => return true,
+                    Err(_) => return false,
+                }
+            }
+        });
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
-            Ok(None) => {
-                let _ = child.kill();
+            Ok(None) => {}
+            Err(e) => {
+                kill_group();
                 let _ = child.wait();
-                return Err("no answer within 2 s".into());
+                return Err(format!("its probe could not be waited for: {}", e));
             }
-            Err(e) => return Err(e.to_string()),
         }
+        let now = std::time::Instant::now();
+        let why = if stop_asked() {
+            Some("a stop was requested during its probe")
+        } else if now >= deadline {
+            Some("its probe did not answer in 2 s")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            kill_group();
+            let _ = child.wait();
+            return Err(why.to_string());
+        }
+        // Woken by its output, else every 5 ms to see whether it ended (or a stop was asked).
+        let wait_ms = (deadline - now).as_millis().clamp(1, 5) as i32;
+        let mut polled: Vec<PollFd> = open.iter().map(|&(fd, _)| PollFd::new(fd, PollFlags::POLLIN)).collect();
+        if polled.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(wait_ms as u64));
+        } else {
+            let _ = poll(&mut polled, wait_ms);
+        }
+        drain(&mut open, &mut out, &mut err);
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.by_ref().take(4096).read_to_string(&mut out);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.by_ref().take(4096).read_to_string(&mut err);
-    }
+    // What it wrote before it ended is in the pipes already; a job it left behind is not waited for.
+    drain(&mut open, &mut out, &mut err);
+    kill_group();
+    let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
     if status.success() && out.lines().any(|l| l == PROBE_ANSWER) {
         return Ok(());
     }
     let said = err.lines().chain(out.lines()).find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-    Err(format!("{}{}", status, if said.is_empty() { String::new() } else { format!(": {}", said) }))
+    Err(format!("it does not take this wrapper's state ({}{})", status, if said.is_empty() { String::new() } else { format!(": {}", said) }))
 }
 
 /// Is `exe` the very file the running image came from (no probe needed)?

@@ -63,8 +63,8 @@ pub fn other_set() -> SigSet {
     set
 }
 
-/// Is a reload signal pending (sent, not read yet)?
-pub fn reload_pending() -> bool {
+/// Is any of `sigs` pending (sent, not read yet)?
+fn any_pending(sigs: &[i32]) -> bool {
     let mut set = std::mem::MaybeUninit::<nix::libc::sigset_t>::uninit();
     // SAFETY: sigpending fills the set it is given.
     if unsafe { nix::libc::sigpending(set.as_mut_ptr()) } != 0 {
@@ -73,7 +73,18 @@ pub fn reload_pending() -> bool {
     // SAFETY: initialised by the successful sigpending above.
     let set = unsafe { set.assume_init() };
     // SAFETY: sigismember only reads the set.
-    unsafe { nix::libc::sigismember(&set, nix::libc::SIGUSR2) == 1 || nix::libc::sigismember(&set, nix::libc::SIGHUP) == 1 }
+    sigs.iter().any(|&sig| unsafe { nix::libc::sigismember(&set, sig) == 1 })
+}
+
+/// Is a reload signal pending (sent, not read yet)?
+pub fn reload_pending() -> bool {
+    any_pending(&[nix::libc::SIGUSR2, nix::libc::SIGHUP])
+}
+
+/// Is a stop signal (SIGTERM, SIGINT, SIGUSR1) pending? Work that must not hold a stop up (the
+/// probe of a changed program) looks, without reading it: the loop reads and acts on it.
+pub fn stop_pending() -> bool {
+    any_pending(&[nix::libc::SIGTERM, nix::libc::SIGINT, nix::libc::SIGUSR1])
 }
 
 /// Takes `sig` if it is pending (without waiting); true when it was.

@@ -17,6 +17,9 @@ pub enum LastReload {
     None,
     Ok { ms: u64 },
     Failed { ms: u64, reason: String },
+    /// master-worker: a reload reported failed when --ready-timeout passed took effect later,
+    /// `ms` after it was asked for.
+    Late { ms: u64 },
 }
 
 /// Foreground mode: one haproxy per generation.
@@ -41,6 +44,9 @@ pub struct MasterWorkerGenerations {
     pub socket_fd: RawFd,
     /// A reload the master was asked for before the wrapper re-executed itself.
     pub reload: Option<MasterReload>,
+    /// A reload reported failed when --ready-timeout passed, that the master may still complete
+    /// (it cannot be called off): its late READY=1, with a new worker, means it took effect.
+    pub late: Option<MasterReload>,
 }
 
 /// master-worker: a reload asked of the master (SIGUSR2), not answered yet.

@@ -312,3 +312,63 @@ both_modes! {
         stop_and_check_nothing_left(&mut t);
     }
 }
+
+/// What the pipe `fd` holds now (read without blocking).
+fn drain_pipe(fd: i32) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = nix::unistd::read(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The wrapper's stderr is a pipe nobody reads (a stalled journal): it never blocks on it.
+/// Each reload makes the old worker say a line per proxy (200 of them), far more than the pipe
+/// holds (4 KiB); every reload is still answered ok, the lines that could not be written are
+/// counted and the count is told once the reader takes lines again, and a SIGTERM with the pipe
+/// full stops the service at once.
+#[test]
+fn a_stderr_nobody_reads_never_blocks_the_wrapper() {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::unix::io::FromRawFd;
+    require_haproxy();
+    let mode = Mode::MasterWorker;
+    let mut t = Ctx::new("real-stderr-full");
+    let backends: String = (0..200).map(|i| format!("backend b{i}\n")).collect();
+    let cfg = t.write("haproxy.cfg", &(config(&t, mode, "config-0", "") + &backends));
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    fcntl(w, FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    fcntl(r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    // SAFETY: `r` is ours alone; the File closes it when the test ends.
+    let _reader = unsafe { fs::File::from_raw_fd(r) };
+    let mut cmd = t.command(&args(&t, mode, &cfg));
+    // SAFETY: `w` is ours alone; Stdio takes it over (the wrapper's stderr, blocking as given).
+    cmd.stderr(unsafe { std::process::Stdio::from_raw_fd(w) });
+    t.spawn(cmd);
+    t.wait_ready(T_REAL);
+    t.track_haproxy(REAL_HAPROXY);
+    let reload = |t: &mut Ctx, n: u32| {
+        t.replace("haproxy.cfg", &(config(t, mode, &format!("config-{n}"), "") + &backends));
+        t.signal(Signal::SIGUSR2);
+        let out = t.wait_reload_command(t.pid, &["--timeout", "20"]).output().unwrap();
+        t.track_haproxy(REAL_HAPROXY);
+        assert_eq!(out.status.code(), Some(0), "reload {n} with the wrapper's stderr full: {}", String::from_utf8_lossy(&out.stderr));
+        wait_tag(t, &format!("config-{n}"));
+    };
+    for n in 1..=5 {
+        reload(&mut t, n);
+    }
+    // The reader comes back: the next lines come with the count of those dropped.
+    let held = drain_pipe(r);
+    assert!(held.len() >= 2048, "the pipe was never full ({} bytes): the test proves nothing", held.len());
+    reload(&mut t, 6);
+    let after = drain_pipe(r);
+    assert!(after.contains(" log lines dropped: stderr was not ready to take them"), "no count of the dropped lines:\n{after}");
+    // Full again: a SIGTERM is acted on at once.
+    reload(&mut t, 7);
+    stop_and_check_nothing_left(&mut t);
+}

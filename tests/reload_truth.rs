@@ -8,6 +8,7 @@ mod util;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -141,4 +142,117 @@ fn noreuseport_without_handover_still_reloads() {
         assert_eq!(body(&t), tag);
     }
     assert!(t.log().contains("could not bind (address in use); retrying once with the older generations in -sf"), "{}", t.log());
+}
+
+/// The "ready in N ms" of a client's `reload ok` line.
+fn ready_ms(o: &Output) -> u64 {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rest = out.split("ready in ").nth(1).unwrap_or_else(|| panic!("no 'ready in' in {}", describe(o)));
+    rest.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no number after 'ready in' in {}", describe(o)))
+}
+
+/// Lets a process the test stopped (SIGSTOP) go on, whatever happens to the test.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+/// master-worker: an old worker that never lets go of its listener (stopped, as haproxy 2.6
+/// can leave one in state T) holds up the reload that retired it (the wait for retired workers
+/// to stop listening, at most 2 s), never the later ones: each waits only for what it retired.
+#[test]
+fn a_stuck_old_worker_holds_up_only_the_reload_that_retired_it() {
+    let mode = Mode::MasterWorker;
+    let mut t = Ctx::new("truth-stuck-worker");
+    let cfg = config(&t, mode, "tag-0", "", "");
+    start(&mut t, mode, &cfg, false, "tag-0");
+    let master = haproxy_descendants(t.pid, REAL_HAPROXY).into_iter().find(|&p| proc_stat(p).map_or(false, |s| s.ppid == t.pid)).expect("no master");
+    let workers = haproxy_descendants(master, REAL_HAPROXY);
+    assert_eq!(workers.len(), 1, "one worker expected below master {master}: {workers:?}");
+    let stuck = workers[0];
+    // Our child's child: this test started it. Stopped, it cannot act on the master's soft-stop.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stuck), Signal::SIGSTOP).unwrap();
+    let _resume = Resume(stuck);
+    // From here on no HTTP: a connection the kernel hands to the stopped worker's socket hangs.
+    t.replace("haproxy.cfg", &config(&t, mode, "tag-1", "", ""));
+    let out = systemctl_reload(&mut t);
+    assert_eq!(out.status.code(), Some(0), "reload 1: {}", describe(&out));
+    let held = format!("pids [{stuck}] still listen 2 s after the new generation took over");
+    assert_eq!(t.log().matches(&held).count(), 1, "the reload that retired {stuck} did not wait for it (is it listening?):\n{}", t.log());
+    for i in 2..=3 {
+        t.replace("haproxy.cfg", &config(&t, mode, &format!("tag-{i}"), "", ""));
+        let out = systemctl_reload(&mut t);
+        assert_eq!(out.status.code(), Some(0), "reload {i}: {}", describe(&out));
+        assert_eq!(t.log().matches(&held).count(), 1, "reload {i} waited for {stuck}, retired by reload 1:\n{}", t.log());
+        // Well under the 2 s bound of the wait: nothing of reload 1 was waited for.
+        assert!(ready_ms(&out) < 1500, "reload {i}: {}", describe(&out));
+    }
+    let log = t.log();
+    let waited_for = |l: &str| -> Vec<i32> {
+        let list = l.split("waiting for [").nth(1).and_then(|r| r.split(']').next()).unwrap_or("");
+        list.split(", ").filter_map(|p| p.parse().ok()).collect()
+    };
+    let waited: Vec<&str> = log.lines().filter(|l| l.contains("to stop listening") && waited_for(l).contains(&stuck)).collect();
+    assert_eq!(waited.len(), 1, "{stuck} was waited for by more than the reload that retired it: {waited:?}");
+    drop(_resume);
+    stop_and_expect_0(&mut t, T_REAL);
+}
+
+/// master-worker: a reload slower than --ready-timeout (a configuration with a map of two million
+/// entries, seconds to load) is reported failed, without claiming the previous generation keeps
+/// serving: haproxy's master cannot be told to give it up. When it takes effect later, the log,
+/// STATUS and the ledger say that its generation serves; the next reload goes on from there.
+#[test]
+fn a_reload_slower_than_the_ready_timeout_is_told_when_it_takes_effect_late() {
+    use std::io::Write;
+    let mode = Mode::MasterWorker;
+    let mut t = Ctx::new("truth-late");
+    assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps`");
+    let cfg = t.write("haproxy.cfg", &config(&t, mode, "old", "", ""));
+    t.start(&["--ready-timeout", "0.5", "--haproxy", REAL_HAPROXY, "-Ws", "-f", &cfg]);
+    t.wait_ready(T_REAL);
+    t.track_haproxy(REAL_HAPROXY);
+    assert_eq!(wait_http_200(t.port, T_REAL).body.trim(), "old");
+    let map = t.path("big.map");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&map).unwrap());
+    for i in 0..2_000_000 {
+        writeln!(f, "/k{i} v{i}").unwrap();
+    }
+    f.flush().unwrap();
+    drop(f);
+    let slow = config(&t, mode, "new", "", &format!("    http-request set-var(txn.m) path,map({})\n", map.display()));
+    t.replace("haproxy.cfg", &slow);
+    let out = systemctl_reload(&mut t);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(err.contains("not ready after 0.5 s; haproxy may still complete it"), "{}", describe(&out));
+    assert!(!err.contains("keeps serving"), "the client claims what it does not know: {}", describe(&out));
+    // It does complete: the new configuration answers, and the wrapper says so.
+    let mut last = String::new();
+    poll_until(Duration::from_secs(60), || {
+        last = body(&t);
+        if last == "new" {
+            Some(())
+        } else {
+            None
+        }
+    })
+    .unwrap_or_else(|| panic!("the slow reload never took effect; last answer {last:?}"));
+    let late = |m: &[Msg]| m.iter().any(|m| m.get("STATUS").map_or(false, |s| s.contains("gen 2 serving") && s.contains("last reload: took effect late")));
+    assert!(t.notify().wait_for(T_REAL, late), "STATUS never said gen 2 serves:\n{}", t.notify().dump());
+    assert!(t.log().contains("gen 2: the reload reported failed at --ready-timeout took effect late"), "{}", t.log());
+    // The ledger too: asked again for that reload, the client says it serves.
+    let again = t.wait_reload_command(t.pid, &["--timeout", "10"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("reload ok: gen 2 serving, ready in "), "{}", describe(&again));
+    // And the next reload goes on from there.
+    t.replace("haproxy.cfg", &config(&t, mode, "after", "", ""));
+    let out = systemctl_reload(&mut t);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gen 3 serving"), "{}", describe(&out));
+    assert_eq!(body(&t), "after");
+    stop_and_expect_0(&mut t, T_REAL);
 }

@@ -172,3 +172,77 @@ fn a_late_ready_does_not_answer_the_next_reload() {
     let status = t.notify().last_status().unwrap_or_default();
     assert!(status.contains("last reload: failed"), "{status}");
 }
+
+/// Writes `script` (a shell script) over the wrapper's program file, as an upgrade would.
+fn replace_with_script(exe: &Path, script: &str) {
+    let tmp = exe.with_extension("new");
+    fs::write(&tmp, script).unwrap();
+    set_mode(&tmp, 0o755);
+    fs::rename(&tmp, exe).unwrap();
+}
+
+/// The pid a script wrote to `file` (waiting for it: the script runs in the wrapper's probe).
+fn pid_in(file: &Path) -> i32 {
+    poll_until(T, || fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok())).unwrap_or_else(|| panic!("no pid in {}", file.display()))
+}
+
+both_modes! {
+    /// A replacement program that leaves a background job holding its output open and exits 1:
+    /// the probe's verdict comes when the program exits (its output is not read to the end of a
+    /// job's life), the reload happens with the running program, and the job is killed with the
+    /// probe's process group. Then a program that never answers: the probe is given up on after
+    /// 2 s, killed, and the reload happens all the same.
+    fn a_probe_that_leaves_a_job_or_hangs_is_bounded(mode) {
+        let mut t = Ctx::new("probe-bounded");
+        let exe = t.copy_wrapper("w/haproxy-systemd-wrapper");
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args(mode, &cfg, &[]);
+        let cmd = t.command_prog(&exe, &args);
+        t.spawn(cmd);
+        t.wait_ready(T);
+        let job = t.path("job.pid");
+        // The job keeps the probe's stdout and stderr open for 30 s (longer than the client waits).
+        replace_with_script(&exe, &format!("#!/bin/sh\nsleep 30 &\necho $! > {}\necho 'not a wrapper' >&2\nexit 1\n", job.display()));
+        t.signal(Signal::SIGUSR2);
+        let (code, err) = wait_reload(&t);
+        assert_eq!(code, Some(0), "the reload waited for the probe's background job: {err}");
+        assert!(t.log().contains("it does not take this wrapper's state (exit status: 1: not a wrapper)"), "{}", t.log());
+        let job_pid = pid_in(&job);
+        assert!(poll_until(T, || if alive(job_pid) { None } else { Some(()) }).is_some(), "the probe's background job {job_pid} was left running");
+        let hung = t.path("hung.pid");
+        replace_with_script(&exe, &format!("#!/bin/sh\necho $$ > {}\nexec sleep 30\n", hung.display()));
+        t.signal(Signal::SIGUSR2);
+        let (code, err) = wait_reload(&t);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(t.log().contains("its probe did not answer in 2 s; reloading with the running program"), "{}", t.log());
+        let hung_pid = pid_in(&hung);
+        assert!(poll_until(T, || if alive(hung_pid) { None } else { Some(()) }).is_some(), "the hung probe {hung_pid} was left running");
+        t.assert_running();
+        assert!(reexec_state(t.pid).is_none(), "the wrapper exec'd into a program that never answered its probe");
+        stop_and_expect_0(&mut t, T);
+        t.assert_no_fake_left();
+    }
+}
+
+/// A SIGTERM while a probe hangs is acted on at once: the probe is killed, the wrapper stops
+/// (exit 0, nothing left) without waiting out the probe's 2 s.
+#[test]
+fn a_stop_during_a_probe_is_not_held_up_by_it() {
+    let mut t = Ctx::new("probe-stop");
+    let exe = t.copy_wrapper("w/haproxy-systemd-wrapper");
+    let cfg = t.write("h.cfg", "");
+    let args = t.fake_args(Mode::Foreground, &cfg, &[]);
+    let cmd = t.command_prog(&exe, &args);
+    t.spawn(cmd);
+    t.wait_ready(T);
+    let hung = t.path("hung.pid");
+    replace_with_script(&exe, &format!("#!/bin/sh\necho $$ > {}\nexec sleep 30\n", hung.display()));
+    t.signal(Signal::SIGUSR2);
+    let hung_pid = pid_in(&hung);
+    t.signal(Signal::SIGTERM);
+    let st = t.wait_exit(T);
+    assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
+    assert!(t.log().contains("a stop was requested during its probe"), "the probe was not cut short by the stop:\n{}", t.log());
+    assert!(!alive(hung_pid), "the probe {hung_pid} outlived the wrapper");
+    t.assert_no_fake_left();
+}

@@ -26,6 +26,20 @@ fn round_trips() {
 }
 
 #[test]
+fn a_failure_that_may_still_complete_round_trips() {
+    let mut l = sample();
+    l.set_late(3, Late::Possible);
+    let text = l.encode();
+    assert!(text.contains("late 2 possible\n"), "{}", text);
+    assert_eq!(Ledger::parse(&text).unwrap(), l);
+    l.set_late(3, Late::Served { ms: 4100 });
+    assert_eq!(Ledger::parse(&l.encode()).unwrap().attempts[1].late, Late::Served { ms: 4100 });
+    // Only a failed attempt can have taken effect late.
+    assert!(Ledger::parse("haproxy-systemd-wrapper-ledger 1\npid 1\nattempt 1 0 0 2 ok 5\nlate 1 possible\n").is_err());
+    assert!(Ledger::parse("haproxy-systemd-wrapper-ledger 1\npid 1\nattempt 1 0 0 2 failed 5\nlate 1 soon\n").is_err());
+}
+
+#[test]
 fn keeps_the_newest_attempts() {
     let mut l = Ledger::new(1, 1);
     for g in 0..100 {

@@ -83,8 +83,65 @@ fn judge_ready(attempt: &Attempt, children: Option<&[i32]>) -> Verdict {
 }
 
 impl MasterWorker {
+    /// haproxy said a loading failed: the attempt's, or (while no attempt awaits its own answer)
+    /// the late reload's.
+    fn loading_failed(&mut self) {
+        let begun = match &mut self.attempt {
+            Some(attempt) if !attempt.first => {
+                attempt.loading_failed = true;
+                attempt.master_began
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !begun {
+            if let Some(late) = &mut self.generations.late {
+                late.loading_failed = true;
+            }
+        }
+    }
+
+    /// A READY=1 while a reload that timed out may still complete: it ends that reload. With a
+    /// new worker (and no loading failure) the reload took effect late: its generation serves.
+    fn late_ready(&mut self, children: Option<&Vec<i32>>) -> Option<Outcome> {
+        let late = self.generations.late.take()?;
+        let ms = clock::now_ns().saturating_sub(late.signalled_ns) / 1_000_000;
+        let new: Option<Vec<i32>> = children.map(|children| children.iter().copied().filter(|w| !late.workers_before.contains(w)).collect());
+        let took_effect = !late.loading_failed && new.as_ref().map_or(true, |new| !new.is_empty());
+        if !took_effect {
+            match children {
+                Some(children) => {
+                    let old = &self.generations.old_workers;
+                    self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
+                    self.workers_unknown = false;
+                }
+                None => self.workers_unknown = true,
+            }
+            return Some(Outcome::LateReload { gen: late.gen, took_effect, ms });
+        }
+        let mut old: Vec<i32> = self.generations.workers.iter().chain(self.generations.old_workers.iter()).chain(late.workers_before.iter()).copied().collect();
+        old.sort_unstable();
+        old.dedup();
+        match (new, children) {
+            (Some(new), Some(children)) => {
+                self.generations.old_workers = old.into_iter().filter(|w| children.contains(w)).collect();
+                self.generations.workers = new;
+                self.workers_unknown = false;
+            }
+            _ => {
+                self.generations.old_workers = old;
+                self.workers_unknown = true;
+            }
+        }
+        if let Some(master) = &mut self.generations.master {
+            master.n = late.gen;
+        }
+        self.next_drain_check_ns = clock::deadline_after(DRAIN_POLL);
+        Some(Outcome::LateReload { gen: late.gen, took_effect, ms })
+    }
+
     pub fn fresh(launch: Launch, socket: MasterSocket) -> MasterWorker {
-        let generations = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: socket.fd(), reload: None };
+        let generations = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: socket.fd(), reload: None, late: None };
         MasterWorker::new(launch, socket, generations, None)
     }
 
@@ -148,14 +205,19 @@ impl MasterWorker {
                 }
             }
         }
-        if let (Some(attempt), Some(status)) = (&mut self.attempt, notify::value(message, "STATUS")) {
-            if !attempt.first && status.to_ascii_lowercase().contains("fail") {
-                attempt.loading_failed = true;
+        if let Some(status) = notify::value(message, "STATUS") {
+            if status.to_ascii_lowercase().contains("fail") {
+                self.loading_failed();
             }
         }
         if !notify::says(message, "READY") {
             return Outcome::Nothing;
         }
+        // A READY=1 that does not answer the attempt in progress may be the late one of a reload
+        // that timed out.
+        let answers_attempt = matches!(&self.attempt, Some(attempt) if attempt.first || attempt.master_began);
+        let late = if answers_attempt { None } else { self.late_ready(children) };
+        let late_took_effect = matches!(late, Some(Outcome::LateReload { took_effect: true, .. }));
         match (&mut self.attempt, children) {
             (Some(attempt), children) if !attempt.first && !attempt.master_began => {
                 // The late answer of an earlier reload (it timed out, or its RELOADING=1 came
@@ -169,18 +231,21 @@ impl MasterWorker {
                                 attempt.workers_before.push(c);
                             }
                         }
-                        let old = &self.generations.old_workers;
-                        self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
-                        self.workers_unknown = false;
+                        if !late_took_effect {
+                            let old = &self.generations.old_workers;
+                            self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
+                            self.workers_unknown = false;
+                        }
                     }
                     None => self.workers_unknown = true,
                 }
-                Outcome::StatusChanged
+                late.unwrap_or(Outcome::StatusChanged)
             }
             (Some(attempt), children) => {
                 attempt.children_at_ready = children.cloned();
                 Outcome::Attempt(judge_ready(attempt, children.map(|c| c.as_slice())))
             }
+            (None, _) if late.is_some() => late.unwrap_or(Outcome::StatusChanged),
             (None, Some(children)) => {
                 // A late answer to a reload that already timed out: learn the current workers.
                 let old = &self.generations.old_workers;
@@ -253,10 +318,8 @@ impl Protocol for MasterWorker {
     fn on_event(&mut self, event: &Event, _alerts: &[String]) -> Outcome {
         match event {
             Event::Line(line) => {
-                if let Some(attempt) = &mut self.attempt {
-                    if line.contains("Loading failure") {
-                        attempt.loading_failed = true;
-                    }
+                if line.contains("Loading failure") {
+                    self.loading_failed();
                 }
                 Outcome::Nothing
             }
@@ -269,7 +332,23 @@ impl Protocol for MasterWorker {
                 }
                 _ => Outcome::Nothing,
             },
-            Event::Deadline { ready_timeout } if self.attempt.is_some() => Outcome::Attempt(not_ready(*ready_timeout)),
+            Event::Deadline { ready_timeout } if self.attempt.is_some() => {
+                // A master cannot be told to give a reload up: it may still complete it.
+                if let Some(attempt) = self.attempt.as_ref().filter(|attempt| !attempt.first) {
+                    let mut workers_before = attempt.workers_before.clone();
+                    if let Some(earlier) = self.generations.late.take() {
+                        workers_before.extend(earlier.workers_before.iter().filter(|w| !attempt.workers_before.contains(w)));
+                    }
+                    self.generations.late = Some(MasterReload {
+                        gen: attempt.gen,
+                        workers_before,
+                        signalled_ns: attempt.signalled_ns,
+                        master_began: attempt.master_began,
+                        loading_failed: attempt.loading_failed,
+                    });
+                }
+                Outcome::Attempt(not_ready(*ready_timeout))
+            }
             Event::Deadline { .. } => Outcome::Nothing,
         }
     }
@@ -290,6 +369,8 @@ impl Protocol for MasterWorker {
             Some(attempt) => attempt,
             None => return 0,
         };
+        // A reload done since supersedes one that timed out before it.
+        self.generations.late = None;
         let mut old = std::mem::take(&mut self.generations.workers);
         old.extend(attempt.workers_before.iter().copied());
         old.sort_unstable();
@@ -415,6 +496,10 @@ impl Protocol for MasterWorker {
             loading_failed: attempt.loading_failed,
         });
         Generations::MasterWorker(generations)
+    }
+
+    fn may_still_complete(&self, gen: u32) -> bool {
+        self.generations.late.as_ref().map_or(false, |late| late.gen == gen)
     }
 
     fn reloads_before_reexec(&self) -> bool {

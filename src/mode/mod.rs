@@ -76,6 +76,9 @@ pub enum Outcome {
     ServingEnded(WaitStatus),
     /// haproxy acted on a stop request (master-worker: the master said STOPPING=1).
     Stopping,
+    /// master-worker: a reload reported failed at --ready-timeout ended, `ms` after it was asked
+    /// for: it took effect (its generation serves now), or not.
+    LateReload { gen: u32, took_effect: bool, ms: u64 },
 }
 
 /// Where haproxy is started from: its program, its classified arguments, the relay pipe's write end.
@@ -159,6 +162,13 @@ pub trait Protocol {
     /// Whether a reload begins before the wrapper re-executes itself (and is carried across the
     /// exec) rather than after.
     fn reloads_before_reexec(&self) -> bool {
+        false
+    }
+
+    /// Whether the attempt at generation `gen`, just failed, may still take effect (master-worker:
+    /// a reload that timed out; the master cannot be told to give it up). Foreground: never (the
+    /// new haproxy is killed).
+    fn may_still_complete(&self, _gen: u32) -> bool {
         false
     }
 

@@ -32,6 +32,7 @@ fn master_worker() -> Generations {
         old_workers: vec![990],
         socket_fd: 5,
         reload: None,
+        late: None,
     })
 }
 
@@ -49,6 +50,12 @@ fn round_trips() {
     assert_eq!(decode(&encode(&carried)).unwrap(), carried);
     carried.attempt = Some(CarriedAttempt { gen: 5, started_ns: 70, deadline_ns: 71, ledger_seq: None });
     assert_eq!(decode(&encode(&carried)).unwrap(), carried);
+    // A reload that timed out and may still take effect, and one that did.
+    if let Generations::MasterWorker(mw) = &mut carried.generations {
+        mw.late = Some(MasterReload { gen: 4, workers_before: vec![1001], signalled_ns: 55, master_began: true, loading_failed: false });
+    }
+    carried.last_reload = LastReload::Late { ms: 4000 };
+    assert_eq!(decode(&encode(&carried)).unwrap(), carried);
     assert!(encode(&carried).starts_with("v=2;"));
     let mut other = sample(Generations::Foreground(ForegroundGenerations::default()));
     other.last_reload = LastReload::Ok { ms: 85 };
@@ -62,7 +69,7 @@ fn reads_the_state_of_the_wrapper_before_the_mode_split() {
     let state = decode(old).unwrap();
     assert_eq!(
         state.generations,
-        Generations::MasterWorker(MasterWorkerGenerations { master: Some(Gen { n: 2, pid: 100 }), workers: vec![101], old_workers: vec![], socket_fd: 5, reload: None })
+        Generations::MasterWorker(MasterWorkerGenerations { master: Some(Gen { n: 2, pid: 100 }), workers: vec![101], old_workers: vec![], socket_fd: 5, reload: None, late: None })
     );
 }
 
@@ -105,6 +112,17 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
             } else {
                 None
             },
+            late: if rng.one_in(3) {
+                Some(MasterReload {
+                    gen: rng.number() as u32,
+                    workers_before: (0..rng.below(4)).map(|_| pid(rng)).collect(),
+                    signalled_ns: rng.number(),
+                    master_began: rng.one_in(2),
+                    loading_failed: rng.one_in(2),
+                })
+            } else {
+                None
+            },
         })
     } else {
         Generations::Foreground(ForegroundGenerations {
@@ -117,9 +135,10 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
         wrapper_pid: pid(rng),
         exe: PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(&exe))),
         next_gen: rng.number() as u32,
-        last_reload: match rng.below(3) {
+        last_reload: match rng.below(4) {
             0 => LastReload::None,
             1 => LastReload::Ok { ms: rng.number() },
+            2 => LastReload::Late { ms: rng.number() },
             _ => LastReload::Failed { ms: rng.number(), reason: rng.text(60) },
         },
         reloads: rng.number() as u32,

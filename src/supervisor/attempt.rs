@@ -77,11 +77,11 @@ impl Supervisor {
         let usable = if reexec::is_running_image(&self.exe) {
             Ok(())
         } else {
-            reexec::probe(&self.exe, &carried)
+            reexec::probe(&self.exe, &carried, &crate::signals::stop_pending)
         };
         match usable {
             Ok(()) => self.exec_self(&carried),
-            Err(why) => warning!("not re-executing {}: it does not take this wrapper's state ({}); reloading with the running program", self.exe.display(), why),
+            Err(why) => warning!("not re-executing {}: {}; reloading with the running program", self.exe.display(), why),
         }
         if !begun_here {
             self.begin_attempt(t0, false);
@@ -143,9 +143,13 @@ impl Supervisor {
 
     /// The protocol says the new generation serves: it becomes the serving one now; the verdict
     /// is given once the generations it retired have stopped listening (`Settle`).
+    /// Only what this reload retired is waited for: a generation retired by an earlier reload
+    /// was waited for then (at most SETTLE_MAX), and one that never lets go (haproxy 2.6 can
+    /// leave an old worker stopped, state T) must not hold every later reload up.
     pub(super) fn attempt_succeeded(&mut self) {
+        let draining_before = self.protocol.draining();
         let new_pid = self.protocol.commit();
-        let retired: Vec<i32> = self.protocol.draining().into_iter().filter(|&pid| procs::holds_listener(pid)).collect();
+        let retired: Vec<i32> = self.protocol.draining().into_iter().filter(|pid| !draining_before.contains(pid) && procs::holds_listener(*pid)).collect();
         let now = now_ns();
         match self.attempt_mut() {
             Some(attempt) if !retired.is_empty() => {
@@ -199,6 +203,31 @@ impl Supervisor {
         }
     }
 
+    /// A reload reported failed at --ready-timeout ended later (master-worker): what serves now
+    /// goes to the log, STATUS and the ledger.
+    pub(super) fn late_reload(&mut self, gen: u32, took_effect: bool, ms: u64) {
+        if !took_effect {
+            notice!("gen {}: the reload that was not ready in time ended {} ms after it was asked for, without taking effect; the previous generation keeps serving", gen, ms);
+            if let Some(ledger) = &mut self.ledger {
+                ledger.set_late(gen, ledger::Late::No);
+            }
+            return;
+        }
+        self.reloads += 1;
+        self.last_reload = LastReload::Late { ms };
+        if let Some(ledger) = &mut self.ledger {
+            ledger.set_late(gen, ledger::Late::Served { ms });
+        }
+        warning!(
+            "gen {}: the reload reported failed at --ready-timeout took effect late, ready {} ms after it was asked for: {}, draining {:?}",
+            gen,
+            ms,
+            self.protocol.serving_text().unwrap_or_default(),
+            self.protocol.draining()
+        );
+        self.update_status();
+    }
+
     /// The attempt failed. A first start ends the wrapper with `code`; a reload leaves the
     /// serving generation untouched.
     pub(super) fn attempt_failed(&mut self, reason: String, code: u8) {
@@ -220,7 +249,11 @@ impl Supervisor {
             self.begin_stop(false);
             return;
         }
-        self.next_gen = attempt.gen;
+        // A reload haproxy may still complete keeps its number: its generation may yet serve.
+        let may_complete = self.protocol.may_still_complete(attempt.gen);
+        if !may_complete {
+            self.next_gen = attempt.gen;
+        }
         self.last_reload = LastReload::Failed { ms, reason: reason.clone() };
         let left = serving_ended.as_ref().map(|_| StillServing::No).unwrap_or_else(|| self.protocol.still_serving());
         if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
@@ -230,9 +263,14 @@ impl Supervisor {
             }
             let mut reasons = vec![reason.clone()];
             reasons.extend(attempt.alerts.iter().cloned());
-            ledger.finish(seq, ledger::Outcome::Failed { ms, reasons });
+            let late = if may_complete && left != StillServing::No { ledger::Late::Possible } else { ledger::Late::No };
+            ledger.finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
         }
         match left {
+            StillServing::Yes if may_complete => error!(
+                "reload to gen {} failed after {} ms: {}; haproxy may still complete it (the previous generation serves until it does)",
+                attempt.gen, ms, reason
+            ),
             StillServing::Yes => error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason),
             StillServing::Unsure(why) => {
                 error!("reload failed after {} ms; the previous generation may not serve any more ({}): {}", ms, why, reason)

@@ -238,6 +238,7 @@ impl Supervisor {
             Outcome::Attempt(Verdict::Failed { reason, code }) => self.attempt_failed(reason, code),
             Outcome::ServingEnded(status) => self.serving_ended(status),
             Outcome::Stopping => info!("haproxy says it is stopping"),
+            Outcome::LateReload { gen, took_effect, ms } => self.late_reload(gen, took_effect, ms),
         }
     }
 

@@ -30,6 +30,7 @@ pub fn status_line(v: &StatusView) -> String {
             LastReload::None => "last reload: none".to_string(),
             LastReload::Ok { ms } => format!("last reload: ok in {} ms", ms),
             LastReload::Failed { ms, reason } => format!("last reload: failed after {} ms: {}", ms, reason),
+            LastReload::Late { ms } => format!("last reload: took effect late, ready in {} ms (reported failed at --ready-timeout)", ms),
         });
     }
     let line = parts.join("; ");
@@ -53,6 +54,12 @@ mod tests {
         assert_eq!(
             status_line(&mw),
             "master-worker; gen 3 serving (master 1234, workers 1300 1301); draining: none; last reload: failed after 30 ms: config : parsing [a.cfg:3] x"
+        );
+        let late = LastReload::Late { ms: 4100 };
+        let mw = StatusView { mode: "master-worker", phase: "", serving: Some("gen 4 serving (master 1234, workers 1400)".into()), draining: &[1300], last: &late };
+        assert_eq!(
+            status_line(&mw),
+            "master-worker; gen 4 serving (master 1234, workers 1400); draining: 1300; last reload: took effect late, ready in 4100 ms (reported failed at --ready-timeout)"
         );
         let starting = phase_text("starting", 1, "foreground");
         let start = StatusView { mode: "foreground", phase: &starting, serving: None, draining: &[], last: &none };

@@ -230,3 +230,74 @@ fn a_deadline_fails_the_attempt_with_69() {
     let d = Event::Deadline { ready_timeout: Duration::from_secs(2) };
     assert_eq!(p.on_event(&d, &[]), Outcome::Attempt(Verdict::Failed { reason: "not ready after 2 s".into(), code: 69 }));
 }
+
+/// The reload in progress (gen 2) passes --ready-timeout and is abandoned, as the loop does.
+fn timed_out(p: &mut MasterWorker) {
+    let timeout = Duration::from_millis(500);
+    assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Attempt(not_ready(timeout)));
+    assert!(p.may_still_complete(2), "the master may still complete the reload that timed out");
+    assert!(!p.may_still_complete(3));
+    assert_eq!(p.abandon(true), None);
+}
+
+fn late(outcome: Outcome) -> (u32, bool) {
+    match outcome {
+        Outcome::LateReload { gen, took_effect, .. } => (gen, took_effect),
+        other => panic!("not a late reload's end: {:?}", other),
+    }
+}
+
+#[test]
+fn a_reload_that_timed_out_and_completes_late_serves_and_is_told() {
+    let mut p = protocol(true);
+    timed_out(&mut p);
+    assert_eq!(p.serving_text().unwrap(), format!("gen 1 serving (master {}, workers {})", MASTER, W1));
+    // Its READY=1, with a new worker: gen 2 serves, the old worker drains.
+    assert_eq!(late(p.on_event(&ready(&[W1, W2]), &[])), (2, true));
+    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+    assert_eq!(p.draining(), vec![W1]);
+    assert!(!p.may_still_complete(2));
+    // A later READY=1 (2.6's master says it again from its wait mode) is no second answer.
+    assert_eq!(p.on_event(&ready(&[W2]), &[]), Outcome::StatusChanged);
+    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+}
+
+#[test]
+fn a_reload_that_timed_out_and_ends_without_a_new_worker_or_with_a_loading_failure_did_not_take_effect() {
+    let mut p = protocol(true);
+    timed_out(&mut p);
+    assert_eq!(late(p.on_event(&ready(&[W1]), &[])), (2, false));
+    assert_eq!(p.serving_text().unwrap(), format!("gen 1 serving (master {}, workers {})", MASTER, W1));
+    let mut p = protocol(true);
+    timed_out(&mut p);
+    assert_eq!(p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+    assert_eq!(late(p.on_event(&ready(&[W1, W2]), &[])), (2, false));
+    assert!(p.serving_text().unwrap().starts_with("gen 1 serving"));
+}
+
+#[test]
+fn a_late_answer_during_the_next_reload_ends_the_earlier_one_and_not_this_one() {
+    let mut p = protocol(true);
+    timed_out(&mut p);
+    // The next reload (gen 3) is asked before the master answered the one that timed out.
+    p.attempt = Some(Attempt { gen: 3, first: false, master: MASTER, workers_before: vec![W1], loading_failed: false, signalled_ns: 2_000_000, master_began: false, children_at_ready: None });
+    assert_eq!(late(p.on_event(&ready(&[W1, W2]), &[])), (2, true));
+    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+    // gen 3's own answer: W2 is not its new worker, W3 is.
+    assert_eq!(p.on_event(&reloading(None), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&ready(&[W1, W2, W3]), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.commit(), MASTER);
+    assert_eq!(p.serving_text().unwrap(), format!("gen 3 serving (master {}, workers {})", MASTER, W3));
+    assert_eq!(p.draining(), vec![W1, W2]);
+}
+
+#[test]
+fn a_reload_that_may_still_complete_is_carried_across_the_reexec() {
+    let mut p = protocol(true);
+    timed_out(&mut p);
+    let carried = match p.generations() {
+        Generations::MasterWorker(mw) => mw,
+        _ => unreachable!(),
+    };
+    assert_eq!(carried.late.as_ref().map(|l| (l.gen, l.workers_before.clone())), Some((2, vec![W1])));
+}
