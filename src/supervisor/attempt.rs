@@ -52,6 +52,7 @@ impl Supervisor {
                 }),
                 _ => None,
             },
+            ledger: Some(self.ledger.ledger.clone()),
         }
     }
 
@@ -114,10 +115,7 @@ impl Supervisor {
         }
         let gen = self.next_gen;
         self.next_gen += 1;
-        let ledger_seq = match (&mut self.ledger, first) {
-            (Some(ledger), false) => Some(ledger.begin(gen, started_ns)),
-            _ => None,
-        };
+        let ledger_seq = if first { None } else { Some(self.ledger.begin(gen, started_ns)) };
         let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![], ledger_seq, settling: None };
         self.phase = if first { Phase::Starting(attempt) } else { Phase::Reloading(attempt) };
         match self.protocol.begin(gen, first) {
@@ -187,8 +185,8 @@ impl Supervisor {
         } else {
             self.reloads += 1;
             self.last_reload = LastReload::Ok { ms };
-            if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
-                ledger.finish(seq, ledger::Outcome::Ok { ms });
+            if let Some(seq) = attempt.ledger_seq {
+                self.ledger.finish(seq, ledger::Outcome::Ok { ms });
             }
             notice!("reload {} ok in {} ms: gen {} pid {} serving, draining {:?}", self.reloads, ms, attempt.gen, pid, self.protocol.draining());
         }
@@ -223,14 +221,14 @@ impl Supervisor {
         self.next_gen = attempt.gen;
         self.last_reload = LastReload::Failed { ms, reason: reason.clone() };
         let left = serving_ended.as_ref().map(|_| StillServing::No).unwrap_or_else(|| self.protocol.still_serving());
-        if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
+        if let Some(seq) = attempt.ledger_seq {
             if left == StillServing::No {
                 // A --wait-reload client reads the failure and, with it, that nothing serves.
-                ledger.stopping();
+                self.ledger.stopping();
             }
             let mut reasons = vec![reason.clone()];
             reasons.extend(attempt.alerts.iter().cloned());
-            ledger.finish(seq, ledger::Outcome::Failed { ms, reasons });
+            self.ledger.finish(seq, ledger::Outcome::Failed { ms, reasons });
         }
         match left {
             StillServing::Yes => error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason),
