@@ -103,6 +103,9 @@ const MISSING_GRACE: Duration = Duration::from_secs(2);
 fn unrecorded(pid: i32, run_dir: &Path, file: &Path, err: &ledger::LoadError, missing_for_long: bool) -> Option<String> {
     let cannot = |why: String| Some(format!("haproxy-systemd-wrapper (pid {}) could not record the reload's result: {}; see its log (systemctl status)", pid, why));
     match err {
+        // Emptied before the wrapper counted our request (the signal still pending): an earlier
+        // failure; its attempt to record ours is still to come.
+        ledger::LoadError::Unrecorded if signal_pending(pid) != Some(false) => None,
         ledger::LoadError::Unrecorded => cannot(format!("it failed to write its reload ledger {} (a full or unwritable run directory)", file.display())),
         ledger::LoadError::Bad(why) => cannot(format!("its reload ledger {} is unreadable ({})", file.display(), why)),
         ledger::LoadError::Missing => match ledger::check_dir(run_dir) {

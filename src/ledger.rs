@@ -284,11 +284,13 @@ fn mark_unrecorded(dir: &Path, pid: i32) -> std::io::Result<()> {
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(&target)
         .and_then(|f| f.metadata().map(|m| m.file_type().is_file()));
+    let absent = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR);
     match emptied {
         Ok(true) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        // No file to mark (no directory either): a client finds none.
+        Err(e) if absent(&e) => Ok(()),
         _ => match std::fs::remove_file(&target) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            Err(e) if !absent(&e) => Err(e),
             _ => Ok(()),
         },
     }
@@ -323,7 +325,7 @@ pub fn load(file: &Path) -> Result<Ledger, LoadError> {
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(file)
-        .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound { LoadError::Missing } else { LoadError::Bad(e.to_string()) })?;
+        .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR) { LoadError::Missing } else { LoadError::Bad(e.to_string()) })?;
     let meta = f.metadata().map_err(|e| LoadError::Bad(e.to_string()))?;
     if !meta.file_type().is_file() {
         return Err(LoadError::Bad("not a regular file".into()));
