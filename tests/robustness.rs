@@ -604,9 +604,18 @@ mod run_dir {
             t.notify().wait_count("READY=1", 3, T, Msg::is_ready);
             t.assert_running();
             assert!(t.log().contains("cannot write the reload ledger"), "{}", t.log());
+            // Room again. The file is still empty when the next request is sent (the wrapper is
+            // stopped: the signal stays pending): that emptiness is the earlier failure's, and the
+            // client waits for this request's answer instead of saying "unrecorded".
             run.empty();
             t.replace("h.cfg", "fake-marker three\n");
-            let out = reload(&t);
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(t.pid), Signal::SIGSTOP).unwrap();
+            t.signal(Signal::SIGUSR2);
+            let mut c = t.wait_reload_command(t.pid, &["--timeout", "20"]).spawn().expect("spawn the client");
+            let early = poll_until(Duration::from_millis(300), || c.try_wait().unwrap());
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(t.pid), Signal::SIGCONT).unwrap();
+            assert!(early.is_none(), "the client answered before its request was counted: {:?}", early);
+            let out = c.wait_with_output().unwrap();
             assert_eq!(out.status.code(), Some(0), "{}", said(&out));
             assert!(said(&out).contains("reload ok: gen 3 serving"), "{}", said(&out));
             assert!(t.log().contains("is written again"), "{}", t.log());

@@ -178,3 +178,30 @@ fn a_failed_store_empties_the_file_and_a_removed_dir_is_made_again() {
     assert_eq!(check_dir(&dir).unwrap_err().unwrap(), format!("{} is not a directory", dir.display()));
     std::fs::remove_file(&dir).unwrap();
 }
+
+#[test]
+fn after_the_exec_the_carried_ledger_counts_not_the_file() {
+    let dir = std::env::temp_dir().join(format!("hsw-ledger-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let me = std::process::id() as i32;
+    let start = crate::procs::start_time(me).unwrap();
+    // The file as an earlier, successful store left it; the ledger in memory has gone on since.
+    let mut stale = Ledger::new(me, start);
+    stale.requests = 1;
+    let seq = stale.begin(2, 100);
+    stale.finish(seq, Outcome::Ok { ms: 5 });
+    store(&dir, &stale).unwrap();
+    let mut carried = stale.clone();
+    carried.requests = 2;
+    carried.begin(3, 200);
+    let r = Recorder::resume(&dir, Some(carried.clone()));
+    assert_eq!(r.ledger, carried);
+    assert_eq!(load(&path(&dir, me)).unwrap(), carried, "the file is written from the carried ledger");
+    // Carried by a wrapper that did not carry it: the file, when it is ours.
+    assert_eq!(Recorder::resume(&dir, None).ledger, carried);
+    // Another process's ledger is never taken.
+    let mut foreign = carried.clone();
+    foreign.start_time += 1;
+    assert_eq!(Recorder::resume(&dir, Some(foreign)).ledger, carried);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
