@@ -25,6 +25,7 @@ Wrapper options (before haproxy's arguments):
                          for the reload that SIGUSR2 asked of wrapper PID and
                          exit 0 once the new generation serves, 1 if it failed
                          (reason on stderr), 69 if PID is no running wrapper,
+                         74 if the wrapper could not record the result,
                          75 after --timeout SECS (default 80)
   --version              print the version and exit
 

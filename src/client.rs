@@ -15,6 +15,10 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// PID is not a running haproxy-systemd-wrapper, or it ended or began stopping while we waited.
 pub const EXIT_NO_WRAPPER: u8 = 69;
+/// The wrapper could not record the reload's result: its ledger file is emptied (a full run
+/// directory), missing after its request was counted, unreadable, or its run directory unusable.
+/// The log of the wrapper says why; the reload's own outcome is unknown to the client.
+pub const EXIT_UNRECORDED: u8 = 74;
 /// No verdict within the timeout.
 pub const EXIT_TIMEOUT: u8 = 75;
 
@@ -78,6 +82,45 @@ fn looks_like_wrapper(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Is `pid` this program's `--wait-reload` client (another `systemctl reload` waiting), rather
+/// than a wrapper? Its command line says so.
+fn is_client(pid: i32) -> bool {
+    let cmdline = match std::fs::read(format!("/proc/{}/cmdline", pid)) {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<std::ffi::OsString> = cmdline.split(|b| *b == 0).skip(1).filter(|a| !a.is_empty()).map(|a| std::ffi::OsStr::from_bytes(a).to_os_string()).collect();
+    matches!(crate::cli::parse(args), Ok(crate::cli::Command::WaitReload(_)))
+}
+
+/// A ledger missing while the wrapper has already read the reload signal (so it counted it, and
+/// wrote the ledger or failed to) is waited for this long: the time an older wrapper without a
+/// ledger takes to re-execute into this version, which writes one.
+const MISSING_GRACE: Duration = Duration::from_secs(2);
+
+/// When the ledger cannot be read: is that the wrapper's failure to record the result (then why,
+/// in one line), or may it still come (None)?
+fn unrecorded(pid: i32, run_dir: &Path, file: &Path, err: &ledger::LoadError, missing_for_long: bool) -> Option<String> {
+    let cannot = |why: String| Some(format!("haproxy-systemd-wrapper (pid {}) could not record the reload's result: {}; see its log (systemctl status)", pid, why));
+    match err {
+        // Emptied before the wrapper counted our request (the signal still pending): an earlier
+        // failure; its attempt to record ours is still to come.
+        ledger::LoadError::Unrecorded if signal_pending(pid) != Some(false) => None,
+        ledger::LoadError::Unrecorded => cannot(format!("it failed to write its reload ledger {} (a full or unwritable run directory)", file.display())),
+        ledger::LoadError::Bad(why) => cannot(format!("its reload ledger {} is unreadable ({})", file.display(), why)),
+        ledger::LoadError::Missing => match ledger::check_dir(run_dir) {
+            Err(Some(why)) => cannot(format!("its run directory is unusable ({})", why)),
+            _ if missing_for_long => cannot(format!("its reload ledger {} is missing {} s after the request was counted", file.display(), MISSING_GRACE.as_secs())),
+            _ => None,
+        },
+    }
+}
+
+fn signal_pending(pid: i32) -> Option<bool> {
+    std::fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| reload_pending(&s))
+}
+
 /// The wrapper that wrote the ledger is no more: its pid is gone, reused (another start time), or
 /// a zombie (it exited; its parent has not reaped it yet).
 fn gone(pid: i32, start: u64) -> bool {
@@ -127,23 +170,37 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
             return EXIT_NO_WRAPPER;
         }
     };
+    if looks_like_wrapper(pid) && is_client(pid) {
+        error!("process {} is a --wait-reload client, not haproxy-systemd-wrapper: give it the wrapper's pid ($MAINPID)", pid);
+        return EXIT_NO_WRAPPER;
+    }
     let file = ledger::path(&opts.run_dir, pid);
     let waiter = Waiter::new(&opts.run_dir);
     // First whether the signal is still pending, then the ledger: the wrapper counts a request
     // in the ledger before it reads the signal, so a signal no longer pending is counted.
     let asked_at = clock::now_ns();
-    let pending = std::fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| reload_pending(&s));
+    let pending = signal_pending(pid);
     let first = loop {
-        match ledger::load(&file) {
+        let err = match ledger::load(&file) {
             Ok(l) => break l,
-            // A wrapper without a ledger yet: an older wrapper re-executing into this version.
-            Err(_) if looks_like_wrapper(pid) && !gone(pid, start) && clock::now_ns() < deadline => waiter.wait(RECHECK),
-            Err(e) => {
-                let what = if gone(pid, start) { "ended".to_string() } else if looks_like_wrapper(pid) { format!("has no usable reload ledger {} ({})", file.display(), e) } else { "is not haproxy-systemd-wrapper".to_string() };
-                error!("process {} {}: cannot learn the reload's result", pid, what);
-                return if gone(pid, start) || !looks_like_wrapper(pid) { EXIT_NO_WRAPPER } else { EXIT_TIMEOUT };
-            }
+            Err(e) => e,
+        };
+        if gone(pid, start) || !looks_like_wrapper(pid) {
+            let what = if gone(pid, start) { "ended" } else { "is not haproxy-systemd-wrapper" };
+            error!("process {} {}: cannot learn the reload's result", pid, what);
+            return EXIT_NO_WRAPPER;
         }
+        // A ledger still missing once the signal has been read (and so counted) for a while.
+        let missing_for_long = clock::now_ns() >= asked_at + MISSING_GRACE.as_nanos() as u64 && signal_pending(pid) == Some(false);
+        if let Some(why) = unrecorded(pid, &opts.run_dir, &file, &err, missing_for_long) {
+            error!("{}", why);
+            return EXIT_UNRECORDED;
+        }
+        if clock::now_ns() >= deadline {
+            error!("no reload ledger {} for pid {} after {} s: cannot learn the reload's result", file.display(), pid, opts.timeout.as_secs_f64());
+            return EXIT_TIMEOUT;
+        }
+        waiter.wait(RECHECK);
     };
     if first.pid != pid || first.start_time != start {
         error!("{} belongs to another process than pid {}", file.display(), pid);
@@ -218,7 +275,12 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
                     error!("haproxy-systemd-wrapper (pid {}) ended before the reload finished", pid);
                     return EXIT_NO_WRAPPER;
                 }
-                warning!("reading {}: {}", file.display(), e);
+                // Emptied or unreadable: said at once. Missing (the run directory removed): the
+                // wrapper writes it again, recreating the directory, at its next change.
+                if let Some(why) = unrecorded(pid, &opts.run_dir, &file, &e, false) {
+                    error!("{}", why);
+                    return EXIT_UNRECORDED;
+                }
             }
         }
     }

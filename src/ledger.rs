@@ -20,9 +20,15 @@ const VERSION: u32 = 1;
 const KEEP: usize = 32;
 /// Reason lines kept per attempt (the summary, then haproxy's [ALERT] lines).
 const MAX_REASON_LINES: usize = 21;
-const MAX_LINE: usize = 1000;
+/// Bytes kept of one reason line (cut at a character boundary).
+const MAX_LINE: usize = 512;
+/// Largest ledger the wrapper writes (`Ledger::fit` keeps it there): well under what a reader
+/// accepts, and small enough to be carried across the re-exec in one environment variable
+/// (hex-encoded, under the kernel's 128 KiB per string).
+pub const MAX_WRITTEN: usize = 32 * 1024;
 /// Largest ledger file a reader accepts.
 pub const MAX_FILE: usize = 256 * 1024;
+const _: () = assert!(MAX_WRITTEN <= MAX_FILE);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -68,9 +74,22 @@ pub struct Ledger {
     pub attempts: VecDeque<Attempt>,
 }
 
+/// One line of at most MAX_LINE bytes: control characters become spaces, and the text is cut at
+/// a character boundary.
 fn one_line(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    s.chars().take(MAX_LINE).collect()
+    let mut out = String::new();
+    for c in s.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > MAX_LINE {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes of one `reason SEQ TEXT` line.
+fn reason_len(seq: u64, text: &str) -> usize {
+    "reason  \n".len() + seq.to_string().len() + text.len()
 }
 
 impl Ledger {
@@ -101,6 +120,29 @@ impl Ledger {
         };
         if let Some(a) = self.attempts.iter_mut().find(|a| a.seq == seq) {
             a.outcome = outcome;
+        }
+        self.fit();
+    }
+
+    /// Keeps the encoded ledger within MAX_WRITTEN bytes, so that what the wrapper writes is
+    /// always what a reader accepts: haproxy's [ALERT] lines of the oldest attempts go first,
+    /// then the oldest attempts' summaries. Every attempt line stays (32 of them take under
+    /// 4 KiB), and so, by the sizes, do the newest attempt's lines and every summary.
+    pub fn fit(&mut self) {
+        let mut len = self.encode().len();
+        for summaries in [false, true] {
+            for a in self.attempts.iter_mut() {
+                if len <= MAX_WRITTEN {
+                    return;
+                }
+                if let Outcome::Failed { reasons, .. } = &mut a.outcome {
+                    let keep = if summaries { 0 } else { 1 };
+                    while reasons.len() > keep && len > MAX_WRITTEN {
+                        let r = reasons.pop().unwrap_or_default();
+                        len -= reason_len(a.seq, &r);
+                    }
+                }
+            }
         }
     }
 
@@ -213,25 +255,38 @@ pub fn path(dir: &Path, pid: i32) -> PathBuf {
     dir.join(format!("reload-{}", pid))
 }
 
-/// Makes sure `dir` is a directory only this user can write (created 0700 when missing); a
-/// symlink, a file, or a directory others can write is refused.
-pub fn prepare_dir(dir: &Path) -> Result<(), String> {
+/// Is `dir` a directory only this user can write? A symlink, a file, or a directory others can
+/// write is refused, with why. Missing: `Err(None)`.
+pub fn check_dir(dir: &Path) -> Result<(), Option<String>> {
     match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| format!("cannot create {}: {}", dir.display(), e))?;
-            Ok(())
-        }
-        Err(e) => Err(format!("{}: {}", dir.display(), e)),
-        Ok(m) if !m.file_type().is_dir() => Err(format!("{} is not a directory", dir.display())),
-        Ok(m) if m.uid() != nix::unistd::geteuid().as_raw() => Err(format!("{} is owned by uid {}, not us", dir.display(), m.uid())),
-        Ok(m) if m.mode() & 0o022 != 0 => Err(format!("{} is writable by others (mode {:o})", dir.display(), m.mode() & 0o7777)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(None),
+        Err(e) => Err(Some(format!("{}: {}", dir.display(), e))),
+        Ok(m) if !m.file_type().is_dir() => Err(Some(format!("{} is not a directory", dir.display()))),
+        Ok(m) if m.uid() != nix::unistd::geteuid().as_raw() => Err(Some(format!("{} is owned by uid {}, not us", dir.display(), m.uid()))),
+        Ok(m) if m.mode() & 0o022 != 0 => Err(Some(format!("{} is writable by others (mode {:o})", dir.display(), m.mode() & 0o7777))),
         Ok(_) => Ok(()),
+    }
+}
+
+/// Makes sure `dir` is a directory only this user can write, created 0700 when missing (also
+/// when it was removed while the wrapper runs: another unit sharing it stopped).
+pub fn prepare_dir(dir: &Path) -> Result<(), String> {
+    match check_dir(dir) {
+        Err(None) => match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => Ok(()),
+            // Created meanwhile by someone else: check what it is.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => check_dir(dir).map_err(|e| e.unwrap_or_else(|| format!("{} vanished", dir.display()))),
+            Err(e) => Err(format!("cannot create {}: {}", dir.display(), e)),
+        },
+        Err(Some(why)) => Err(why),
+        Ok(()) => Ok(()),
     }
 }
 
 /// Replaces the ledger file atomically: a fresh temporary file (O_EXCL|O_NOFOLLOW, 0600) beside
 /// it, then rename.
 pub fn store(dir: &Path, ledger: &Ledger) -> std::io::Result<()> {
+    prepare_dir(dir).map_err(|why| std::io::Error::new(std::io::ErrorKind::Other, why))?;
     let target = path(dir, ledger.pid);
     let tmp = dir.join(format!(".reload-{}.tmp", ledger.pid));
     let open = || {
@@ -257,26 +312,77 @@ pub fn store(dir: &Path, ledger: &Ledger) -> std::io::Result<()> {
     result
 }
 
+/// After a failed `store`: empties the ledger file in place (truncating needs no space, and
+/// nothing but a rename of a complete file ever makes it non-empty), or removes it, so that a
+/// client never takes the older record for the answer to a request the wrapper could not count.
+fn mark_unrecorded(dir: &Path, pid: i32) -> std::io::Result<()> {
+    let target = path(dir, pid);
+    let emptied = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&target)
+        .and_then(|f| f.metadata().map(|m| m.file_type().is_file()));
+    let absent = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR);
+    match emptied {
+        Ok(true) => Ok(()),
+        // No file to mark (no directory either): a client finds none.
+        Err(e) if absent(&e) => Ok(()),
+        _ => match std::fs::remove_file(&target) {
+            Err(e) if !absent(&e) => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Why a ledger file could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoadError {
+    /// No such file (or directory).
+    Missing,
+    /// An empty file: the wrapper could not write its ledger and emptied the file, so that no
+    /// older record is taken for an answer (`Recorder::save`).
+    Unrecorded,
+    /// Anything else, said in one line.
+    Bad(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Missing => write!(f, "no such file"),
+            LoadError::Unrecorded => write!(f, "emptied by the wrapper, which could not write it"),
+            LoadError::Bad(why) => write!(f, "{}", why),
+        }
+    }
+}
+
 /// Reads a ledger file (at most MAX_FILE bytes; a FIFO or device is refused without blocking).
-pub fn load(file: &Path) -> Result<Ledger, String> {
+pub fn load(file: &Path) -> Result<Ledger, LoadError> {
     use std::io::Read;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(file)
-        .map_err(|e| e.to_string())?;
-    let meta = f.metadata().map_err(|e| e.to_string())?;
+        .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR) { LoadError::Missing } else { LoadError::Bad(e.to_string()) })?;
+    let meta = f.metadata().map_err(|e| LoadError::Bad(e.to_string()))?;
     if !meta.file_type().is_file() {
-        return Err("not a regular file".into());
+        return Err(LoadError::Bad("not a regular file".into()));
     }
     let mut buf = Vec::new();
-    f.take(MAX_FILE as u64 + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8(buf).map_err(|_| "not text".to_string())?;
-    Ledger::parse(&text)
+    f.take(MAX_FILE as u64 + 1).read_to_end(&mut buf).map_err(|e| LoadError::Bad(e.to_string()))?;
+    if buf.is_empty() {
+        return Err(LoadError::Unrecorded);
+    }
+    let text = String::from_utf8(buf).map_err(|_| LoadError::Bad("not text".to_string()))?;
+    Ledger::parse(&text).map_err(LoadError::Bad)
 }
 
-/// The wrapper's side: the ledger in memory and its file, stored after every change. A failure to
-/// store is logged once; the wrapper goes on (only `--wait-reload` clients lose their answer).
+/// The wrapper's side: the ledger in memory, which is the authoritative one (it crosses the
+/// re-exec in the carried state, never through the file), and its file, stored after every
+/// change. A failure to store empties the file (`mark_unrecorded`: a client then says the
+/// wrapper could not record the answer) and is logged once; the wrapper goes on, and the next
+/// store that succeeds (the run directory recreated when it was removed) writes it all again.
 pub struct Recorder {
     dir: PathBuf,
     pub ledger: Ledger,
@@ -284,37 +390,56 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// At the first start: a fresh ledger. After the re-exec: ours from the file; none there
-    /// (an older wrapper without a ledger re-executed into this one) means one request, the
-    /// reload that caused the exec.
-    pub fn open(dir: &Path, resumed: bool) -> Option<Recorder> {
+    /// At the first start: a fresh ledger.
+    pub fn open(dir: &Path) -> Recorder {
         let pid = std::process::id() as i32;
-        if let Err(e) = prepare_dir(dir) {
-            info!("no reload ledger (--wait-reload cannot answer): {}", e);
-            return None;
-        }
         let start = crate::procs::start_time(pid).unwrap_or(0);
-        let ledger = match load(&path(dir, pid)) {
-            Ok(l) if resumed && l.pid == pid && l.start_time == start => l,
-            _ => {
-                let mut l = Ledger::new(pid, start);
-                l.requests = resumed as u64;
-                l
-            }
+        Recorder::with(dir, Ledger::new(pid, start))
+    }
+
+    /// After the re-exec: the ledger carried in the state. None (an older wrapper re-executed
+    /// into this one): the file that wrapper kept, when it is ours and readable; otherwise a
+    /// fresh one counting one request, the reload that caused the exec.
+    pub fn resume(dir: &Path, carried: Option<Ledger>) -> Recorder {
+        let pid = std::process::id() as i32;
+        let start = crate::procs::start_time(pid).unwrap_or(0);
+        let ledger = match carried {
+            Some(l) if l.pid == pid && l.start_time == start => l,
+            _ => match load(&path(dir, pid)) {
+                Ok(l) if l.pid == pid && l.start_time == start => l,
+                _ => {
+                    let mut l = Ledger::new(pid, start);
+                    l.requests = 1;
+                    l
+                }
+            },
         };
+        Recorder::with(dir, ledger)
+    }
+
+    fn with(dir: &Path, ledger: Ledger) -> Recorder {
         let mut r = Recorder { dir: dir.to_path_buf(), ledger, failing: false };
         r.save();
-        Some(r)
+        r
     }
 
     fn save(&mut self) {
         match store(&self.dir, &self.ledger) {
-            Ok(()) => self.failing = false,
-            Err(e) if !self.failing => {
-                self.failing = true;
-                warning!("cannot write the reload ledger in {}: {}", self.dir.display(), e);
+            Ok(()) if self.failing => {
+                self.failing = false;
+                notice!("the reload ledger in {} is written again", self.dir.display());
             }
-            Err(_) => {}
+            Ok(()) => {}
+            Err(e) => {
+                let marked = mark_unrecorded(&self.dir, self.ledger.pid);
+                if !self.failing {
+                    self.failing = true;
+                    match marked {
+                        Ok(()) => warning!("cannot write the reload ledger in {}: {}; --wait-reload says the result is unrecorded", self.dir.display(), e),
+                        Err(e2) => warning!("cannot write the reload ledger in {}: {}; nor empty it: {}", self.dir.display(), e, e2),
+                    }
+                }
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! The wrapper's re-exec on reload: the carried state (src/state.rs) encoded into one
 //! environment variable of the new image, decoded there, and the exec itself.
 //!
-//! Format: `v=2;key=value;...`. Versions 1 and 2 are read (v=1 is the previous release's, from
+//! Format: `v=2;key=value;...` (the reload ledger, when carried, is `ledger=` its file's text in hex). Versions 1 and 2 are read (v=1 is the previous release's, from
 //! before a reload could be carried in progress); unknown keys are ignored; a newer version is
 //! refused. Before exec'ing into a program that is not the running one (a package upgrade or
 //! downgrade), the wrapper asks it with `probe` whether it takes this state and command line.
@@ -10,6 +10,7 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use crate::ledger::Ledger;
 use crate::state::{Carried, CarriedAttempt, ForegroundGenerations, Gen, Generations, LastReload, MasterReload, MasterWorkerGenerations};
 
 pub const ENV: &str = "HAPROXY_SYSTEMD_WRAPPER_STATE";
@@ -88,6 +89,10 @@ pub fn encode(state: &Carried) -> String {
         let seq = a.ledger_seq.map_or("-".to_string(), |s| s.to_string());
         out.push(format!("attempt={}:{}:{}:{}", a.gen, a.started_ns, a.deadline_ns, seq));
     }
+    if let Some(l) = &state.ledger {
+        // At most MAX_WRITTEN bytes (Ledger::fit), twice that in hex.
+        out.push(format!("ledger={}", hex(l.encode().as_bytes())));
+    }
     out.join(";")
 }
 
@@ -121,6 +126,7 @@ pub fn decode(s: &str) -> Result<Carried, String> {
         reload_started_ns: 0,
         generations: Generations::Foreground(ForegroundGenerations::default()),
         attempt: None,
+        ledger: None,
     };
     let mut version = None;
     let mut serving = None;
@@ -191,6 +197,9 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                 });
             }
             "pidfile_written" => fg.pidfile_written = v == "1",
+            // A ledger that does not parse is a bug, not a reason to stop the service: the new
+            // image falls back to the file (Recorder::resume).
+            "ledger" => state.ledger = unhex(v).ok().and_then(|b| String::from_utf8(b).ok()).and_then(|t| Ledger::parse(&t).ok()),
             // Unknown keys come from a newer wrapper; what this one needs is checked below.
             _ => {}
         }

@@ -96,6 +96,9 @@ pub struct Carried {
     pub generations: Generations,
     /// The reload attempt already begun before the exec (None: the new image begins it).
     pub attempt: Option<CarriedAttempt>,
+    /// The reload ledger (the in-memory one is authoritative: its file may be stale when the
+    /// run directory is full or gone). None from a wrapper that did not carry it.
+    pub ledger: Option<crate::ledger::Ledger>,
 }
 
 impl Carried {

@@ -256,3 +256,64 @@ fn a_reload_slower_than_the_ready_timeout_is_told_when_it_takes_effect_late() {
     assert_eq!(body(&t), "after");
     stop_and_expect_0(&mut t, T_REAL);
 }
+
+both_modes! {
+    /// The run directory full (a small tmpfs, every block taken) when haproxy rejects the new
+    /// configuration: the client never says the previous reload's "ok". It says the failure
+    /// (when the wrapper found room for it: emptying its ledger file frees a page) or that the
+    /// result went unrecorded (74), at once; the old configuration answers; with room again the
+    /// next reload is answered.
+    fn a_full_run_directory_never_answers_with_the_previous_result(mode) {
+        let mut t = Ctx::new("truth-full");
+        let run = Tmpfs::mount(&t.path("run"), "size=64k,mode=0700");
+        let cfg = config(&t, mode, "one", "", "");
+        start(&mut t, mode, &cfg, true, "one");
+        t.replace("haproxy.cfg", &config(&t, mode, "two", "", ""));
+        let out = systemctl_reload(&mut t);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        run.fill(false);
+        t.replace("haproxy.cfg", &config(&t, mode, "three", "", "    no-such-keyword here\n"));
+        let out = systemctl_reload(&mut t);
+        let err = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(1) => assert!(err.contains("reload to gen 3 failed") && err.contains("no-such-keyword"), "{}", describe(&out)),
+            Some(74) => assert!(err.contains("could not record the reload's result"), "{}", describe(&out)),
+            _ => panic!("neither the failure nor 'unrecorded': {}", describe(&out)),
+        }
+        // The client may have answered before the attempt ended: its end, before going on.
+        t.notify().wait_count("READY=1", 3, T_REAL, Msg::is_ready);
+        assert!(t.log().contains("cannot write the reload ledger"), "{}", t.log());
+        assert_eq!(body(&t), "two");
+        run.empty();
+        t.replace("haproxy.cfg", &config(&t, mode, "four", "", ""));
+        let out = systemctl_reload(&mut t);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("reload ok: gen 3 serving"), "{}", describe(&out));
+        assert_eq!(body(&t), "four");
+    }
+}
+
+both_modes! {
+    /// haproxy rejects a configuration of 25 long non-ASCII lines, reload after reload: each
+    /// client says the failure (1) with haproxy's reasons, never a timeout for a ledger grown past
+    /// what its reader accepts; then a good reload is answered.
+    fn long_non_ascii_reasons_keep_the_ledger_readable(mode) {
+        let mut t = Ctx::new("truth-long");
+        let cfg = config(&t, mode, "one", "", "");
+        start(&mut t, mode, &cfg, true, "one");
+        let bad: String = (0..25).map(|i| format!("    réglage-{i}-{}\n", "é漢".repeat(400))).collect();
+        t.replace("haproxy.cfg", &config(&t, mode, "two", "", &bad));
+        for i in 1..=10 {
+            t.signal(Signal::SIGUSR2);
+            let out = t.wait_reload_command(t.pid, &["--timeout", "10"]).output().expect("run the client");
+            assert_eq!(out.status.code(), Some(1), "failed reload {i}: {}", describe(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("reload to gen 2 failed") && err.contains("réglage-"), "failed reload {i}: {err}");
+            assert!(err.lines().filter(|l| l.contains("[ALERT]")).count() >= 5, "failed reload {i}: haproxy's lines: {err}");
+        }
+        t.replace("haproxy.cfg", &config(&t, mode, "two", "", ""));
+        let out = systemctl_reload(&mut t);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert_eq!(body(&t), "two");
+    }
+}

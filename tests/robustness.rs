@@ -564,3 +564,102 @@ fn a_graceful_stop_undone_by_a_reload_is_asked_again() {
     t.assert_no_fake_left();
 }
 
+
+// ================================================================================================
+/// The run directory misbehaving (issue 15): full, removed while the wrapper runs, not usable.
+/// The client never answers with another reload's result: it says at once that the result went
+/// unrecorded (74), and the wrapper, which keeps serving, writes its whole ledger again once it can.
+mod run_dir {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::Output;
+
+    /// `kill -USR2` then the client, as the unit's two ExecReload= lines do.
+    fn reload(t: &Ctx) -> Output {
+        t.signal(Signal::SIGUSR2);
+        t.wait_reload_command(t.pid, &["--timeout", "20"]).output().expect("run the client")
+    }
+
+    fn said(o: &Output) -> String {
+        format!("status {:?}: {}{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    }
+
+    both_modes! {
+        /// No block and no inode left: no ledger can be written. The wrapper empties its file, so
+        /// the client of a rejected configuration says the result is unrecorded (74), never the
+        /// previous reload's "ok"; with room again, the next reload is answered.
+        fn a_full_run_directory_leaves_the_result_unrecorded_never_stale(mode) {
+            let mut t = Ctx::new("rd-full");
+            let run = Tmpfs::mount(&t.path("run"), "size=64k,nr_inodes=32,mode=0700");
+            t.start_fake_ready(mode, "fake-marker one\n");
+            t.replace("h.cfg", "fake-marker two\n");
+            let out = reload(&t);
+            assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+            run.fill(true);
+            t.replace("h.cfg", "fake-bad\n");
+            let out = reload(&t);
+            assert_eq!(out.status.code(), Some(74), "{}", said(&out));
+            assert!(said(&out).contains("could not record the reload's result"), "{}", said(&out));
+            // The client may have said so before the attempt ended: its end, before going on.
+            t.notify().wait_count("READY=1", 3, T, Msg::is_ready);
+            t.assert_running();
+            assert!(t.log().contains("cannot write the reload ledger"), "{}", t.log());
+            // Room again. The file is still empty when the next request is sent (the wrapper is
+            // stopped: the signal stays pending): that emptiness is the earlier failure's, and the
+            // client waits for this request's answer instead of saying "unrecorded".
+            run.empty();
+            t.replace("h.cfg", "fake-marker three\n");
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(t.pid), Signal::SIGSTOP).unwrap();
+            t.signal(Signal::SIGUSR2);
+            let mut c = t.wait_reload_command(t.pid, &["--timeout", "20"]).spawn().expect("spawn the client");
+            let early = poll_until(Duration::from_millis(300), || c.try_wait().unwrap());
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(t.pid), Signal::SIGCONT).unwrap();
+            assert!(early.is_none(), "the client answered before its request was counted: {:?}", early);
+            let out = c.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+            assert!(said(&out).contains("reload ok: gen 3 serving"), "{}", said(&out));
+            assert!(t.log().contains("is written again"), "{}", t.log());
+        }
+    }
+
+    both_modes! {
+        /// Removed while the wrapper runs (another unit sharing it stopped): made again, 0700,
+        /// and the next reload is answered.
+        fn a_removed_run_directory_is_made_again(mode) {
+            let mut t = Ctx::new("rd-removed");
+            t.start_fake_ready(mode, "fake-marker one\n");
+            fs::remove_dir_all(t.path("run")).unwrap();
+            t.replace("h.cfg", "fake-marker two\n");
+            let out = reload(&t);
+            assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+            let meta = fs::symlink_metadata(t.path("run")).unwrap();
+            assert!(meta.is_dir() && meta.mode() & 0o777 == 0o700 && meta.uid() == 0, "mode {:o} uid {}", meta.mode(), meta.uid());
+            fs::remove_dir_all(t.path("run")).unwrap();
+            t.replace("h.cfg", "fake-bad\n");
+            let out = reload(&t);
+            assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+        }
+    }
+
+    /// A file, or a directory others may write, where the run directory should be: the client says
+    /// so at once (74, naming the problem) instead of waiting out its timeout; fixed, the next
+    /// reload is answered (the wrapper looks at the directory again at each write).
+    #[test]
+    fn an_unusable_run_directory_is_said_at_once() {
+        let mut t = Ctx::new("rd-unusable");
+        fs::write(t.path("run"), "").unwrap();
+        t.start_fake_ready(Mode::Foreground, "fake-marker one\n");
+        let out = reload(&t);
+        assert_eq!(out.status.code(), Some(74), "{}", said(&out));
+        assert!(said(&out).contains(&format!("{} is not a directory", t.p("run"))), "{}", said(&out));
+        fs::remove_file(t.path("run")).unwrap();
+        fs::create_dir(t.path("run")).unwrap();
+        fs::set_permissions(t.path("run"), fs::Permissions::from_mode(0o777)).unwrap();
+        let out = reload(&t);
+        assert_eq!(out.status.code(), Some(74), "{}", said(&out));
+        assert!(said(&out).contains("is writable by others"), "{}", said(&out));
+        fs::set_permissions(t.path("run"), fs::Permissions::from_mode(0o700)).unwrap();
+        let out = reload(&t);
+        assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    }
+}

@@ -232,3 +232,23 @@ fn no_wrapper_or_no_request() {
     assert_eq!(code(&out), 64, "{}", text(&out));
     assert!(text(&out).contains("no reload was asked"), "{}", text(&out));
 }
+
+/// Given the pid of another `--wait-reload` (the same program, but a client): 69 at once, saying
+/// so, rather than waiting for a ledger that client never writes; the other client is answered.
+#[test]
+fn a_client_given_another_clients_pid_says_so_at_once() {
+    let mut t = Ctx::new("wr-client-pid");
+    start(&mut t, Mode::Foreground, "fake-marker one\n", &[]);
+    let gate = t.p("gate");
+    t.replace("h.cfg", &format!("fake-ready-delay-file {gate}\n"));
+    t.signal(Signal::SIGUSR2);
+    let waiting = client(&t, &[]);
+    let other = waiting.id() as i32;
+    poll_until(T, || if exe_of(other).map_or(false, |e| e == std::path::Path::new(WRAPPER)) { Some(()) } else { None }).expect("the first client runs the wrapper program");
+    let out = finish(client_for(&t, other, &["--timeout", "5"]), T);
+    assert_eq!(code(&out), 69, "{}", text(&out));
+    assert!(text(&out).contains(&format!("process {other} is a --wait-reload client")), "{}", text(&out));
+    std::fs::write(&gate, "").unwrap();
+    let out = finish(waiting, T);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+}

@@ -86,7 +86,7 @@ fn stores_atomically_in_a_private_dir() {
     // A FIFO where the ledger should be is refused without blocking.
     let fifo = dir.join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    assert_eq!(load(&fifo).unwrap_err(), "not a regular file");
+    assert_eq!(load(&fifo).unwrap_err(), LoadError::Bad("not a regular file".into()));
     // A directory others may write is refused.
     let open = dir.join("open");
     std::fs::DirBuilder::new().mode(0o777).create(&open).unwrap();
@@ -134,4 +134,88 @@ fn randomized_ledgers_round_trip_and_damaged_ones_fail_clearly() {
             }
         }
     }
+}
+
+#[test]
+fn what_the_wrapper_writes_its_reader_accepts_at_the_bound() {
+    // haproxy rejecting a configuration of long non-ASCII lines, reload after reload: every
+    // attempt with more reason lines than are kept, each longer than a line may be, in 2-, 3- and
+    // 4-byte characters whose boundaries fall anywhere on the cut.
+    let chars = ['é', '漢', '🦀', 'a'];
+    let mut l = Ledger::new(4_194_304, u64::MAX);
+    for n in 0..(3 * KEEP as u64) {
+        l.requests = u64::MAX - 1000 + n;
+        let seq = l.begin(u32::MAX, u64::MAX - n);
+        let reasons: Vec<String> = (0..30).map(|i| std::iter::repeat(chars[(n as usize + i) % 4]).take(MAX_LINE + i).collect()).collect();
+        l.finish(seq, Outcome::Failed { ms: u64::MAX, reasons });
+        let text = l.encode();
+        assert!(text.len() <= MAX_WRITTEN, "attempt {}: {} bytes written", n, text.len());
+        assert_eq!(Ledger::parse(&text).as_ref(), Ok(&l), "attempt {}: the reader refuses or alters what was written", n);
+        for a in &l.attempts {
+            if let Outcome::Failed { reasons, .. } = &a.outcome {
+                assert!(reasons.iter().all(|r| r.len() <= MAX_LINE && r.len() > MAX_LINE - 4), "attempt {}: a line is not cut at its bound", a.seq);
+                // Every attempt keeps its summary, the newest all of its lines.
+                let want = if a.seq == seq { MAX_REASON_LINES } else { 1 };
+                assert!(reasons.len() >= want, "attempt {} kept {} lines", a.seq, reasons.len());
+            }
+        }
+    }
+    assert_eq!(l.attempts.len(), KEEP);
+    // And the file it stores is one `load` reads back.
+    let dir = std::env::temp_dir().join(format!("hsw-ledger-bound-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    store(&dir, &l).unwrap();
+    assert_eq!(load(&path(&dir, l.pid)).unwrap(), l);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_failed_store_empties_the_file_and_a_removed_dir_is_made_again() {
+    let dir = std::env::temp_dir().join(format!("hsw-ledger-unrec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    prepare_dir(&dir).unwrap();
+    let l = sample();
+    store(&dir, &l).unwrap();
+    mark_unrecorded(&dir, l.pid).unwrap();
+    assert_eq!(load(&path(&dir, l.pid)), Err(LoadError::Unrecorded));
+    // Removed (another unit sharing it stopped): the next store makes it again, 0700.
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(load(&path(&dir, l.pid)), Err(LoadError::Missing));
+    mark_unrecorded(&dir, l.pid).unwrap();
+    store(&dir, &l).unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(load(&path(&dir, l.pid)).unwrap(), Ledger::parse(&l.encode()).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A file where the directory should be: refused, with why.
+    std::fs::write(&dir, "").unwrap();
+    assert!(store(&dir, &l).unwrap_err().to_string().contains("is not a directory"));
+    assert_eq!(check_dir(&dir).unwrap_err().unwrap(), format!("{} is not a directory", dir.display()));
+    std::fs::remove_file(&dir).unwrap();
+}
+
+#[test]
+fn after_the_exec_the_carried_ledger_counts_not_the_file() {
+    let dir = std::env::temp_dir().join(format!("hsw-ledger-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let me = std::process::id() as i32;
+    let start = crate::procs::start_time(me).unwrap();
+    // The file as an earlier, successful store left it; the ledger in memory has gone on since.
+    let mut stale = Ledger::new(me, start);
+    stale.requests = 1;
+    let seq = stale.begin(2, 100);
+    stale.finish(seq, Outcome::Ok { ms: 5 });
+    store(&dir, &stale).unwrap();
+    let mut carried = stale.clone();
+    carried.requests = 2;
+    carried.begin(3, 200);
+    let r = Recorder::resume(&dir, Some(carried.clone()));
+    assert_eq!(r.ledger, carried);
+    assert_eq!(load(&path(&dir, me)).unwrap(), carried, "the file is written from the carried ledger");
+    // Carried by a wrapper that did not carry it: the file, when it is ours.
+    assert_eq!(Recorder::resume(&dir, None).ledger, carried);
+    // Another process's ledger is never taken.
+    let mut foreign = carried.clone();
+    foreign.start_time += 1;
+    assert_eq!(Recorder::resume(&dir, Some(foreign)).ledger, carried);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,6 +14,7 @@ fn sample(generations: Generations) -> Carried {
         reload_started_ns: 123456789,
         generations,
         attempt: None,
+        ledger: None,
     }
 }
 
@@ -156,6 +157,15 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
         } else {
             None
         },
+        ledger: if rng.one_in(2) {
+            None
+        } else {
+            let mut l = crate::ledger::Ledger::new(pid(rng), rng.number());
+            l.requests = rng.below(10) as u64;
+            let seq = l.begin(rng.number() as u32, rng.number());
+            l.finish(seq, crate::ledger::Outcome::Failed { ms: rng.number(), reasons: vec![rng.text(40)] });
+            Some(crate::ledger::Ledger::parse(&l.encode()).unwrap())
+        },
     }
 }
 
@@ -174,4 +184,21 @@ fn randomized_states_round_trip_and_damaged_ones_fail_clearly() {
             Err(e) => assert_clear_error(&damaged, &e),
         }
     }
+}
+
+#[test]
+fn a_ledger_at_its_bound_crosses_the_exec() {
+    // The largest ledger the wrapper writes, carried in one environment variable: under the
+    // kernel's limit for one string (MAX_ARG_STRLEN, 128 KiB), and back as it was.
+    let mut l = crate::ledger::Ledger::new(42, 7);
+    for n in 0..100u64 {
+        l.requests = n;
+        let seq = l.begin(n as u32, n);
+        l.finish(seq, crate::ledger::Outcome::Failed { ms: n, reasons: (0..30).map(|_| "漢".repeat(400)).collect() });
+    }
+    let mut state = sample(master_worker());
+    state.ledger = Some(l);
+    let env = format!("{}={}", ENV, encode(&state));
+    assert!(env.len() < 128 * 1024, "{} bytes", env.len());
+    assert_eq!(decode(&encode(&state)).unwrap(), state);
 }

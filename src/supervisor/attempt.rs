@@ -52,6 +52,7 @@ impl Supervisor {
                 }),
                 _ => None,
             },
+            ledger: Some(self.ledger.ledger.clone()),
         }
     }
 
@@ -114,10 +115,7 @@ impl Supervisor {
         }
         let gen = self.next_gen;
         self.next_gen += 1;
-        let ledger_seq = match (&mut self.ledger, first) {
-            (Some(ledger), false) => Some(ledger.begin(gen, started_ns)),
-            _ => None,
-        };
+        let ledger_seq = if first { None } else { Some(self.ledger.begin(gen, started_ns)) };
         let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![], ledger_seq, settling: None };
         self.phase = if first { Phase::Starting(attempt) } else { Phase::Reloading(attempt) };
         match self.protocol.begin(gen, first) {
@@ -191,8 +189,8 @@ impl Supervisor {
         } else {
             self.reloads += 1;
             self.last_reload = LastReload::Ok { ms };
-            if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
-                ledger.finish(seq, ledger::Outcome::Ok { ms });
+            if let Some(seq) = attempt.ledger_seq {
+                self.ledger.finish(seq, ledger::Outcome::Ok { ms });
             }
             notice!("reload {} ok in {} ms: gen {} pid {} serving, draining {:?}", self.reloads, ms, attempt.gen, pid, self.protocol.draining());
         }
@@ -208,16 +206,12 @@ impl Supervisor {
     pub(super) fn late_reload(&mut self, gen: u32, took_effect: bool, ms: u64) {
         if !took_effect {
             notice!("gen {}: the reload that was not ready in time ended {} ms after it was asked for, without taking effect; the previous generation keeps serving", gen, ms);
-            if let Some(ledger) = &mut self.ledger {
-                ledger.set_late(gen, ledger::Late::No);
-            }
+            self.ledger.set_late(gen, ledger::Late::No);
             return;
         }
         self.reloads += 1;
         self.last_reload = LastReload::Late { ms };
-        if let Some(ledger) = &mut self.ledger {
-            ledger.set_late(gen, ledger::Late::Served { ms });
-        }
+        self.ledger.set_late(gen, ledger::Late::Served { ms });
         warning!(
             "gen {}: the reload reported failed at --ready-timeout took effect late, ready {} ms after it was asked for: {}, draining {:?}",
             gen,
@@ -256,15 +250,15 @@ impl Supervisor {
         }
         self.last_reload = LastReload::Failed { ms, reason: reason.clone() };
         let left = serving_ended.as_ref().map(|_| StillServing::No).unwrap_or_else(|| self.protocol.still_serving());
-        if let (Some(seq), Some(ledger)) = (attempt.ledger_seq, &mut self.ledger) {
+        if let Some(seq) = attempt.ledger_seq {
             if left == StillServing::No {
                 // A --wait-reload client reads the failure and, with it, that nothing serves.
-                ledger.stopping();
+                self.ledger.stopping();
             }
             let mut reasons = vec![reason.clone()];
             reasons.extend(attempt.alerts.iter().cloned());
             let late = if may_complete && left != StillServing::No { ledger::Late::Possible } else { ledger::Late::No };
-            ledger.finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
+            self.ledger.finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
         }
         match left {
             StillServing::Yes if may_complete => error!(

@@ -106,8 +106,8 @@ pub struct Supervisor {
     signals: SignalFd,
     /// SIGUSR2/SIGHUP only: each is counted in the ledger before it is read.
     reload_signals: SignalFd,
-    /// Reload requests and verdicts for `--wait-reload` clients (None: no usable run directory).
-    ledger: Option<ledger::Recorder>,
+    /// Reload requests and verdicts for `--wait-reload` clients.
+    ledger: ledger::Recorder,
     relay: Relay,
     systemd: Systemd,
     watchdog: Option<Duration>,
@@ -179,9 +179,7 @@ impl Supervisor {
     /// time: a reload re-executes the wrapper, and what is still pending survives the exec.
     fn read_reload_signals(&mut self) {
         while signals::reload_pending() {
-            if let Some(ledger) = &mut self.ledger {
-                ledger.note_request();
-            }
+            self.ledger.note_request();
             match signals::read_one(&mut self.reload_signals) {
                 Some(sig) => self.on_signal(sig),
                 None => break,

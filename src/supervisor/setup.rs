@@ -52,9 +52,8 @@ fn close_inherited_on_exec() {
 }
 
 impl Supervisor {
-    fn new(opts: Options, protocol: Box<dyn Protocol>, exe: PathBuf, relay: Relay, signalfds: SignalFds, resumed: bool) -> Supervisor {
+    fn new(opts: Options, protocol: Box<dyn Protocol>, exe: PathBuf, relay: Relay, signalfds: SignalFds, ledger: ledger::Recorder) -> Supervisor {
         let (signals, reload_signals) = signalfds;
-        let ledger = ledger::Recorder::open(&opts.run_dir, resumed);
         Supervisor {
             opts,
             protocol,
@@ -96,7 +95,8 @@ impl Supervisor {
         let launch = Launch { program, args, relay_write: relay.w };
         let protocol = mode::protocol(launch.clone(), None, std::process::id() as i32)?;
         info!("starting {} ({} mode, haproxy {})", env!("CARGO_PKG_NAME"), protocol.name(), launch.program.display());
-        let mut s = Supervisor::new(opts, protocol, exe, relay, signals, false);
+        let ledger = ledger::Recorder::open(&opts.run_dir);
+        let mut s = Supervisor::new(opts, protocol, exe, relay, signals, ledger);
         s.begin_attempt(now_ns(), true);
         Ok(s)
     }
@@ -130,7 +130,9 @@ impl Supervisor {
         let relay = Relay::from_fds(carried.relay_read, carried.relay_write);
         let launch = Launch { program, args, relay_write: carried.relay_write };
         let protocol = mode::protocol(launch, Some(carried.generations.clone()), me).map_err(unplaced)?;
-        let mut s = Supervisor::new(opts, protocol, carried.exe.clone(), relay, signals, true);
+        // The ledger as the previous image had it in memory, not as its file may (not) say.
+        let ledger = ledger::Recorder::resume(&opts.run_dir, carried.ledger.clone());
+        let mut s = Supervisor::new(opts, protocol, carried.exe.clone(), relay, signals, ledger);
         s.next_gen = carried.next_gen;
         s.reloads = carried.reloads;
         s.last_reload = carried.last_reload.clone();
@@ -174,7 +176,8 @@ impl Supervisor {
         let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
         let launch = Launch { program: PathBuf::new(), args, relay_write: relay.w };
         let protocol = mode::protocol(launch, None, std::process::id() as i32)?;
-        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, true);
+        let ledger = ledger::Recorder::resume(&opts.run_dir, None);
+        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, ledger);
         match procs::children_of(s.wrapper_pid) {
             Ok(orphans) if orphans.is_empty() => {}
             Ok(orphans) => warning!("stopping pids {:?}: the state carried across the re-exec does not say what they are", orphans),

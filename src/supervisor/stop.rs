@@ -36,9 +36,7 @@ impl Supervisor {
         }
         if !matches!(self.phase, Phase::Stopping(_)) {
             self.systemd.stopping();
-            if let Some(ledger) = &mut self.ledger {
-                ledger.stopping();
-            }
+            self.ledger.stopping();
         }
         let sig = if graceful { Signal::SIGUSR1 } else { Signal::SIGTERM };
         let mut targets = self.protocol.signal_targets();
@@ -156,9 +154,7 @@ impl Supervisor {
 
     pub(super) fn finish(mut self) -> Result<u8, Error> {
         self.protocol.finish();
-        if let Some(ledger) = &self.ledger {
-            ledger.remove();
-        }
+        self.ledger.remove();
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }

@@ -852,6 +852,74 @@ pub fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A tmpfs the test mounts (the tests run as root) at `path`, e.g. a small run directory to fill;
+/// unmounted on drop. Declare it after the `Ctx` whose directory holds it, so that it is dropped
+/// (unmounted) before that directory is removed.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// `mount -t tmpfs -o OPTIONS tmpfs PATH` (PATH created first).
+    pub fn mount(path: &Path, options: &str) -> Tmpfs {
+        fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(path).output().expect("run mount");
+        assert!(out.status.success(), "mount -t tmpfs -o {options} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        Tmpfs { path: path.to_path_buf() }
+    }
+
+    /// Fills it: `filler` takes every block left; with `inodes`, empty files take every inode
+    /// left too (then no file can be created at all). Returns the bytes written.
+    pub fn fill(&self, inodes: bool) -> usize {
+        let mut f = File::create(self.path.join("filler")).expect("create the filler");
+        let page = [b'x'; 4096];
+        let mut written = 0;
+        loop {
+            match f.write(&page) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "filling {}: {e}", self.path.display());
+                    break;
+                }
+            }
+        }
+        let _ = f.sync_all();
+        for n in 0.. {
+            if !inodes {
+                break;
+            }
+            match File::create(self.path.join(format!("filler-{n}"))) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "filling {}: {e}", self.path.display());
+                    break;
+                }
+            }
+        }
+        written
+    }
+
+    /// Removes what `fill` wrote.
+    pub fn empty(&self) {
+        for e in fs::read_dir(&self.path).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("filler") {
+                fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.path).status().map_or(false, |s| s.success());
+        if !ok {
+            // Still busy (a process of the test has it open): detach it now, it goes when they do.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // HTTP
 
