@@ -31,12 +31,13 @@ deps:
 	tests/install-deps.sh
 
 # Unit tests and the integration tests (fake and real haproxy); `cargo-test` without installing anything
-# (the package builds run it).
+# (the package builds run it, unprivileged: the tests that mount are #[ignore]d there and run here).
 test-cargo: deps
-	$(MAKE) cargo-test
+	$(MAKE) cargo-test CARGO_TEST_ARGS=--include-ignored
 
+CARGO_TEST_ARGS ?=
 cargo-test:
-	$(CARGO) test $(CARGO_FLAGS)
+	$(CARGO) test $(CARGO_FLAGS) -- $(CARGO_TEST_ARGS)
 
 test: test-cargo bench-test test-packaging test-e2e
 

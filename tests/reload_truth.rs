@@ -263,7 +263,7 @@ both_modes! {
     /// (when the wrapper found room for it: emptying its ledger file frees a page) or that the
     /// result went unrecorded (74), at once; the old configuration answers; with room again the
     /// next reload is answered.
-    fn a_full_run_directory_never_answers_with_the_previous_result(mode) {
+    needs_root fn a_full_run_directory_never_answers_with_the_previous_result(mode) {
         let mut t = Ctx::new("truth-full");
         let run = Tmpfs::mount(&t.path("run"), "size=64k,mode=0700");
         let cfg = config(&t, mode, "one", "", "");

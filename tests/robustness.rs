@@ -588,7 +588,7 @@ mod run_dir {
         /// No block and no inode left: no ledger can be written. The wrapper empties its file, so
         /// the client of a rejected configuration says the result is unrecorded (74), never the
         /// previous reload's "ok"; with room again, the next reload is answered.
-        fn a_full_run_directory_leaves_the_result_unrecorded_never_stale(mode) {
+        needs_root fn a_full_run_directory_leaves_the_result_unrecorded_never_stale(mode) {
             let mut t = Ctx::new("rd-full");
             let run = Tmpfs::mount(&t.path("run"), "size=64k,nr_inodes=32,mode=0700");
             t.start_fake_ready(mode, "fake-marker one\n");

@@ -1238,6 +1238,25 @@ impl Drop for Load {
 /// Generates `mod NAME { fn foreground(); fn master_worker(); }` running the same body in both
 /// haproxy modes.
 macro_rules! both_modes {
+    // `needs_root fn ...`: the test mounts (a tmpfs); it is `#[ignore]`d, so a package build, which
+    // runs the suite unprivileged, reports it ignored; `make test-cargo` runs it (--include-ignored).
+    ($(#[$doc:meta])* needs_root fn $name:ident($mode:ident) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+            fn run($mode: Mode) $body
+            #[test]
+            #[ignore = "needs root (mounts a tmpfs): make test-cargo runs it"]
+            fn foreground() {
+                run(Mode::Foreground)
+            }
+            #[test]
+            #[ignore = "needs root (mounts a tmpfs): make test-cargo runs it"]
+            fn master_worker() {
+                run(Mode::MasterWorker)
+            }
+        }
+    };
     ($(#[$doc:meta])* fn $name:ident($mode:ident) $body:block) => {
         $(#[$doc])*
         mod $name {
