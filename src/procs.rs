@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// The wrapper's own program file: what /proc/self/exe names (without the " (deleted)" a package
@@ -179,10 +180,39 @@ pub fn signal_pending(pid: i32, sig: i32) -> bool {
     fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| parse_pending(&s)).map_or(false, |bits| bits & (1u64 << (sig - 1)) != 0)
 }
 
-/// The inodes of the sockets in LISTEN state in /proc/PID/net/tcp or tcp6, read line by line. The
-/// kernel lists the listening sockets first: the reading stops at the first other one, so a
-/// table of thousands of connections (TIME_WAIT under load) is never generated in full.
-pub fn read_listen_inodes<R: std::io::BufRead>(table: R) -> Vec<u64> {
+/// A TCP socket in LISTEN state, as /proc/net/tcp or tcp6 lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub inode: u64,
+}
+
+/// The address of a /proc/net/tcp(6) line: hex of the address in 32-bit words of host order, a
+/// colon, the port in hex.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..ip.len()).step_by(8) {
+        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        16 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&bytes);
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The sockets in LISTEN state in /proc/PID/net/tcp or tcp6, read line by line. The kernel lists
+/// the listening sockets first: the reading stops at the first other one, so a table of thousands
+/// of connections (TIME_WAIT under load) is never generated in full.
+pub fn read_listeners<R: std::io::BufRead>(table: R) -> Vec<Listener> {
     let mut out = Vec::new();
     for line in table.lines().skip(1) {
         let line = match line {
@@ -190,10 +220,10 @@ pub fn read_listen_inodes<R: std::io::BufRead>(table: R) -> Vec<u64> {
             Err(_) => break,
         };
         let fields: Vec<&str> = line.split_whitespace().collect();
-        match (fields.get(3), fields.get(9)) {
-            (Some(&"0A"), Some(inode)) => {
-                if let Ok(inode) = inode.parse() {
-                    out.push(inode);
+        match (fields.get(1), fields.get(3), fields.get(9)) {
+            (Some(addr), Some(&"0A"), Some(inode)) => {
+                if let (Some(addr), Ok(inode)) = (parse_proc_addr(addr), inode.parse()) {
+                    out.push(Listener { addr, inode });
                 }
             }
             _ => break,
@@ -202,27 +232,54 @@ pub fn read_listen_inodes<R: std::io::BufRead>(table: R) -> Vec<u64> {
     out
 }
 
-/// Does `pid` still hold a listening TCP socket (its own, or one it shares with a newer haproxy
-/// through `-x`)? False when it is gone or /proc cannot tell: nobody waits on a guess.
-pub fn holds_listener(pid: i32) -> bool {
+/// The listening TCP sockets (IPv4 and IPv6) of `pid`'s network namespace; empty when /proc
+/// cannot tell.
+pub fn listeners(pid: i32) -> Vec<Listener> {
     let mut listening = Vec::new();
     for table in ["tcp", "tcp6"] {
         if let Ok(file) = fs::File::open(format!("/proc/{}/net/{}", pid, table)) {
-            listening.extend(read_listen_inodes(std::io::BufReader::new(file)));
+            listening.extend(read_listeners(std::io::BufReader::new(file)));
         }
     }
+    listening
+}
+
+/// The inodes of the sockets `pid` has open (its /proc/PID/fd links "socket:[INODE]").
+pub fn socket_inodes(pid: i32) -> Vec<u64> {
+    let fds = match fs::read_dir(format!("/proc/{}/fd", pid)) {
+        Ok(fds) => fds,
+        Err(_) => return Vec::new(),
+    };
+    fds.flatten()
+        .filter_map(|fd| {
+            let target = fs::read_link(fd.path()).ok()?;
+            target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// Would binding `wanted` conflict with a socket listening on `held`? The same port, and the same
+/// address or a wildcard on either side (an IPv4-mapped IPv6 address counts as its IPv4 one; a
+/// `::` socket may accept IPv4 too).
+pub fn bind_conflicts(wanted: SocketAddr, held: SocketAddr) -> bool {
+    fn plain(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        }
+    }
+    let (a, b) = (plain(wanted.ip()), plain(held.ip()));
+    wanted.port() == held.port() && (a == b || a.is_unspecified() || b.is_unspecified())
+}
+
+/// Does `pid` still hold a listening TCP socket (its own, or one it shares with a newer haproxy
+/// through `-x`)? False when it is gone or /proc cannot tell: nobody waits on a guess.
+pub fn holds_listener(pid: i32) -> bool {
+    let listening = listeners(pid);
     if listening.is_empty() {
         return false;
     }
-    let fds = match fs::read_dir(format!("/proc/{}/fd", pid)) {
-        Ok(fds) => fds,
-        Err(_) => return false,
-    };
-    fds.flatten().any(|fd| {
-        let target = fs::read_link(fd.path()).ok();
-        let inode = target.as_ref().and_then(|t| t.to_str()).and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']'));
-        inode.and_then(|i| i.parse::<u64>().ok()).map_or(false, |i| listening.contains(&i))
-    })
+    socket_inodes(pid).iter().any(|inode| listening.iter().any(|l| l.inode == *inode))
 }
 
 #[cfg(test)]
@@ -234,18 +291,47 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
    1: 0100007F:1F90 0100007F:D2E4 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
-        assert_eq!(read_listen_inodes(text.as_bytes()), vec![4242]);
-        assert_eq!(read_listen_inodes("garbage\nmore garbage".as_bytes()), Vec::<u64>::new());
+        let inodes = |table: &str| read_listeners(table.as_bytes()).iter().map(|l| l.inode).collect::<Vec<u64>>();
+        assert_eq!(read_listeners(text.as_bytes()), vec![Listener { addr: "127.0.0.1:8080".parse().unwrap(), inode: 4242 }]);
+        assert_eq!(inodes("garbage\nmore garbage"), Vec::<u64>::new());
         // Listening sockets come first; what follows is never read.
         let later = format!("{}   2: 0100007F:1F91 00000000:0000 0A 0 0 0 0 0 0 4444 1\n", text);
-        assert_eq!(read_listen_inodes(later.as_bytes()), vec![4242]);
+        assert_eq!(inodes(&later), vec![4242]);
+        let v6 = "  sl  local_address remote_address st\n\
+   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 0:0 0:0 0 0 0 77 1\n\
+   1: 0000000000000000FFFF00000100007F:01BB 00000000000000000000000000000000:0000 0A 0:0 0:0 0 0 0 78 1\n";
+        let v6: Vec<SocketAddr> = read_listeners(v6.as_bytes()).iter().map(|l| l.addr).collect();
+        assert_eq!(v6, vec!["[::1]:80".parse().unwrap(), "[::ffff:127.0.0.1]:443".parse().unwrap()]);
+        // (Other tests of this process may hold listeners: a child that has none tells "false".)
         let me = std::process::id() as i32;
-        assert!(!holds_listener(me));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(holds_listener(me));
         drop(listener);
-        assert!(!holds_listener(me));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(!holds_listener(child.id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
         assert!(!holds_listener(i32::MAX));
+    }
+
+    #[test]
+    fn which_listeners_a_bind_conflicts_with() {
+        let c = |wanted: &str, held: &str| bind_conflicts(wanted.parse().unwrap(), held.parse().unwrap());
+        assert!(c("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(c("0.0.0.0:80", "127.0.0.1:80"));
+        assert!(c("127.0.0.1:80", "0.0.0.0:80"));
+        assert!(c("127.0.0.1:80", "[::]:80"));
+        assert!(c("127.0.0.1:80", "[::ffff:127.0.0.1]:80"));
+        assert!(!c("127.0.0.1:80", "127.0.0.1:81"));
+        assert!(!c("127.0.0.1:80", "127.0.0.2:80"));
+        assert!(!c("[::1]:80", "127.0.0.1:80"));
+        // What this process holds, as the kernel lists it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = std::process::id() as i32;
+        let held: Vec<Listener> = listeners(me).into_iter().filter(|l| l.addr == addr).collect();
+        assert_eq!(held.len(), 1, "{:?}", listeners(me));
+        assert!(socket_inodes(me).contains(&held[0].inode));
     }
 
     #[test]

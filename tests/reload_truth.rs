@@ -141,7 +141,45 @@ fn noreuseport_without_handover_still_reloads() {
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
         assert_eq!(body(&t), tag);
     }
-    assert!(t.log().contains("could not bind (address in use); retrying once with the older generations in -sf"), "{}", t.log());
+    assert!(t.log().contains("could not bind an address our generation holds (noreuseport); retrying once with the older generations in -sf"), "{}", t.log());
+}
+
+both_modes! {
+    /// The new configuration binds a port another program holds (a listener this test opens):
+    /// the reload fails with haproxy's "Address already in use" and the address, and the old
+    /// generation answers after it; in foreground mode during it too (zero failures: the
+    /// address is not ours, so the wrapper never retries with the serving generation in -sf,
+    /// which haproxy would pause). The next good reload succeeds.
+    fn a_port_another_program_holds_fails_the_reload_and_refuses_nothing(mode) {
+        let mut t = Ctx::new("truth-taken");
+        let cfg = config(&t, mode, "old", "", "");
+        start(&mut t, mode, &cfg, true, "old");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the other program's port");
+        let taken_addr = taken.local_addr().unwrap();
+        let load = Load::start(t.port, 2);
+        poll_until(T, || if load.ok() > 0 { Some(()) } else { None }).expect("load generator got no answer");
+        t.replace("haproxy.cfg", &config(&t, mode, "new", "", &format!("    bind {taken_addr}\n")));
+        let begun = std::time::Instant::now();
+        let out = systemctl_reload(&mut t);
+        let took = begun.elapsed();
+        let after = load.ok();
+        poll_until(T, || if load.ok() > after + 20 { Some(()) } else { None }).expect("load stalled after the failed reload");
+        let res = load.stop();
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Address already in use") && err.contains(&taken_addr.to_string()), "haproxy's reason is not on stderr: {err}");
+        if mode == Mode::Foreground {
+            assert_eq!(res.fail, 0, "{} of {} requests failed during the failed reload ({:?}): {:?}", res.fail, res.ok + res.fail, took, res.errors);
+            assert!(!t.log().contains("retrying once with the older generations"), "{}", t.log());
+            assert!(t.log().contains(&format!("{taken_addr} is in use by another program")), "{}", t.log());
+        }
+        assert_eq!(body(&t), "old");
+        drop(taken);
+        t.replace("haproxy.cfg", &config(&t, mode, "after", "", ""));
+        let out = systemctl_reload(&mut t);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert_eq!(body(&t), "after");
+    }
 }
 
 /// The "ready in N ms" of a client's `reload ok` line.

@@ -8,9 +8,12 @@
 //! bind would otherwise refuse connections on the old generation too.
 //!
 //! Two failures are retried once: a failed hand-over (`-x`) without it, and "Address already in
-//! use" (`noreuseport` without `-x`: the new generation can bind only once the old one lets go)
-//! with the older generations in `-sf`, haproxy's own pause-and-retry. The wrapper writes the
-//! `-p` pid file.
+//! use" on addresses only our own generations hold (`noreuseport` without `-x`: the new generation
+//! can bind only once the old one lets go) with the older generations in `-sf`, haproxy's own
+//! pause-and-retry. An address another program holds fails the reload at once: pausing ours would
+//! refuse connections and free nothing. The wrapper writes the `-p` pid file.
+
+use std::net::SocketAddr;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -52,9 +55,41 @@ fn handover_may_be_at_fault(alerts: &[String]) -> bool {
     alerts.is_empty() || alerts.iter().any(|alert| alert.contains("sockets from the old process") || alert.contains("old process socket"))
 }
 
-/// Did a generation fail to bind because an older one still holds the address (`noreuseport`)?
-fn address_in_use(alerts: &[String]) -> bool {
-    alerts.iter().any(|alert| alert.contains("Address already in use"))
+/// The addresses haproxy could not bind because they are in use: its alert ends with the address
+/// in brackets ("cannot bind socket (Address already in use) for [127.0.0.1:80]", "[::1:80]").
+fn addresses_in_use(alerts: &[String]) -> Vec<Option<SocketAddr>> {
+    alerts
+        .iter()
+        .filter(|alert| alert.contains("Address already in use"))
+        .map(|alert| {
+            let inside = alert.trim_end().strip_suffix(']')?;
+            let (ip, port) = inside[inside.rfind('[')? + 1..].rsplit_once(':')?;
+            Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Who holds what a generation could not bind: `Ok(())` when every address is held by our own
+/// generations (`owners`: their pids) and by nothing else — `noreuseport`, where the new generation
+/// can bind only once the old one lets go; otherwise the address and who holds it, for the log.
+fn held_by_ours(alerts: &[String], owners: &[i32]) -> Result<(), String> {
+    let wanted = addresses_in_use(alerts);
+    if wanted.is_empty() {
+        return Err("no address in use".to_string());
+    }
+    let listening = procs::listeners(std::process::id() as i32);
+    let ours: Vec<u64> = owners.iter().flat_map(|pid| procs::socket_inodes(*pid)).collect();
+    for addr in wanted {
+        let addr = addr.ok_or_else(|| "an address in use that haproxy did not name".to_string())?;
+        let holders: Vec<&procs::Listener> = listening.iter().filter(|l| procs::bind_conflicts(addr, l.addr)).collect();
+        if holders.is_empty() {
+            return Err(format!("{} is in use, by no listener this wrapper can see", addr));
+        }
+        if let Some(other) = holders.iter().find(|l| !ours.contains(&l.inode)) {
+            return Err(format!("{} is in use by another program (its listener on {})", addr, other.addr));
+        }
+    }
+    Ok(())
 }
 
 impl Foreground {
@@ -110,6 +145,7 @@ impl Foreground {
     /// older generations in `-sf`), or fail.
     fn haproxy_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Outcome {
         let code = error::status_code(status).unwrap_or(1);
+        let owners = self.signal_targets();
         let retry = match &mut self.attempt {
             Some(attempt) if attempt.retried => false,
             Some(attempt) if attempt.with_handover && handover_may_be_at_fault(alerts) => {
@@ -119,10 +155,19 @@ impl Foreground {
                 attempt.old_in_sf = !attempt.first;
                 true
             }
-            Some(attempt) if !attempt.first && !attempt.old_in_sf && address_in_use(alerts) => {
-                warning!("gen {}: haproxy pid {} could not bind (address in use); retrying once with the older generations in -sf", attempt.gen, pid);
-                attempt.old_in_sf = true;
-                true
+            Some(attempt) if !attempt.first && !attempt.old_in_sf && !addresses_in_use(alerts).is_empty() => {
+                match held_by_ours(alerts, &owners) {
+                    Ok(()) => {
+                        warning!("gen {}: haproxy pid {} could not bind an address our generation holds (noreuseport); retrying once with the older generations in -sf", attempt.gen, pid);
+                        attempt.old_in_sf = true;
+                        true
+                    }
+                    Err(why) => {
+                        // Pausing the serving generation would refuse connections and not free the address.
+                        warning!("gen {}: haproxy pid {} could not bind: {}; not retried, the serving generation is untouched", attempt.gen, pid, why);
+                        false
+                    }
+                }
             }
             _ => false,
         };

@@ -86,9 +86,30 @@ fn a_failed_handover_is_retried_once_a_config_error_is_not() {
 }
 
 #[test]
-fn address_in_use_is_retried_once_with_the_older_generations_in_sf() {
-    let alerts = vec!["Starting frontend fe: cannot bind socket (Address already in use) [127.0.0.1:80]".to_string()];
+fn haproxy_names_the_addresses_in_use() {
+    let alerts = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<String>>();
+    let found = addresses_in_use(&alerts(&[
+        "Binding [/etc/h.cfg:9] for frontend fe: cannot bind socket (Address already in use) for [::1:33991]",
+        "Starting frontend fe: cannot bind socket (Address already in use) [0.0.0.0:9804] ",
+        "Binding [/etc/h.cfg:8] for frontend fe: cannot bind socket (Address already in use) for [no-address]",
+        "Binding [/etc/h.cfg:7] for frontend fe: cannot bind socket (Permission denied) for [127.0.0.1:80]",
+    ]));
+    assert_eq!(found, vec![Some("[::1]:33991".parse().unwrap()), Some("0.0.0.0:9804".parse().unwrap()), None]);
+}
+
+#[test]
+fn address_in_use_is_retried_once_only_when_our_own_generation_holds_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let alerts = vec![format!("Binding [h.cfg:3] for frontend fe: cannot bind socket (Address already in use) for [{}]", listener.local_addr().unwrap())];
+    let status_1 = Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 });
+    // Another program holds it (this test process is none of the generations): failed at once,
+    // nothing paused.
     let mut p = attempt(false, false);
+    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), status_1);
+    assert!(p.attempt.as_ref().map_or(false, |attempt| !attempt.retried && !attempt.old_in_sf));
+    // The serving generation holds it (noreuseport): retried once with the older generations in -sf.
+    let mut p = attempt(false, false);
+    p.generations.serving = Some(Gen { n: 1, pid: std::process::id() as i32 });
     match p.on_event(&exit(NEW, 1), &alerts) {
         Outcome::Attempt(Verdict::Failed { code: 127, .. }) => {}
         other => panic!("no retry: {:?}", other),
@@ -97,10 +118,18 @@ fn address_in_use_is_retried_once_with_the_older_generations_in_sf() {
     if let Some(attempt) = &mut p.attempt {
         attempt.haproxy = Some(NEW);
     }
-    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), status_1);
+    // Nobody listens there any more, or haproxy named no address: no retry.
+    drop(listener);
+    let mut p = attempt(false, false);
+    p.generations.serving = Some(Gen { n: 1, pid: std::process::id() as i32 });
+    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), status_1);
+    let unnamed = vec!["Starting frontend fe: cannot bind socket (Address already in use)".to_string()];
+    let mut p = attempt(false, false);
+    assert_eq!(p.on_event(&exit(NEW, 1), &unnamed), status_1);
     // At the first start there is nobody to wait for: no retry.
     let mut p = attempt(true, false);
-    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), status_1);
 }
 
 #[test]

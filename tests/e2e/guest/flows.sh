@@ -208,12 +208,30 @@ sync_series() {
 # cannot prevent it (docs/DESIGN.md); refused probes are then allowed only while `systemctl reload`
 # runs and for at most HAPROXY_PAUSE_MS from the first to the last (measured here: 2.0 s through the
 # wrapper and natively, on haproxy 2.6, 3.0 and 3.2), and none once it has returned.
+# With HELD_PORT, the address is 127.0.0.1:HELD_PORT, which a python3 listener holds meanwhile (a
+# port another program holds): the same checks (foreground mode never retries with the serving
+# generation in -sf for an address that is not ours, so nothing pauses it).
 HAPROXY_PAUSE_MS=3000
+# start_holder [PORT]: a python3 listener on 127.0.0.1:PORT (default 8083) until stop_holder.
+start_holder() {
+    rm -f /tmp/holder.ready
+    python3 -c 'import signal, socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[2]))); s.listen(8)
+open(sys.argv[1], "w").close(); signal.pause()' /tmp/holder.ready "${1:-8083}" & HOLDER_PID=$!
+    wait_for 10 test -e /tmp/holder.ready
+}
+stop_holder() { kill "$HOLDER_PID"; wait "$HOLDER_PID" 2>/dev/null; }
 bind_fail_probed() {
-    local tag=$1 pause=$2 old=$BODY pid0 start end i late=0
+    local tag=$1 pause=$2 held=${3:-} old=$BODY pid0 start end i late=0
     pid0=$(mainpid)
-    write_cfg "$tag-unbindable" "$(printf 'frontend unbindable\n\tbind 192.0.2.1:8082\n')"
-    check "haproxy -c accepts the unbindable configuration" haproxy -c -q -f /etc/haproxy/haproxy.cfg
+    if [ -n "$held" ]; then
+        check "a python3 listener holds 127.0.0.1:$held" start_holder "$held"
+        write_cfg "$tag-held" "$(printf 'frontend held\n\tbind 127.0.0.1:%s\n' "$held")"
+        check "haproxy -c accepts the configuration binding the held port" haproxy -c -q -f /etc/haproxy/haproxy.cfg
+    else
+        write_cfg "$tag-unbindable" "$(printf 'frontend unbindable\n\tbind 192.0.2.1:8082\n')"
+        check "haproxy -c accepts the unbindable configuration" haproxy -c -q -f /etc/haproxy/haproxy.cfg
+    fi
     BODY=$old                                       # what must keep serving
     check "probe loop running (accepts only '$old')" start_load "$old"
     start=$(date +%s.%N)
@@ -223,6 +241,7 @@ bind_fail_probed() {
     for i in $(seq 1 100); do serves "$old" || late=$((late + 1)); done
     echo "$start $end" > "$LOAD_DIR/window"
     stop_load
+    [ -z "$held" ] || stop_holder
     say "       probes: $LOAD_RESULT; after the reload: $late of 100 failed"
     check "systemctl reload exits non-zero in < $RELOAD_FAIL_MS ms (rc $RELOAD_RC, ${RELOAD_MS} ms)" reload_failed_fast
     if [ "$pause" = none ]; then
@@ -293,6 +312,7 @@ reload_promise() {
     local tag=$1 count=$2 pause=$3
     sync_series 25 "$tag-sync"
     bind_fail_probed "$tag" "$pause"
+    bind_fail_probed "$tag" "$pause" 8083
     broken_alert "$tag"
     concurrent_reloads "$tag"
     write_cfg "$tag-final"
