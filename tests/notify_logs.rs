@@ -135,7 +135,7 @@ both_modes! {
         );
         fs::write(&gate, "").unwrap();
         t.notify().wait_count("READY=1", 2, T, Msg::is_ready);
-        let last = t.notify().messages().into_iter().filter(Msg::is_ready).last().unwrap();
+        let last = t.notify().messages().into_iter().rev().find(Msg::is_ready).unwrap();
         let gen2 = serving_part(&t, mode, 2);
         let status = last.get("STATUS").unwrap_or_default().to_string();
         assert!(status.starts_with(&format!("{}; {gen2}; draining: ", mode_word(mode))), "{status:?}");

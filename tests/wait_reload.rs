@@ -70,7 +70,7 @@ both_modes! {
         // By the time the client said so, the wrapper had told systemd the same.
         let status = t.notify().last_status().unwrap();
         assert!(status.contains("gen 2 serving") && status.contains("last reload: ok"), "{status}");
-        let newest = t.events().into_iter().filter(|e| e.what == "ready").last().unwrap();
+        let newest = t.events().into_iter().rev().find(|e| e.what == "ready").unwrap();
         assert!(t.report(newest.pid).contains("two"), "newest ready fake runs the new config");
     }
 }
@@ -178,7 +178,7 @@ both_modes! {
             let out = finish(c, T);
             assert_eq!(code(&out), 0, "{}", text(&out));
         }
-        let newest = t.events().into_iter().filter(|e| e.what == "ready").last().unwrap();
+        let newest = t.events().into_iter().rev().find(|e| e.what == "ready").unwrap();
         assert!(t.report(newest.pid).contains("three"), "the newest configuration serves");
     }
 }
