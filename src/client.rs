@@ -9,18 +9,7 @@ use std::time::Duration;
 use crate::clock;
 use crate::ledger::{self, Late, Ledger, Outcome};
 
-/// The reload served: the new generation answers.
-pub const EXIT_OK: u8 = 0;
-/// The reload failed; the previous generation keeps serving.
-pub const EXIT_FAILED: u8 = 1;
-/// PID is not a running haproxy-systemd-wrapper, or it ended or began stopping while we waited.
-pub const EXIT_NO_WRAPPER: u8 = 69;
-/// The wrapper could not record the reload's result: its ledger file is emptied (a full run
-/// directory), missing after its request was counted, unreadable, or its run directory unusable.
-/// The log of the wrapper says why; the reload's own outcome is unknown to the client.
-pub const EXIT_UNRECORDED: u8 = 74;
-/// No verdict within the timeout.
-pub const EXIT_TIMEOUT: u8 = 75;
+pub use crate::error::{EXIT_FAILED, EXIT_NO_WRAPPER, EXIT_OK, EXIT_TIMEOUT, EXIT_UNRECORDED};
 
 /// Under systemd's default TimeoutStartSec (90 s), so that we say why before systemd kills us.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(80);
@@ -162,7 +151,7 @@ const RECHECK: Duration = Duration::from_millis(100);
 
 pub fn wait_reload(opts: &WaitOptions) -> u8 {
     let pid = opts.pid;
-    let deadline = clock::now_ns() + opts.timeout.as_nanos() as u64;
+    let deadline = clock::deadline_after(opts.timeout);
     let start = match crate::procs::start_time(pid) {
         Some(s) => s,
         None => {
@@ -191,7 +180,7 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
             return EXIT_NO_WRAPPER;
         }
         // A ledger still missing once the signal has been read (and so counted) for a while.
-        let missing_for_long = clock::now_ns() >= asked_at + MISSING_GRACE.as_nanos() as u64 && signal_pending(pid) == Some(false);
+        let missing_for_long = clock::now_ns() >= clock::after(asked_at, MISSING_GRACE) && signal_pending(pid) == Some(false);
         if let Some(why) = unrecorded(pid, &opts.run_dir, &file, &err, missing_for_long) {
             error!("{}", why);
             return EXIT_UNRECORDED;

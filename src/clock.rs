@@ -17,9 +17,19 @@ pub fn ms_since(start_ns: u64) -> u64 {
     now_ns().saturating_sub(start_ns) / 1_000_000
 }
 
+/// The instant `d` after `from_ns` (saturating: a huge `d` is "never").
+pub fn after(from_ns: u64, d: Duration) -> u64 {
+    from_ns.saturating_add(nanos(d))
+}
+
 /// The instant `d` from now.
 pub fn deadline_after(d: Duration) -> u64 {
-    now_ns().saturating_add(d.as_nanos().min(u64::MAX as u128) as u64)
+    after(now_ns(), d)
+}
+
+/// `d` in nanoseconds (saturating).
+pub fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
 }
 
 /// poll(2)'s timeout for the earliest of `deadlines` (-1: none, wait for an event).
@@ -42,5 +52,7 @@ mod tests {
         assert_eq!(poll_timeout_ms(&[Some(3_000_000_000), Some(1_500_000), None], 1_000_000), 1);
         assert_eq!(poll_timeout_ms(&[Some(10)], 20), 0);
         assert!(deadline_after(Duration::from_secs(1)) > now_ns());
+        assert_eq!(after(5, Duration::from_nanos(7)), 12);
+        assert_eq!(after(u64::MAX - 1, Duration::from_secs(u64::MAX)), u64::MAX);
     }
 }

@@ -1,4 +1,5 @@
-//! The wrapper's own failures and the exit statuses they map to (documented in the man page).
+//! The wrapper's own failures and the exit statuses they map to, the supervisor's and the
+//! `--wait-reload` client's (all documented in the man page).
 
 use std::fmt;
 
@@ -12,6 +13,20 @@ pub const EXIT_INTERNAL: u8 = 70;
 pub const EXIT_NOT_EXECUTABLE: u8 = 126;
 /// The haproxy program was not found.
 pub const EXIT_NOT_FOUND: u8 = 127;
+
+// `--wait-reload PID` (src/client.rs):
+/// The reload served: the new generation answers.
+pub const EXIT_OK: u8 = 0;
+/// The reload failed; the previous generation keeps serving.
+pub const EXIT_FAILED: u8 = 1;
+/// PID is not a running haproxy-systemd-wrapper, or it ended or began stopping while we waited.
+pub const EXIT_NO_WRAPPER: u8 = 69;
+/// The wrapper could not record the reload's result: its ledger file is emptied (a full run
+/// directory), missing after its request was counted, unreadable, or its run directory unusable.
+/// The log of the wrapper says why; the reload's own outcome is unknown to the client.
+pub const EXIT_UNRECORDED: u8 = 74;
+/// No verdict within the timeout.
+pub const EXIT_TIMEOUT: u8 = 75;
 
 #[derive(Debug)]
 pub enum Error {

@@ -217,7 +217,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(burst: u32, window: std::time::Duration) -> RateLimit {
-        RateLimit { burst, window_ns: window.as_nanos() as u64, window_start_ns: 0, in_window: 0, held_back: 0 }
+        RateLimit { burst, window_ns: crate::clock::nanos(window), window_start_ns: 0, in_window: 0, held_back: 0 }
     }
 
     /// Some(lines held back since the last one let through) when this line may be logged.

@@ -135,7 +135,7 @@ impl Systemd {
             self.pending.pop_front();
         }
         // Too old to matter any more: given up, loudly for state messages.
-        let retry_for = RETRY_FOR.as_nanos() as u64;
+        let retry_for = crate::clock::nanos(RETRY_FOR);
         self.pending.retain(|p| {
             let keep = now_ns.saturating_sub(p.since_ns) < retry_for;
             if !keep && p.kind == Kind::State {
@@ -143,7 +143,7 @@ impl Systemd {
             }
             keep
         });
-        self.next_retry_ns = if self.pending.is_empty() { None } else { Some(now_ns + RETRY_EVERY.as_nanos() as u64) };
+        self.next_retry_ns = if self.pending.is_empty() { None } else { Some(crate::clock::after(now_ns, RETRY_EVERY)) };
     }
 
     /// When the loop should call `flush` again (messages wait), if ever.

@@ -472,7 +472,7 @@ impl Protocol for MasterWorker {
             Some(m) if (!self.generations.old_workers.is_empty() || self.workers_unknown) && now_ns >= self.next_drain_check_ns => m,
             _ => return false,
         };
-        self.next_drain_check_ns = now_ns + DRAIN_POLL.as_nanos() as u64;
+        self.next_drain_check_ns = clock::after(now_ns, DRAIN_POLL);
         let alive = match procs::children_of(master) {
             Ok(alive) => alive,
             Err(e) => {

@@ -152,7 +152,7 @@ impl Supervisor {
         match self.attempt_mut() {
             Some(attempt) if !retired.is_empty() => {
                 debug!("gen {}: serving (pid {}); waiting for {:?} to stop listening", attempt.gen, new_pid, retired);
-                attempt.settling = Some(Settle { pids: retired, next_check_ns: now + SETTLE_POLL.as_nanos() as u64, deadline_ns: now + SETTLE_MAX.as_nanos() as u64 });
+                attempt.settling = Some(Settle { pids: retired, next_check_ns: clock::after(now, SETTLE_POLL), deadline_ns: clock::after(now, SETTLE_MAX) });
             }
             Some(_) => self.declare_serving(new_pid),
             None => {}
@@ -168,7 +168,7 @@ impl Supervisor {
         };
         settle.pids.retain(|&pid| procs::holds_listener(pid));
         if !settle.pids.is_empty() && now < settle.deadline_ns {
-            settle.next_check_ns = now + SETTLE_POLL.as_nanos() as u64;
+            settle.next_check_ns = clock::after(now, SETTLE_POLL);
             return;
         }
         if !settle.pids.is_empty() {

@@ -288,7 +288,7 @@ impl Supervisor {
                 if serving_alive {
                     self.systemd.watchdog();
                 }
-                self.next_watchdog_ns = now + interval.as_nanos() as u64 / 2;
+                self.next_watchdog_ns = clock::after(now, interval / 2);
             }
         }
         if self.protocol.on_tick(now) {

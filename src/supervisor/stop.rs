@@ -103,7 +103,7 @@ impl Supervisor {
             }
             self.begin_stop(false);
         } else if now >= graceful.resend_ns {
-            graceful.resend_ns = now + RESEND.as_nanos() as u64;
+            graceful.resend_ns = clock::after(now, RESEND);
             let targets = self.protocol.signal_targets();
             info!("haproxy has not acted on SIGUSR1 yet: sending it again to {:?}", targets);
             for pid in targets {
@@ -144,7 +144,7 @@ impl Supervisor {
         }
         stop.killed.extend(pids);
         stop.kill_deadline_ns = None;
-        stop.next_sweep_ns = Some(now + KILL_SWEEP.as_nanos() as u64);
+        stop.next_sweep_ns = Some(clock::after(now, KILL_SWEEP));
     }
 
     pub(super) fn no_children_left(&mut self) -> bool {

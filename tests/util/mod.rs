@@ -3,8 +3,11 @@
 //! helpers, small /proc readers, and what the test files share (`both_modes!`, lookups of the fake
 //! haproxy's processes, common assertions).
 //!
-//! Each integration test file (tests/cli.rs, start_stop.rs, reload.rs, child_state.rs, pidfile.rs,
-//! notify_logs.rs, real_haproxy.rs) covers one concern and starts with `#[macro_use] mod util;`.
+//! Each integration test file covers one concern and starts with `#[macro_use] mod util;`: cli.rs,
+//! start_stop.rs, reload.rs, child_state.rs, pidfile.rs, notify_logs.rs, real_haproxy.rs,
+//! wait_reload.rs (the client), reload_truth.rs (the client's answer with real haproxy),
+//! robustness.rs (run directory, probe, stderr), upgrade.rs (re-exec into a new program). Each uses
+//! a part of this file, hence the `allow` below.
 //!
 //! Rules the helpers enforce: nothing here sleeps to wait for something; every wait is a handshake
 //! (notify datagram, event line, HTTP answer) or a poll with a deadline. Environment is passed to
