@@ -54,7 +54,7 @@ fn run() -> Result<u8, Error> {
         Err(e) => return Err(e),
     };
     if std::env::var_os(reexec::PROBE_ENV).is_some() {
-        return probe_answer(&command, resumed.as_deref());
+        return reexec::answer_probe(&command, resumed.as_deref());
     }
     match command {
         cli::Command::Help => {
@@ -84,28 +84,4 @@ fn run() -> Result<u8, Error> {
             supervisor.run()
         }
     }
-}
-
-/// The running wrapper asks, before exec'ing into this program, whether it takes the state and
-/// the command line (reexec::probe): yes only when both parse and agree on the mode.
-fn probe_answer(command: &cli::Command, state: Option<&str>) -> Result<u8, Error> {
-    let refuse = |why: String| Err(Error::Internal(format!("probe: {}", why)));
-    let hargs = match command {
-        cli::Command::Supervise(_, hargs) => hargs,
-        _ => return refuse("the command line does not supervise haproxy".into()),
-    };
-    let carried = match state.map(reexec::decode) {
-        Some(Ok(carried)) => carried,
-        Some(Err(e)) => return refuse(e),
-        None => return refuse("no state".into()),
-    };
-    let carried_mode = match carried.generations {
-        state::Generations::Foreground(_) => cli::Mode::Foreground,
-        state::Generations::MasterWorker(_) => cli::Mode::MasterWorker,
-    };
-    if carried_mode != hargs.mode {
-        return refuse(format!("the state is of {} mode, the command line of {}", carried_mode.name(), hargs.mode.name()));
-    }
-    println!("{}", reexec::PROBE_ANSWER);
-    Ok(0)
 }

@@ -10,6 +10,7 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use crate::cli;
 use crate::ledger::Ledger;
 use crate::state::{Carried, CarriedAttempt, ForegroundGenerations, Gen, Generations, LastReload, MasterReload, MasterWorkerGenerations};
 
@@ -335,6 +336,30 @@ pub fn probe(exe: &std::path::Path, state: &Carried, stop_asked: &dyn Fn() -> bo
     }
     let said = err.lines().chain(out.lines()).find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
     Err(format!("it does not take this wrapper's state ({}{})", status, if said.is_empty() { String::new() } else { format!(": {}", said) }))
+}
+
+/// The running wrapper asks, before exec'ing into this program, whether it takes the state and
+/// the command line (`probe`): yes only when both parse and agree on the mode.
+pub fn answer_probe(command: &cli::Command, state: Option<&str>) -> Result<u8, crate::error::Error> {
+    let refuse = |why: String| Err(crate::error::Error::Internal(format!("probe: {}", why)));
+    let hargs = match command {
+        cli::Command::Supervise(_, hargs) => hargs,
+        _ => return refuse("the command line does not supervise haproxy".into()),
+    };
+    let carried = match state.map(decode) {
+        Some(Ok(carried)) => carried,
+        Some(Err(e)) => return refuse(e),
+        None => return refuse("no state".into()),
+    };
+    let carried_mode = match carried.generations {
+        Generations::Foreground(_) => cli::Mode::Foreground,
+        Generations::MasterWorker(_) => cli::Mode::MasterWorker,
+    };
+    if carried_mode != hargs.mode {
+        return refuse(format!("the state is of {} mode, the command line of {}", carried_mode.name(), hargs.mode.name()));
+    }
+    println!("{}", PROBE_ANSWER);
+    Ok(0)
 }
 
 /// Is `exe` the very file the running image came from (no probe needed)?
