@@ -4,7 +4,9 @@
 use nix::sys::signal::Signal;
 
 use super::status::phase_text;
-use super::{Attempt, Phase, Settle, Supervisor, SETTLE_MAX, SETTLE_POLL};
+use std::time::Duration;
+
+use super::{Phase, Supervisor};
 use crate::clock::{self, now_ns};
 use crate::error::status_code;
 use crate::haproxy;
@@ -13,6 +15,34 @@ use crate::ledger;
 use crate::mode::StillServing;
 use crate::reexec;
 use crate::state::{Carried, CarriedAttempt, LastReload};
+
+/// One attempt at a new generation, the first start or a reload: what the loop keeps of it.
+pub(super) struct Attempt {
+    pub(super) gen: u32,
+    pub(super) first: bool,
+    pub(super) started_ns: u64,
+    pub(super) deadline_ns: u64,
+    /// The [ALERT] texts haproxy printed during the attempt: the first one leads its failure reason.
+    pub(super) alerts: Vec<String>,
+    /// Its entry in the reload ledger (reloads only).
+    pub(super) ledger_seq: Option<u64>,
+    /// The new generation serves; the older ones still listen (see `Settle`).
+    pub(super) settling: Option<Settle>,
+}
+
+/// A reload is declared done only once the generations it retired have stopped listening: an old
+/// haproxy soft-stopped by SIGUSR1 may still accept a connection for a moment (with `-x` it
+/// shares the very socket), and the first request after `systemctl reload` must reach the new
+/// configuration. Bounded: a generation that keeps listening does not hold the verdict forever.
+pub(super) struct Settle {
+    pub(super) pids: Vec<i32>,
+    pub(super) next_check_ns: u64,
+    pub(super) deadline_ns: u64,
+}
+
+/// How often, and how long at most, the retired generations' listeners are looked for.
+pub(super) const SETTLE_POLL: Duration = Duration::from_micros(500);
+pub(super) const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 impl Supervisor {
     pub(super) fn on_reload_request(&mut self, sig: Signal) {

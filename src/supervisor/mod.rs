@@ -31,59 +31,12 @@ use crate::procs;
 use crate::signals::{self, Action};
 use crate::state::LastReload;
 
+use attempt::Attempt;
 use status::{phase_text, status_line, StatusView};
+use stop::Stop;
 
 /// How many ALERT lines of one attempt are kept for its failure reason.
 const MAX_ALERTS: usize = 20;
-/// After the SIGKILL of a stop, how often the wrapper looks for processes that became its own
-/// since (workers reparented to it, the subreaper) and kills them too.
-const KILL_SWEEP: Duration = Duration::from_millis(100);
-
-/// One attempt at a new generation, the first start or a reload: what the loop keeps of it.
-struct Attempt {
-    gen: u32,
-    first: bool,
-    started_ns: u64,
-    deadline_ns: u64,
-    /// The [ALERT] texts haproxy printed during the attempt: the first one leads its failure reason.
-    alerts: Vec<String>,
-    /// Its entry in the reload ledger (reloads only).
-    ledger_seq: Option<u64>,
-    /// The new generation serves; the older ones still listen (see `Settle`).
-    settling: Option<Settle>,
-}
-
-/// A reload is declared done only once the generations it retired have stopped listening: an old
-/// haproxy soft-stopped by SIGUSR1 may still accept a connection for a moment (with `-x` it
-/// shares the very socket), and the first request after `systemctl reload` must reach the new
-/// configuration. Bounded: a generation that keeps listening does not hold the verdict forever.
-struct Settle {
-    pids: Vec<i32>,
-    next_check_ns: u64,
-    deadline_ns: u64,
-}
-
-/// How often, and how long at most, the retired generations' listeners are looked for.
-const SETTLE_POLL: Duration = Duration::from_micros(500);
-const SETTLE_MAX: Duration = Duration::from_secs(2);
-
-struct Stop {
-    /// When SIGKILL follows SIGTERM (None: a graceful stop, or already killed).
-    kill_deadline_ns: Option<u64>,
-    /// A graceful stop that haproxy has not acted on yet (see stop.rs).
-    unacknowledged: Option<GracefulStop>,
-    /// The processes the wrapper SIGKILLed, and when it next looks for more.
-    killed: Vec<i32>,
-    next_sweep_ns: Option<u64>,
-}
-
-/// A graceful stop waiting for haproxy to act on its SIGUSR1.
-struct GracefulStop {
-    /// When SIGUSR1 is sent again.
-    resend_ns: u64,
-    /// When the stop becomes a SIGTERM stop (--stop-timeout after the SIGUSR1).
-    escalate_ns: u64,
-}
 
 enum Phase {
     Starting(Attempt),

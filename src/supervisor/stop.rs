@@ -13,11 +13,34 @@ use nix::unistd::Pid;
 
 use std::time::Duration;
 
-use super::{GracefulStop, Phase, Stop, Supervisor, KILL_SWEEP};
+use super::{Phase, Supervisor};
 use crate::clock;
 use crate::error::{status_code, Error};
 use crate::haproxy;
 use crate::procs;
+
+/// After the SIGKILL of a stop, how often the wrapper looks for processes that became its own
+/// since (workers reparented to it, the subreaper) and kills them too.
+const KILL_SWEEP: Duration = Duration::from_millis(100);
+
+/// The stopping phase: what the loop keeps of a stop in progress.
+pub(super) struct Stop {
+    /// When SIGKILL follows SIGTERM (None: a graceful stop, or already killed).
+    pub(super) kill_deadline_ns: Option<u64>,
+    /// A graceful stop that haproxy has not acted on yet (`GracefulStop`).
+    pub(super) unacknowledged: Option<GracefulStop>,
+    /// The processes the wrapper SIGKILLed, and when it next looks for more.
+    pub(super) killed: Vec<i32>,
+    pub(super) next_sweep_ns: Option<u64>,
+}
+
+/// A graceful stop waiting for haproxy to act on its SIGUSR1.
+pub(super) struct GracefulStop {
+    /// When SIGUSR1 is sent again.
+    pub(super) resend_ns: u64,
+    /// When the stop becomes a SIGTERM stop (--stop-timeout after the SIGUSR1).
+    pub(super) escalate_ns: u64,
+}
 
 /// How often a graceful stop's SIGUSR1 is sent again until haproxy acted on it.
 const RESEND: Duration = Duration::from_millis(500);
