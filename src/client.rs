@@ -112,7 +112,7 @@ fn signal_pending(pid: i32) -> Option<bool> {
 
 /// The wrapper that wrote the ledger is no more: its pid is gone, reused (another start time), or
 /// a zombie (it exited; its parent has not reaped it yet).
-fn gone(pid: i32, start: u64) -> bool {
+fn wrapper_gone(pid: i32, start: u64) -> bool {
     crate::procs::start_time(pid) != Some(start) || matches!(crate::procs::stat(pid), Some((_, 'Z')) | None)
 }
 
@@ -174,8 +174,8 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
             Ok(l) => break l,
             Err(e) => e,
         };
-        if gone(pid, start) || !looks_like_wrapper(pid) {
-            let what = if gone(pid, start) { "ended" } else { "is not haproxy-systemd-wrapper" };
+        if wrapper_gone(pid, start) || !looks_like_wrapper(pid) {
+            let what = if wrapper_gone(pid, start) { "ended" } else { "is not haproxy-systemd-wrapper" };
             error!("process {} {}: cannot learn the reload's result", pid, what);
             return EXIT_NO_WRAPPER;
         }
@@ -202,7 +202,7 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
             error!("no reload was asked of pid {} (send it SIGUSR2 first)", pid);
             return crate::error::EXIT_USAGE;
         }
-        None if gone(pid, start) => {
+        None if wrapper_gone(pid, start) => {
             error!("haproxy-systemd-wrapper (pid {}) ended before the reload finished", pid);
             return EXIT_NO_WRAPPER;
         }
@@ -252,7 +252,7 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
             return EXIT_TIMEOUT;
         }
         waiter.wait(RECHECK.min(Duration::from_nanos(deadline - now)));
-        if gone(pid, start) {
+        if wrapper_gone(pid, start) {
             error!("haproxy-systemd-wrapper (pid {}) ended before the reload finished", pid);
             return EXIT_NO_WRAPPER;
         }
@@ -260,7 +260,7 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
             Ok(l) => ledger = l,
             Err(e) => {
                 // Removed at exit: the wrapper is ending.
-                if gone(pid, start) {
+                if wrapper_gone(pid, start) {
                     error!("haproxy-systemd-wrapper (pid {}) ended before the reload finished", pid);
                     return EXIT_NO_WRAPPER;
                 }

@@ -150,7 +150,7 @@ impl Relay {
     }
 
     /// Reads what is available (at most READ_BUDGET bytes per call, so the loop gets its turn
-    /// during a flood) and returns the complete lines; a line longer than MAX_LINE is cut there.
+    /// during a flood) and returns the complete lines; a line longer than MAX_RELAY_LINE is cut there.
     pub fn read_lines(&mut self) -> Vec<String> {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut lines = Vec::new();
@@ -171,12 +171,12 @@ impl Relay {
     }
 
     /// Moves the complete lines out of the buffer (one pass, one drain); a line longer than
-    /// MAX_LINE, complete or still growing, goes out in MAX_LINE pieces.
+    /// MAX_RELAY_LINE, complete or still growing, goes out in MAX_RELAY_LINE pieces.
     fn take_lines(&mut self, lines: &mut Vec<String>) {
         let mut start = 0;
         while let Some(i) = self.buf[start..].iter().position(|&b| b == b'\n') {
             let end = start + i;
-            for piece in self.buf[start..end].chunks(MAX_LINE) {
+            for piece in self.buf[start..end].chunks(MAX_RELAY_LINE) {
                 lines.push(String::from_utf8_lossy(piece).trim_end().to_string());
             }
             if start == end {
@@ -184,9 +184,9 @@ impl Relay {
             }
             start = end + 1;
         }
-        while self.buf.len() - start > MAX_LINE {
-            lines.push(String::from_utf8_lossy(&self.buf[start..start + MAX_LINE]).into_owned());
-            start += MAX_LINE;
+        while self.buf.len() - start > MAX_RELAY_LINE {
+            lines.push(String::from_utf8_lossy(&self.buf[start..start + MAX_RELAY_LINE]).into_owned());
+            start += MAX_RELAY_LINE;
         }
         self.buf.drain(..start);
     }
@@ -204,7 +204,7 @@ impl Relay {
 }
 
 /// The longest haproxy line relayed as one (the rest of a longer one follows as further lines).
-pub const MAX_LINE: usize = 16 * 1024;
+pub const MAX_RELAY_LINE: usize = 16 * 1024;
 /// How much of haproxy's output one turn of the loop reads at most.
 const READ_BUDGET: usize = 1 << 20;
 
@@ -262,14 +262,14 @@ mod tests {
         // A 40 KiB line without a newline yet: two 16 KiB pieces now, the rest when it ends.
         nix::unistd::write(r.w, &vec![b'x'; 40 * 1024]).unwrap();
         let got = r.read_lines();
-        assert_eq!(got.iter().map(String::len).collect::<Vec<_>>(), vec![MAX_LINE, MAX_LINE]);
+        assert_eq!(got.iter().map(String::len).collect::<Vec<_>>(), vec![MAX_RELAY_LINE, MAX_RELAY_LINE]);
         nix::unistd::write(r.w, b"\n").unwrap();
         assert_eq!(r.read_lines().iter().map(String::len).collect::<Vec<_>>(), vec![8 * 1024]);
         // A 20 KiB line with its newline: cut at 16 KiB, the rest follows as a line of its own.
         let mut long = vec![b'y'; 20 * 1024];
         long.push(b'\n');
         nix::unistd::write(r.w, &long).unwrap();
-        assert_eq!(r.read_lines().iter().map(String::len).collect::<Vec<_>>(), vec![MAX_LINE, 4 * 1024]);
+        assert_eq!(r.read_lines().iter().map(String::len).collect::<Vec<_>>(), vec![MAX_RELAY_LINE, 4 * 1024]);
         // Thousands of short lines, in order (a reload's "Proxy X stopped" lines).
         let text: String = (0..3000).map(|i| format!("[WARNING]  (1) : Proxy p{} stopped\n", i)).collect();
         let writer = std::thread::spawn({

@@ -21,7 +21,7 @@ const KEEP: usize = 32;
 /// Reason lines kept per attempt (the summary, then haproxy's [ALERT] lines).
 const MAX_REASON_LINES: usize = 21;
 /// Bytes kept of one reason line (cut at a character boundary).
-const MAX_LINE: usize = 512;
+const MAX_REASON_LINE: usize = 512;
 /// Largest ledger the wrapper writes (`Ledger::fit` keeps it there): well under what a reader
 /// accepts, and small enough to be carried across the re-exec in one environment variable
 /// (hex-encoded, under the kernel's 128 KiB per string).
@@ -74,12 +74,12 @@ pub struct Ledger {
     pub attempts: VecDeque<Attempt>,
 }
 
-/// One line of at most MAX_LINE bytes: control characters become spaces, and the text is cut at
+/// One line of at most MAX_REASON_LINE bytes: control characters become spaces, and the text is cut at
 /// a character boundary.
 fn one_line(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars().map(|c| if c.is_control() { ' ' } else { c }) {
-        if out.len() + c.len_utf8() > MAX_LINE {
+        if out.len() + c.len_utf8() > MAX_REASON_LINE {
             break;
         }
         out.push(c);

@@ -75,7 +75,7 @@ impl ProcView for Proc {
 }
 
 /// The process (or thread) is gone: what the walk was looking at no longer exists.
-fn gone(e: &io::Error) -> bool {
+fn vanished(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(nix::libc::ENOENT) | Some(nix::libc::ESRCH))
 }
 
@@ -84,7 +84,7 @@ fn gone(e: &io::Error) -> bool {
 fn stat_in(view: &dyn ProcView, pid: i32) -> io::Result<Option<(i32, char)>> {
     match view.read(&Path::new("/proc").join(pid.to_string()).join("stat")) {
         Ok(text) => Ok(parse_stat(&text)),
-        Err(e) if gone(&e) => Ok(None),
+        Err(e) if vanished(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -106,7 +106,7 @@ pub fn children_in(view: &dyn ProcView, parent: i32) -> io::Result<Vec<i32>> {
                 match view.read(&task_dir.join(task).join("children")) {
                     Ok(text) => out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok())),
                     // A thread that ended meanwhile has no children left to tell.
-                    Err(e) if gone(&e) => {}
+                    Err(e) if vanished(&e) => {}
                     Err(_) => {
                         complete = false;
                         break;
@@ -115,7 +115,7 @@ pub fn children_in(view: &dyn ProcView, parent: i32) -> io::Result<Vec<i32>> {
             }
             complete
         }
-        Err(e) if gone(&e) => return Ok(Vec::new()),
+        Err(e) if vanished(&e) => return Ok(Vec::new()),
         Err(_) => false,
     };
     if !from_tasks {

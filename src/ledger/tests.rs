@@ -146,14 +146,14 @@ fn what_the_wrapper_writes_its_reader_accepts_at_the_bound() {
     for n in 0..(3 * KEEP as u64) {
         l.requests = u64::MAX - 1000 + n;
         let seq = l.begin(u32::MAX, u64::MAX - n);
-        let reasons: Vec<String> = (0..30).map(|i| std::iter::repeat(chars[(n as usize + i) % 4]).take(MAX_LINE + i).collect()).collect();
+        let reasons: Vec<String> = (0..30).map(|i| std::iter::repeat(chars[(n as usize + i) % 4]).take(MAX_REASON_LINE + i).collect()).collect();
         l.finish(seq, Outcome::Failed { ms: u64::MAX, reasons });
         let text = l.encode();
         assert!(text.len() <= MAX_WRITTEN, "attempt {}: {} bytes written", n, text.len());
         assert_eq!(Ledger::parse(&text).as_ref(), Ok(&l), "attempt {}: the reader refuses or alters what was written", n);
         for a in &l.attempts {
             if let Outcome::Failed { reasons, .. } = &a.outcome {
-                assert!(reasons.iter().all(|r| r.len() <= MAX_LINE && r.len() > MAX_LINE - 4), "attempt {}: a line is not cut at its bound", a.seq);
+                assert!(reasons.iter().all(|r| r.len() <= MAX_REASON_LINE && r.len() > MAX_REASON_LINE - 4), "attempt {}: a line is not cut at its bound", a.seq);
                 // Every attempt keeps its summary, the newest all of its lines.
                 let want = if a.seq == seq { MAX_REASON_LINES } else { 1 };
                 assert!(reasons.len() >= want, "attempt {} kept {} lines", a.seq, reasons.len());
