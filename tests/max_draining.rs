@@ -90,12 +90,14 @@ fn systemctl_reload(t: &mut Ctx) -> Output {
 }
 
 fn describe(o: &Output) -> String {
-    format!("status {:?}; stdout: {}; stderr: {}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    format!("status {:?}; stdout: {out}; stderr: {err}", o.status.code())
 }
 
 /// A client connection through the frontend, once the backend has it (the `n`-th in all).
 fn hold_connection(t: &Ctx, backend: &HoldingBackend, n: usize) -> TcpStream {
-    let conn = TcpStream::connect((Ipv4Addr::LOCALHOST, t.port)).unwrap_or_else(|e| panic!("connect to the frontend: {e}"));
+    let conn = TcpStream::connect((Ipv4Addr::LOCALHOST, t.port));
+    let conn = conn.unwrap_or_else(|e| panic!("connect to the frontend: {e}"));
     backend.wait_accepted(n, T_REAL);
     conn
 }
@@ -110,7 +112,8 @@ fn serving_pid(status: &str, gen: u32) -> Option<i32> {
 fn wait_status(t: &Ctx, gen: u32, draining: usize) -> String {
     let want = format!("draining: {draining} (");
     let ok = t.notify().wait_for(T_REAL, |m| {
-        m.iter().rev().find_map(|m| m.get("STATUS")).map_or(false, |s| serving_pid(s, gen).is_some() && s.contains(&want))
+        let last = m.iter().rev().find_map(|m| m.get("STATUS"));
+        last.map_or(false, |s| serving_pid(s, gen).is_some() && s.contains(&want))
     });
     assert!(ok, "no STATUS with gen {gen} serving and '{want}':\n{}", t.notify().dump());
     t.notify().last_status().unwrap_or_default()
@@ -161,16 +164,16 @@ fn sixty_reloads_with_held_connections_keep_at_most_max_draining_generations() {
                 None
             }
         });
-        let children = settled.unwrap_or_else(|| panic!("reload {i}: more than {BOUND} + 1 children: {:?}", live_children(t.pid)));
+        let children =
+            settled.unwrap_or_else(|| panic!("reload {i}: more than {BOUND} + 1 children: {:?}", live_children(t.pid)));
         assert_eq!(children.len(), draining + 1, "reload {i}: children {children:?}, STATUS {status}");
         most = most.max(children.len());
         if (i as usize) > BOUND {
             // After reload i, gens i - 2 ..= i drain; gen i - 3, the oldest, was stopped.
             let stopped = i - BOUND as u32;
-            let line = format!(
-                "gen {stopped}: stopping haproxy pid {} (SIGTERM), its connections with it: more than {BOUND} draining generations",
-                pids[&stopped]
-            );
+            let pid = pids[&stopped];
+            let why = format!("more than {BOUND} draining generations");
+            let line = format!("gen {stopped}: stopping haproxy pid {pid} (SIGTERM), its connections with it: {why}");
             assert!(t.log().contains(&line), "reload {i}: no '{line}' in the log:\n{}", t.log());
             let conn = &mut conns[stopped as usize - 1];
             conn.set_read_timeout(Some(T_REAL)).unwrap();
@@ -186,7 +189,8 @@ fn sixty_reloads_with_held_connections_keep_at_most_max_draining_generations() {
         }
     }
     let log = t.log();
-    assert_eq!(log.matches("(SIGTERM), its connections with it: more than 3 draining").count(), RELOADS as usize - BOUND);
+    let stops = log.matches("(SIGTERM), its connections with it: more than 3 draining").count();
+    assert_eq!(stops, RELOADS as usize - BOUND, "one stop per reload past the bound");
     assert!(log.matches("re-executed ").count() >= RELOADS as usize, "every reload re-executes the wrapper:\n{log}");
     let cmdline = fs::read(format!("/proc/{}/cmdline", t.pid)).unwrap();
     assert!(String::from_utf8_lossy(&cmdline).contains("--max-draining\u{0}3\u{0}"), "the option comes back with argv");
@@ -221,7 +225,10 @@ fn generations_stopped_for_the_bound_cross_the_reexec_and_are_stopped_once() {
         pids.push(pid);
         let draining = (i as usize).min(2);
         let named: Vec<String> = ((gen - draining as u32)..gen).map(|g| pids[g as usize].to_string()).collect();
-        assert_shape(&status, &format!("foreground; gen {gen} serving (pid {pid}); draining: {draining} ({}); last reload: ok in # ms", named.join(" ")));
+        let named = named.join(" ");
+        let serving = format!("foreground; gen {gen} serving (pid {pid})");
+        let shape = format!("{serving}; draining: {draining} ({named}); last reload: ok in # ms");
+        assert_shape(&status, &shape);
         if i > 2 {
             let stopped = i - 2;
             let p = pids[stopped as usize];
@@ -248,7 +255,9 @@ fn generations_stopped_for_the_bound_cross_the_reexec_and_are_stopped_once() {
         assert!(seen.is_some(), "no '{reaped}':\n{}", t.log());
     }
     let none = format!("foreground; gen 6 serving (pid {}); draining: none; last reload: ok in # ms", pids[6]);
-    assert!(t.notify().wait_for(T, |m| m.last().and_then(|x| x.get("STATUS")).map_or(false, |s| has_shape(s, &none))), "{}", t.notify().dump());
+    let last_is_none = |m: &[Msg]| m.last().and_then(|x| x.get("STATUS")).map_or(false, |s| has_shape(s, &none));
+    let updated = t.notify().wait_for(T, last_is_none);
+    assert!(updated, "no STATUS with draining: none:\n{}", t.notify().dump());
     stop_and_expect_0(&mut t, T);
 }
 

@@ -194,7 +194,8 @@ impl Foreground {
                 None => break,
             };
             let why = format!("more than {} draining generations (--max-draining)", max);
-            notice!("gen {}: stopping haproxy pid {} (SIGTERM), its connections with it: {}", oldest.n, oldest.pid, why);
+            let (n, pid) = (oldest.n, oldest.pid);
+            notice!("gen {}: stopping haproxy pid {} (SIGTERM), its connections with it: {}", n, pid, why);
             haproxy::signal(oldest.pid, Signal::SIGTERM);
             self.generations.stopped.push(oldest);
         }

@@ -106,7 +106,10 @@ impl Supervisor {
             Mode::MasterWorker => {
                 info!("starting {} (master-worker mode, haproxy {})", env!("CARGO_PKG_NAME"), launch.program.display());
                 if opts.max_draining.is_some() {
-                    notice!("--max-draining has no effect in master-worker mode: haproxy's master owns its workers (its global setting mworker-max-reloads bounds them)");
+                    notice!(
+                        "--max-draining has no effect in master-worker mode: haproxy's master owns its workers \
+                         (its global setting mworker-max-reloads bounds them)"
+                    );
                 }
             }
         }

@@ -21,7 +21,8 @@ fn attempt(first: bool, with_handover: bool) -> Foreground {
         cli::Command::Supervise(_, h) => h,
         _ => unreachable!(),
     };
-    let launch = Launch { program: PathBuf::from("/nonexistent/haproxy"), args: hargs, relay_write: 2, max_draining: 50 };
+    let program = PathBuf::from("/nonexistent/haproxy");
+    let launch = Launch { program, args: hargs, relay_write: 2, max_draining: 50 };
     let generations = if first {
         ForegroundGenerations::default()
     } else {
@@ -178,7 +179,8 @@ fn the_oldest_go_first_whatever_the_order_they_were_carried_in() {
     // gen 10 replaces gen 9; carried out of order: gen 7 first.
     p.attempt.as_mut().unwrap().gen = 10;
     p.generations.serving = Some(Gen { n: 9, pid: SERVING });
-    p.generations.draining = vec![Gen { n: 7, pid: 4_000_017 }, Gen { n: 4, pid: 4_000_014 }, Gen { n: 6, pid: DRAINING }];
+    p.generations.draining =
+        vec![Gen { n: 7, pid: 4_000_017 }, Gen { n: 4, pid: 4_000_014 }, Gen { n: 6, pid: DRAINING }];
     p.on_event(&exit(SENTINEL, 0), &[]);
     p.commit();
     let stopped: Vec<u32> = p.generations.stopped.iter().map(|generation| generation.n).collect();
