@@ -93,10 +93,10 @@ impl Supervisor {
         let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
         let relay = Relay::new().map_err(|e| internal("pipe", e))?;
         let max_draining = opts.max_draining();
-        let mode = args.mode;
+        let run_mode = args.mode;
         let launch = Launch { program, args, relay_write: relay.w, max_draining };
         let protocol = mode::protocol(launch.clone(), None, std::process::id() as i32)?;
-        match mode {
+        match run_mode {
             Mode::Foreground => info!(
                 "starting {} (foreground mode, haproxy {}, at most {} draining generations)",
                 env!("CARGO_PKG_NAME"),
