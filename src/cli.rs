@@ -18,6 +18,10 @@ Wrapper options (before haproxy's arguments):
                          /usr/sbin/haproxy)
   --ready-timeout SECS   time a new haproxy has to become ready (default 30)
   --stop-timeout SECS    time between SIGTERM and SIGKILL on stop (default 20)
+  --max-draining N       foreground mode: at most N old generations draining;
+                         a reload past that stops the oldest (SIGTERM)
+                         (default 50; master-worker: haproxy's
+                         mworker-max-reloads)
   --run-dir DIR          where the reload ledger is kept, root-only (default
                          /run/haproxy-systemd-wrapper, the unit's RuntimeDirectory)
   --help                 print this help and exit
@@ -76,6 +80,19 @@ pub struct Options {
     pub stop_timeout: Duration,
     /// Where the reload ledger lives (see ledger.rs).
     pub run_dir: PathBuf,
+    /// `--max-draining N` as given (None: DEFAULT_MAX_DRAINING). Foreground mode only.
+    pub max_draining: Option<u32>,
+}
+
+/// Foreground mode: how many old generations may drain at once unless `--max-draining` says
+/// otherwise (haproxy's own `mworker-max-reloads` default, from 3.3).
+pub const DEFAULT_MAX_DRAINING: u32 = 50;
+
+impl Options {
+    /// The bound on draining generations in force.
+    pub fn max_draining(&self) -> u32 {
+        self.max_draining.unwrap_or(DEFAULT_MAX_DRAINING)
+    }
 }
 
 /// haproxy's arguments, classified.
@@ -109,6 +126,7 @@ where
         ready_timeout: Duration::from_secs(30),
         stop_timeout: Duration::from_secs(20),
         run_dir: PathBuf::from(crate::ledger::DEFAULT_RUN_DIR),
+        max_draining: None,
     };
     let mut wait_reload: Option<i32> = None;
     let mut timeout: Option<Duration> = None;
@@ -140,6 +158,9 @@ where
             }
             Some(Long("ready-timeout")) => opts.ready_timeout = seconds("--ready-timeout", parser.value().map_err(usage)?)?,
             Some(Long("stop-timeout")) => opts.stop_timeout = seconds("--stop-timeout", parser.value().map_err(usage)?)?,
+            Some(Long("max-draining")) => {
+                opts.max_draining = Some(generations("--max-draining", parser.value().map_err(usage)?)?);
+            }
             Some(Long("run-dir")) => {
                 let v = parser.value().map_err(usage)?;
                 if v.is_empty() {
@@ -192,6 +213,15 @@ fn seconds(name: &str, v: OsString) -> Result<Duration, Error> {
         // At least a millisecond: a value that rounds to 0 would make every attempt time out.
         Ok(x) if (0.001..=86400.0).contains(&x) => Ok(Duration::from_millis((x * 1000.0).round() as u64)),
         _ => Err(Error::Usage(format!("{} takes seconds between 0.001 and 86400, not '{}'", name, s))),
+    }
+}
+
+/// A positive whole number of generations.
+fn generations(name: &str, v: OsString) -> Result<u32, Error> {
+    let s = v.to_string_lossy();
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::Usage(format!("{} takes a positive whole number of generations, not '{}'", name, s))),
     }
 }
 

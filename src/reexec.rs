@@ -60,6 +60,9 @@ pub fn encode(state: &Carried) -> String {
                 out.push(format!("serving={}", gens(&[g])));
             }
             out.push(format!("draining={}", gens(&fg.draining)));
+            if !fg.stopped.is_empty() {
+                out.push(format!("stopped={}", gens(&fg.stopped)));
+            }
             out.push(format!("pidfile_written={}", fg.pidfile_written as u8));
         }
         Generations::MasterWorker(mw) => {
@@ -143,6 +146,7 @@ pub fn decode(s: &str) -> Result<Carried, String> {
             "next_gen" => state.next_gen = num(k, v)?,
             "serving" => serving = parse_gens(k, v)?.into_iter().next(),
             "draining" => fg.draining = parse_gens(k, v)?,
+            "stopped" => fg.stopped = parse_gens(k, v)?,
             "workers" => mw.workers = parse_pids(k, v)?,
             "old_workers" => mw.old_workers = parse_pids(k, v)?,
             "last" => {

@@ -28,6 +28,9 @@ pub struct ForegroundGenerations {
     pub serving: Option<Gen>,
     /// Older generations told to stop (by the new one's `-sf`), still finishing their connections.
     pub draining: Vec<Gen>,
+    /// Draining generations the wrapper stopped (SIGTERM) because more than `--max-draining`
+    /// drained at once, until they are reaped. Not counted as draining any more.
+    pub stopped: Vec<Gen>,
     /// The wrapper wrote the `-p` file (and removes it at exit).
     pub pidfile_written: bool,
 }

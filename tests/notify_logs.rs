@@ -157,7 +157,7 @@ both_modes! {
         let new = newest_serving(&t, mode);
         assert_ne!(old, new);
         let gen2 = serving_part(&t, mode, 2);
-        assert_shape(&status, &format!("{}; {gen2}; draining: {old}; last reload: ok in # ms", mode_word(mode)));
+        assert_shape(&status, &format!("{}; {gen2}; draining: 1 ({old}); last reload: ok in # ms", mode_word(mode)));
         t.wait_events("soft-stop of the old generation", 1, T, |e| e.pid == old && e.rest == "SIGUSR1");
         assert!(alive(old), "the old generation should still be draining");
         fs::write(&done, "").unwrap();

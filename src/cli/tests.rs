@@ -171,3 +171,39 @@ fn randomized_command_lines_parse_or_fail_with_a_usage_error() {
         }
     }
 }
+
+#[test]
+fn max_draining_takes_a_positive_whole_number() {
+    let (o, _) = supervise(&["-f", "x"]);
+    assert_eq!((o.max_draining, o.max_draining()), (None, DEFAULT_MAX_DRAINING));
+    assert_eq!(DEFAULT_MAX_DRAINING, 50);
+    let (o, _) = supervise(&["--max-draining", "3", "-f", "x"]);
+    assert_eq!((o.max_draining, o.max_draining()), (Some(3), 3));
+    let (o, h) = supervise(&["--max-draining=1", "-Ws", "-f", "x"]);
+    assert_eq!((o.max_draining(), h.mode), (1, Mode::MasterWorker), "accepted in master-worker mode too");
+}
+
+#[test]
+fn max_draining_refuses_zero_negatives_and_words() {
+    for bad in ["0", "-1", "-0", "abc", "", "2.5", "1e3", " 3", "99999999999"] {
+        match parse(os(&["--max-draining", bad, "-f", "x"])) {
+            Err(e @ Error::Usage(_)) => {
+                let m = e.to_string();
+                assert_eq!(e.exit_code(), crate::error::EXIT_USAGE);
+                assert!(!m.contains('\n'), "{:?}", m);
+                let named = format!("--max-draining takes a positive whole number of generations, not '{}'", bad);
+                assert!(m.contains(&named), "{:?} gave {:?}", bad, m);
+            }
+            other => panic!("--max-draining {:?} gave {:?}", bad, other),
+        }
+    }
+    match parse(os(&["--max-draining"])) {
+        Err(Error::Usage(m)) => assert!(m.contains("--max-draining"), "{}", m),
+        other => panic!("{:?}", other),
+    }
+    // After haproxy's arguments it is a wrapper option in the wrong place.
+    match parse(os(&["-f", "x", "--max-draining", "3"])) {
+        Err(Error::Usage(m)) => assert!(m.starts_with("--max-draining after haproxy's arguments"), "{}", m),
+        other => panic!("{:?}", other),
+    }
+}

@@ -12,6 +12,10 @@
 //! can bind only once the old one lets go) with the older generations in `-sf`, haproxy's own
 //! pause-and-retry. An address another program holds fails the reload at once: pausing ours would
 //! refuse connections and free nothing. The wrapper writes the `-p` pid file.
+//!
+//! At most `--max-draining` generations drain at once: a reload that would make one more stops
+//! the oldest draining haproxy (SIGTERM), which haproxy's own master does past
+//! `mworker-max-reloads`.
 
 use std::net::SocketAddr;
 
@@ -105,6 +109,7 @@ impl Foreground {
             }
         }
         generations.draining.retain(|generation| procs::is_child_of(generation.pid, wrapper_pid));
+        generations.stopped.retain(|generation| procs::is_child_of(generation.pid, wrapper_pid));
         Foreground { launch, generations, attempt: None }
     }
 
@@ -207,12 +212,38 @@ impl Foreground {
             self.generations.serving = None;
             return Outcome::ServingEnded(*status);
         }
-        if let Some(i) = self.generations.draining.iter().position(|generation| generation.pid == pid) {
-            let generation = self.generations.draining.remove(i);
+        let draining = &mut self.generations.draining;
+        let found = match draining.iter().position(|generation| generation.pid == pid) {
+            Some(i) => Some(draining.remove(i)),
+            None => {
+                let stopped = &mut self.generations.stopped;
+                stopped.iter().position(|generation| generation.pid == pid).map(|i| stopped.remove(i))
+            }
+        };
+        if let Some(generation) = found {
             info!("gen {}: haproxy pid {} finished draining (status {})", generation.n, pid, error::status_code(status).unwrap_or(1));
             return Outcome::StatusChanged;
         }
         Outcome::Nothing
+    }
+
+    /// More than `--max-draining` generations draining: the oldest ones are stopped (SIGTERM to
+    /// their own haproxy, which closes what connections they still hold) until the bound holds.
+    /// They are reaped as any draining generation is.
+    fn bound_draining(&mut self) {
+        let max = self.launch.max_draining.max(1) as usize;
+        while self.generations.draining.len() > max {
+            let draining = &mut self.generations.draining;
+            let oldest = match draining.iter().enumerate().min_by_key(|(_, generation)| generation.n).map(|(i, _)| i) {
+                Some(i) => draining.remove(i),
+                None => break,
+            };
+            let why = format!("more than {} draining generations (--max-draining)", max);
+            let (n, pid) = (oldest.n, oldest.pid);
+            notice!("gen {}: stopping haproxy pid {} (SIGTERM), its connections with it: {}", n, pid, why);
+            haproxy::signal(oldest.pid, Signal::SIGTERM);
+            self.generations.stopped.push(oldest);
+        }
     }
 
     fn write_pidfile(&mut self) {
@@ -300,6 +331,7 @@ impl Protocol for Foreground {
             }
         }
         self.generations.serving = Some(Gen { n: attempt.gen, pid });
+        self.bound_draining();
         self.write_pidfile();
         pid
     }
@@ -322,7 +354,9 @@ impl Protocol for Foreground {
     }
 
     fn signal_targets(&self) -> Vec<i32> {
-        self.generations.serving.iter().chain(self.generations.draining.iter()).map(|generation| generation.pid).collect()
+        let generations = &self.generations;
+        let all = generations.serving.iter().chain(generations.draining.iter()).chain(generations.stopped.iter());
+        all.map(|generation| generation.pid).collect()
     }
 
     fn serving_pid(&self) -> Option<i32> {

@@ -87,6 +87,8 @@ pub struct Launch {
     pub program: PathBuf,
     pub args: HaproxyArgs,
     pub relay_write: RawFd,
+    /// Foreground mode: at most this many draining generations (`--max-draining`).
+    pub max_draining: u32,
 }
 
 /// One haproxy mode. The loop calls `begin` to start a generation (the first start, or a reload

@@ -22,6 +22,7 @@ fn foreground() -> Generations {
     Generations::Foreground(ForegroundGenerations {
         serving: Some(Gen { n: 4, pid: 1000 }),
         draining: vec![Gen { n: 2, pid: 900 }, Gen { n: 3, pid: 950 }],
+        stopped: vec![Gen { n: 1, pid: 850 }],
         pidfile_written: true,
     })
 }
@@ -61,6 +62,19 @@ fn round_trips() {
     let mut other = sample(Generations::Foreground(ForegroundGenerations::default()));
     other.last_reload = LastReload::Ok { ms: 85 };
     assert_eq!(decode(&encode(&other)).unwrap(), other);
+}
+
+#[test]
+fn generations_stopped_for_max_draining_cross_the_exec_apart_from_the_draining_ones() {
+    let text = encode(&sample(foreground()));
+    assert!(text.contains(";draining=2:900,3:950;stopped=1:850;"), "{}", text);
+    // Nothing stopped: no key (a wrapper that does not know it reads the same state as before).
+    let mut none = sample(foreground());
+    if let Generations::Foreground(fg) = &mut none.generations {
+        fg.stopped.clear();
+    }
+    assert!(!encode(&none).contains("stopped="), "{}", encode(&none));
+    assert_eq!(decode(&encode(&none)).unwrap(), none);
 }
 
 #[test]
@@ -129,6 +143,7 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
         Generations::Foreground(ForegroundGenerations {
             serving: if rng.one_in(4) { None } else { Some(gen(rng)) },
             draining: (0..rng.below(4)).map(|_| gen(rng)).collect(),
+            stopped: (0..rng.below(3)).map(|_| gen(rng)).collect(),
             pidfile_written: rng.one_in(2),
         })
     };

@@ -5,7 +5,7 @@ use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 
 use super::{Attempt, Phase, Supervisor};
-use crate::cli::{HaproxyArgs, Options};
+use crate::cli::{HaproxyArgs, Mode, Options};
 use crate::clock::now_ns;
 use crate::error::Error;
 use crate::haproxy::{self, Relay};
@@ -92,9 +92,27 @@ impl Supervisor {
         close_inherited_on_exec();
         let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
         let relay = Relay::new().map_err(|e| internal("pipe", e))?;
-        let launch = Launch { program, args, relay_write: relay.w };
+        let max_draining = opts.max_draining();
+        let run_mode = args.mode;
+        let launch = Launch { program, args, relay_write: relay.w, max_draining };
         let protocol = mode::protocol(launch.clone(), None, std::process::id() as i32)?;
-        info!("starting {} ({} mode, haproxy {})", env!("CARGO_PKG_NAME"), protocol.name(), launch.program.display());
+        match run_mode {
+            Mode::Foreground => info!(
+                "starting {} (foreground mode, haproxy {}, at most {} draining generations)",
+                env!("CARGO_PKG_NAME"),
+                launch.program.display(),
+                max_draining
+            ),
+            Mode::MasterWorker => {
+                info!("starting {} (master-worker mode, haproxy {})", env!("CARGO_PKG_NAME"), launch.program.display());
+                if opts.max_draining.is_some() {
+                    notice!(
+                        "--max-draining has no effect in master-worker mode: haproxy's master owns its workers \
+                         (its global setting mworker-max-reloads bounds them)"
+                    );
+                }
+            }
+        }
         let ledger = ledger::Recorder::open(&opts.run_dir);
         let mut s = Supervisor::new(opts, protocol, exe, relay, signals, ledger);
         s.begin_attempt(now_ns(), true);
@@ -128,7 +146,7 @@ impl Supervisor {
             }
         };
         let relay = Relay::from_fds(carried.relay_read, carried.relay_write);
-        let launch = Launch { program, args, relay_write: carried.relay_write };
+        let launch = Launch { program, args, relay_write: carried.relay_write, max_draining: opts.max_draining() };
         let protocol = mode::protocol(launch, Some(carried.generations.clone()), me).map_err(unplaced)?;
         // The ledger as the previous image had it in memory, not as its file may (not) say.
         let ledger = ledger::Recorder::resume(&opts.run_dir, carried.ledger.clone());
@@ -174,7 +192,7 @@ impl Supervisor {
             _ => Relay::new().map_err(|e| internal("pipe", e))?,
         };
         let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
-        let launch = Launch { program: PathBuf::new(), args, relay_write: relay.w };
+        let launch = Launch { program: PathBuf::new(), args, relay_write: relay.w, max_draining: opts.max_draining() };
         let protocol = mode::protocol(launch, None, std::process::id() as i32)?;
         let ledger = ledger::Recorder::resume(&opts.run_dir, None);
         let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, ledger);

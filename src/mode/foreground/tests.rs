@@ -21,11 +21,17 @@ fn attempt(first: bool, with_handover: bool) -> Foreground {
         cli::Command::Supervise(_, h) => h,
         _ => unreachable!(),
     };
-    let launch = Launch { program: PathBuf::from("/nonexistent/haproxy"), args: hargs, relay_write: 2 };
+    let program = PathBuf::from("/nonexistent/haproxy");
+    let launch = Launch { program, args: hargs, relay_write: 2, max_draining: 50 };
     let generations = if first {
         ForegroundGenerations::default()
     } else {
-        ForegroundGenerations { serving: Some(Gen { n: 1, pid: SERVING }), draining: vec![Gen { n: 0, pid: DRAINING }], pidfile_written: false }
+        ForegroundGenerations {
+            serving: Some(Gen { n: 1, pid: SERVING }),
+            draining: vec![Gen { n: 0, pid: DRAINING }],
+            stopped: vec![],
+            pidfile_written: false,
+        }
     };
     let attempt = Attempt { gen: 2, first, sentinel: SENTINEL, haproxy: Some(NEW), with_handover, old_in_sf: false, retried: false, serving_ended: None };
     Foreground { launch, generations, attempt: Some(attempt) }
@@ -164,4 +170,49 @@ fn a_deadline_fails_the_attempt_with_69() {
     assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Attempt(Verdict::Failed { reason: "not ready after 1.5 s".into(), code: 69 }));
     p.attempt = None;
     assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Nothing);
+}
+
+#[test]
+fn past_max_draining_the_oldest_draining_generation_is_stopped_and_reaped_as_usual() {
+    let mut p = attempt(false, false);
+    p.launch.max_draining = 1;
+    assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.commit(), NEW);
+    // gen 1 (SERVING) now drains too: two, one more than the bound; gen 0 is the oldest.
+    assert_eq!(p.draining(), vec![SERVING]);
+    assert_eq!(p.generations.stopped, vec![Gen { n: 0, pid: DRAINING }]);
+    assert_eq!(p.signal_targets(), vec![NEW, SERVING, DRAINING], "a stop still waits for the stopped one");
+    match p.generations() {
+        Generations::Foreground(fg) => assert_eq!(fg.stopped, vec![Gen { n: 0, pid: DRAINING }]),
+        other => panic!("{:?}", other),
+    }
+    assert_eq!(p.on_event(&exit(DRAINING, 143), &[]), Outcome::StatusChanged);
+    assert!(p.generations.stopped.is_empty());
+    assert_eq!(p.signal_targets(), vec![NEW, SERVING]);
+}
+
+#[test]
+fn within_max_draining_nothing_is_stopped() {
+    let mut p = attempt(false, false);
+    p.launch.max_draining = 2;
+    p.on_event(&exit(SENTINEL, 0), &[]);
+    p.commit();
+    assert_eq!(p.draining(), vec![DRAINING, SERVING]);
+    assert!(p.generations.stopped.is_empty());
+}
+
+#[test]
+fn the_oldest_go_first_whatever_the_order_they_were_carried_in() {
+    let mut p = attempt(false, false);
+    p.launch.max_draining = 1;
+    // gen 10 replaces gen 9; carried out of order: gen 7 first.
+    p.attempt.as_mut().unwrap().gen = 10;
+    p.generations.serving = Some(Gen { n: 9, pid: SERVING });
+    p.generations.draining =
+        vec![Gen { n: 7, pid: 4_000_017 }, Gen { n: 4, pid: 4_000_014 }, Gen { n: 6, pid: DRAINING }];
+    p.on_event(&exit(SENTINEL, 0), &[]);
+    p.commit();
+    let stopped: Vec<u32> = p.generations.stopped.iter().map(|generation| generation.n).collect();
+    assert_eq!(stopped, vec![4, 6, 7]);
+    assert_eq!(p.draining(), vec![SERVING]);
 }

@@ -17,7 +17,8 @@ fn protocol(reload: bool) -> MasterWorker {
         cli::Command::Supervise(_, h) => h,
         _ => unreachable!(),
     };
-    let launch = Launch { program: PathBuf::from("/nonexistent/haproxy"), args: hargs, relay_write: 2 };
+    let program = PathBuf::from("/nonexistent/haproxy");
+    let launch = Launch { program, args: hargs, relay_write: 2, max_draining: 50 };
     let mut p = MasterWorker::fresh(launch, MasterSocket::bind().unwrap());
     if reload {
         p.generations.master = Some(Gen { n: 1, pid: MASTER });
