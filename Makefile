@@ -8,7 +8,7 @@ CARGO   ?= cargo
 CARGO_FLAGS ?= --locked
 BIN     := haproxy-systemd-wrapper
 
-.PHONY: all build test deps test-cargo cargo-test clean
+.PHONY: all build test deps lint test-cargo cargo-test clean
 all: build
 
 ## ---- core (build, unit + integration tests) ----
@@ -33,7 +33,13 @@ deps:
 # Unit tests and the integration tests (fake and real haproxy); `cargo-test` without installing anything
 # (the package builds run it, unprivileged: the tests that mount are #[ignore]d there and run here).
 test-cargo: deps
+	$(MAKE) lint
 	$(MAKE) cargo-test CARGO_TEST_ARGS=--include-ignored
+
+# The gate every change passes: rustfmt (rustfmt.toml) and clippy with warnings as errors.
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release $(CARGO_FLAGS) --all-targets -- -D warnings
 
 CARGO_TEST_ARGS ?=
 cargo-test:

@@ -156,8 +156,12 @@ where
                 }
                 opts.haproxy = Some(PathBuf::from(v));
             }
-            Some(Long("ready-timeout")) => opts.ready_timeout = seconds("--ready-timeout", parser.value().map_err(usage)?)?,
-            Some(Long("stop-timeout")) => opts.stop_timeout = seconds("--stop-timeout", parser.value().map_err(usage)?)?,
+            Some(Long("ready-timeout")) => {
+                opts.ready_timeout = seconds("--ready-timeout", parser.value().map_err(usage)?)?
+            }
+            Some(Long("stop-timeout")) => {
+                opts.stop_timeout = seconds("--stop-timeout", parser.value().map_err(usage)?)?
+            }
             Some(Long("max-draining")) => {
                 opts.max_draining = Some(generations("--max-draining", parser.value().map_err(usage)?)?);
             }
@@ -172,7 +176,12 @@ where
                 let v = parser.value().map_err(usage)?;
                 match v.to_str().and_then(|s| s.parse::<i32>().ok()) {
                     Some(p) if p > 1 => wait_reload = Some(p),
-                    _ => return Err(Error::Usage(format!("--wait-reload takes the wrapper's pid ($MAINPID), not '{}'", v.to_string_lossy()))),
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "--wait-reload takes the wrapper's pid ($MAINPID), not '{}'",
+                            v.to_string_lossy()
+                        )))
+                    }
                 }
             }
             Some(Long("timeout")) => timeout = Some(seconds("--timeout", parser.value().map_err(usage)?)?),
@@ -189,7 +198,11 @@ where
             return Err(Error::Usage("--wait-reload takes no haproxy arguments".into()));
         }
         let timeout = timeout.unwrap_or(crate::client::DEFAULT_TIMEOUT);
-        return Ok(Command::WaitReload(crate::client::WaitOptions { pid, run_dir: opts.run_dir, timeout }));
+        return Ok(Command::WaitReload(crate::client::WaitOptions {
+            pid,
+            run_dir: opts.run_dir,
+            timeout,
+        }));
     }
     if timeout.is_some() {
         return Err(Error::Usage("--timeout goes with --wait-reload".into()));
@@ -212,7 +225,10 @@ fn seconds(name: &str, v: OsString) -> Result<Duration, Error> {
     match s.parse::<f64>() {
         // At least a millisecond: a value that rounds to 0 would make every attempt time out.
         Ok(x) if (0.001..=86400.0).contains(&x) => Ok(Duration::from_millis((x * 1000.0).round() as u64)),
-        _ => Err(Error::Usage(format!("{} takes seconds between 0.001 and 86400, not '{}'", name, s))),
+        _ => Err(Error::Usage(format!(
+            "{} takes seconds between 0.001 and 86400, not '{}'",
+            name, s
+        ))),
     }
 }
 
@@ -221,7 +237,10 @@ fn generations(name: &str, v: OsString) -> Result<u32, Error> {
     let s = v.to_string_lossy();
     match s.parse::<u32>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(Error::Usage(format!("{} takes a positive whole number of generations, not '{}'", name, s))),
+        _ => Err(Error::Usage(format!(
+            "{} takes a positive whole number of generations, not '{}'",
+            name, s
+        ))),
     }
 }
 
@@ -264,7 +283,10 @@ pub fn classify(args: &[OsString]) -> Result<HaproxyArgs, Error> {
         }
         if a.starts_with("--") {
             // haproxy has no long options: a wrapper option that came after haproxy's arguments.
-            return Err(Error::Usage(format!("{} after haproxy's arguments: wrapper options go first", a)));
+            return Err(Error::Usage(format!(
+                "{} after haproxy's arguments: wrapper options go first",
+                a
+            )));
         }
         if takes_value(&a) {
             let value = match args.get(i + 1) {
@@ -324,7 +346,13 @@ pub fn classify(args: &[OsString]) -> Result<HaproxyArgs, Error> {
         }
     }
     base.extend(kept);
-    Ok(HaproxyArgs { mode, pidfile, handover_socket: handover, base, notes })
+    Ok(HaproxyArgs {
+        mode,
+        pidfile,
+        handover_socket: handover,
+        base,
+        notes,
+    })
 }
 
 /// The default haproxy program: beside the wrapper, named without `-systemd-wrapper`.

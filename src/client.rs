@@ -36,9 +36,17 @@ pub enum Target {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer<'a> {
     Wait,
-    Served { gen: u32, ms: u64 },
+    Served {
+        gen: u32,
+        ms: u64,
+    },
     /// `late`: haproxy may still complete it, or did (master-worker, at --ready-timeout).
-    Failed { gen: u32, ms: u64, reasons: &'a [String], late: Late },
+    Failed {
+        gen: u32,
+        ms: u64,
+        reasons: &'a [String],
+        late: Late,
+    },
     /// The wrapper is stopping and no attempt answers us.
     Stopping,
 }
@@ -51,7 +59,12 @@ pub fn answer(ledger: &Ledger, target: Target) -> Answer<'_> {
     });
     match ours.map(|a| (a.gen, &a.outcome, a.late)) {
         Some((gen, Outcome::Ok { ms }, _)) => Answer::Served { gen, ms: *ms },
-        Some((gen, Outcome::Failed { ms, reasons }, late)) => Answer::Failed { gen, ms: *ms, reasons, late },
+        Some((gen, Outcome::Failed { ms, reasons }, late)) => Answer::Failed {
+            gen,
+            ms: *ms,
+            reasons,
+            late,
+        },
         _ if ledger.stopping => Answer::Stopping,
         _ => Answer::Wait,
     }
@@ -67,7 +80,10 @@ pub fn reload_pending(status: &str) -> Option<bool> {
 fn looks_like_wrapper(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{}/exe", pid))
         .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().starts_with(env!("CARGO_PKG_NAME"))))
+        .and_then(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().starts_with(env!("CARGO_PKG_NAME")))
+        })
         .unwrap_or(false)
 }
 
@@ -79,7 +95,12 @@ fn is_client(pid: i32) -> bool {
         Err(_) => return false,
     };
     use std::os::unix::ffi::OsStrExt;
-    let args: Vec<std::ffi::OsString> = cmdline.split(|b| *b == 0).skip(1).filter(|a| !a.is_empty()).map(|a| std::ffi::OsStr::from_bytes(a).to_os_string()).collect();
+    let args: Vec<std::ffi::OsString> = cmdline
+        .split(|b| *b == 0)
+        .skip(1)
+        .filter(|a| !a.is_empty())
+        .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
+        .collect();
     matches!(crate::cli::parse(args), Ok(crate::cli::Command::WaitReload(_)))
 }
 
@@ -90,24 +111,44 @@ const MISSING_GRACE: Duration = Duration::from_secs(2);
 
 /// When the ledger cannot be read: is that the wrapper's failure to record the result (then why,
 /// in one line), or may it still come (None)?
-fn unrecorded(pid: i32, run_dir: &Path, file: &Path, err: &ledger::LoadError, missing_for_long: bool) -> Option<String> {
-    let cannot = |why: String| Some(format!("haproxy-systemd-wrapper (pid {}) could not record the reload's result: {}; see its log (systemctl status)", pid, why));
+fn unrecorded(
+    pid: i32,
+    run_dir: &Path,
+    file: &Path,
+    err: &ledger::LoadError,
+    missing_for_long: bool,
+) -> Option<String> {
+    let cannot = |why: String| {
+        Some(format!(
+            "haproxy-systemd-wrapper (pid {}) could not record the reload's result: {}; see its log (systemctl status)",
+            pid, why
+        ))
+    };
     match err {
         // Emptied before the wrapper counted our request (the signal still pending): an earlier
         // failure; its attempt to record ours is still to come.
         ledger::LoadError::Unrecorded if signal_pending(pid) != Some(false) => None,
-        ledger::LoadError::Unrecorded => cannot(format!("it failed to write its reload ledger {} (a full or unwritable run directory)", file.display())),
+        ledger::LoadError::Unrecorded => cannot(format!(
+            "it failed to write its reload ledger {} (a full or unwritable run directory)",
+            file.display()
+        )),
         ledger::LoadError::Bad(why) => cannot(format!("its reload ledger {} is unreadable ({})", file.display(), why)),
         ledger::LoadError::Missing => match ledger::check_dir(run_dir) {
             Err(Some(why)) => cannot(format!("its run directory is unusable ({})", why)),
-            _ if missing_for_long => cannot(format!("its reload ledger {} is missing {} s after the request was counted", file.display(), MISSING_GRACE.as_secs())),
+            _ if missing_for_long => cannot(format!(
+                "its reload ledger {} is missing {} s after the request was counted",
+                file.display(),
+                MISSING_GRACE.as_secs()
+            )),
             _ => None,
         },
     }
 }
 
 fn signal_pending(pid: i32) -> Option<bool> {
-    std::fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| reload_pending(&s))
+    std::fs::read_to_string(format!("/proc/{}/status", pid))
+        .ok()
+        .and_then(|s| reload_pending(&s))
 }
 
 /// The wrapper that wrote the ledger is no more: its pid is gone, reused (another start time), or
@@ -124,9 +165,15 @@ struct Waiter {
 impl Waiter {
     fn new(dir: &Path) -> Waiter {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok().filter(|i| {
-            i.add_watch(dir, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_DELETE).is_ok()
-        });
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .ok()
+            .filter(|i| {
+                i.add_watch(
+                    dir,
+                    AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_DELETE,
+                )
+                .is_ok()
+            });
         Waiter { inotify }
     }
 
@@ -160,7 +207,10 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
         }
     };
     if looks_like_wrapper(pid) && is_client(pid) {
-        error!("process {} is a --wait-reload client, not haproxy-systemd-wrapper: give it the wrapper's pid ($MAINPID)", pid);
+        error!(
+            "process {} is a --wait-reload client, not haproxy-systemd-wrapper: give it the wrapper's pid ($MAINPID)",
+            pid
+        );
         return EXIT_NO_WRAPPER;
     }
     let file = ledger::path(&opts.run_dir, pid);
@@ -175,18 +225,28 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
             Err(e) => e,
         };
         if wrapper_gone(pid, start) || !looks_like_wrapper(pid) {
-            let what = if wrapper_gone(pid, start) { "ended" } else { "is not haproxy-systemd-wrapper" };
+            let what = if wrapper_gone(pid, start) {
+                "ended"
+            } else {
+                "is not haproxy-systemd-wrapper"
+            };
             error!("process {} {}: cannot learn the reload's result", pid, what);
             return EXIT_NO_WRAPPER;
         }
         // A ledger still missing once the signal has been read (and so counted) for a while.
-        let missing_for_long = clock::now_ns() >= clock::after(asked_at, MISSING_GRACE) && signal_pending(pid) == Some(false);
+        let missing_for_long =
+            clock::now_ns() >= clock::after(asked_at, MISSING_GRACE) && signal_pending(pid) == Some(false);
         if let Some(why) = unrecorded(pid, &opts.run_dir, &file, &err, missing_for_long) {
             error!("{}", why);
             return EXIT_UNRECORDED;
         }
         if clock::now_ns() >= deadline {
-            error!("no reload ledger {} for pid {} after {} s: cannot learn the reload's result", file.display(), pid, opts.timeout.as_secs_f64());
+            error!(
+                "no reload ledger {} for pid {} after {} s: cannot learn the reload's result",
+                file.display(),
+                pid,
+                opts.timeout.as_secs_f64()
+            );
             return EXIT_TIMEOUT;
         }
         waiter.wait(RECHECK);
@@ -218,8 +278,16 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
                 println!("reload ok: gen {} serving, ready in {} ms", gen, ms);
                 return EXIT_OK;
             }
-            Answer::Failed { gen, late: Late::Served { ms: late_ms }, ms, .. } => {
-                println!("reload ok: gen {} serving, ready in {} ms (late: reported failed after {} ms, at --ready-timeout)", gen, late_ms, ms);
+            Answer::Failed {
+                gen,
+                late: Late::Served { ms: late_ms },
+                ms,
+                ..
+            } => {
+                println!(
+                    "reload ok: gen {} serving, ready in {} ms (late: reported failed after {} ms, at --ready-timeout)",
+                    gen, late_ms, ms
+                );
                 return EXIT_OK;
             }
             Answer::Failed { gen, ms, reasons, late } => {
@@ -227,12 +295,21 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
                 let summary = lines.next().map(String::as_str).unwrap_or("no reason recorded");
                 if late == Late::Possible {
                     // The master cannot be told to give the reload up: it may still take effect.
-                    error!("reload to gen {} failed after {} ms: {}; haproxy may still complete it", gen, ms, summary);
+                    error!(
+                        "reload to gen {} failed after {} ms: {}; haproxy may still complete it",
+                        gen, ms, summary
+                    );
                 } else if ledger.stopping {
                     // The wrapper found nothing serving after the failure (or was asked to stop).
-                    error!("reload to gen {} failed after {} ms and the service is stopping: {}", gen, ms, summary);
+                    error!(
+                        "reload to gen {} failed after {} ms and the service is stopping: {}",
+                        gen, ms, summary
+                    );
                 } else {
-                    error!("reload to gen {} failed after {} ms, the previous generation keeps serving: {}", gen, ms, summary);
+                    error!(
+                        "reload to gen {} failed after {} ms, the previous generation keeps serving: {}",
+                        gen, ms, summary
+                    );
                 }
                 // haproxy's own [ALERT] lines (tag restored), so that `systemctl status` shows them.
                 for l in lines {
@@ -241,14 +318,20 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
                 return EXIT_FAILED;
             }
             Answer::Stopping => {
-                error!("haproxy-systemd-wrapper (pid {}) is stopping: the reload did not take effect", pid);
+                error!(
+                    "haproxy-systemd-wrapper (pid {}) is stopping: the reload did not take effect",
+                    pid
+                );
                 return EXIT_NO_WRAPPER;
             }
             Answer::Wait => {}
         }
         let now = clock::now_ns();
         if now >= deadline {
-            error!("no result for the reload after {} s: it is still in progress (see systemctl status)", opts.timeout.as_secs_f64());
+            error!(
+                "no result for the reload after {} s: it is still in progress (see systemctl status)",
+                opts.timeout.as_secs_f64()
+            );
             return EXIT_TIMEOUT;
         }
         waiter.wait(RECHECK.min(Duration::from_nanos(deadline - now)));
@@ -286,7 +369,13 @@ mod tests {
         l.finish(a, Outcome::Ok { ms: 40 });
         l.requests = 3;
         let b = l.begin(3, 200);
-        l.finish(b, Outcome::Failed { ms: 7, reasons: vec!["bad".into()] });
+        l.finish(
+            b,
+            Outcome::Failed {
+                ms: 7,
+                reasons: vec!["bad".into()],
+            },
+        );
         l.requests = 4;
         l.begin(4, 300);
         l
@@ -296,14 +385,38 @@ mod tests {
     fn the_attempt_that_answers_the_request() {
         let mut l = ledger();
         assert_eq!(answer(&l, Target::Covers(1)), Answer::Served { gen: 2, ms: 40 });
-        assert_eq!(answer(&l, Target::Covers(2)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()], late: Late::No });
-        assert_eq!(answer(&l, Target::Covers(3)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()], late: Late::No });
+        assert_eq!(
+            answer(&l, Target::Covers(2)),
+            Answer::Failed {
+                gen: 3,
+                ms: 7,
+                reasons: &["bad".to_string()],
+                late: Late::No
+            }
+        );
+        assert_eq!(
+            answer(&l, Target::Covers(3)),
+            Answer::Failed {
+                gen: 3,
+                ms: 7,
+                reasons: &["bad".to_string()],
+                late: Late::No
+            }
+        );
         // Counted, its attempt still running.
         assert_eq!(answer(&l, Target::Covers(4)), Answer::Wait);
         // Counted, not begun yet (coalesced into the next attempt).
         assert_eq!(answer(&l, Target::Covers(5)), Answer::Wait);
         // Pending when asked at t=150: the attempt begun at 200 answers, never the one of 100.
-        assert_eq!(answer(&l, Target::BegunAfter(150)), Answer::Failed { gen: 3, ms: 7, reasons: &["bad".to_string()], late: Late::No });
+        assert_eq!(
+            answer(&l, Target::BegunAfter(150)),
+            Answer::Failed {
+                gen: 3,
+                ms: 7,
+                reasons: &["bad".to_string()],
+                late: Late::No
+            }
+        );
         assert_eq!(answer(&l, Target::BegunAfter(300)), Answer::Wait);
         l.stopping = true;
         assert_eq!(answer(&l, Target::BegunAfter(300)), Answer::Stopping);
@@ -313,7 +426,8 @@ mod tests {
 
     #[test]
     fn pending_reload_signals_from_proc_status() {
-        let st = |shd: &str, sig: &str| format!("Name:\tx\nSigQ:\t0/1\nSigPnd:\t{}\nShdPnd:\t{}\nSigBlk:\t0\n", sig, shd);
+        let st =
+            |shd: &str, sig: &str| format!("Name:\tx\nSigQ:\t0/1\nSigPnd:\t{}\nShdPnd:\t{}\nSigBlk:\t0\n", sig, shd);
         assert_eq!(reload_pending(&st("0000000000000000", "0000000000000000")), Some(false));
         assert_eq!(reload_pending(&st("0000000000000800", "0000000000000000")), Some(true)); // SIGUSR2
         assert_eq!(reload_pending(&st("0000000000000000", "0000000000000001")), Some(true)); // SIGHUP

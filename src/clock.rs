@@ -49,7 +49,10 @@ mod tests {
     #[test]
     fn poll_timeout_is_the_earliest_deadline_rounded_up() {
         assert_eq!(poll_timeout_ms(&[None, None], 5), -1);
-        assert_eq!(poll_timeout_ms(&[Some(3_000_000_000), Some(1_500_000), None], 1_000_000), 1);
+        assert_eq!(
+            poll_timeout_ms(&[Some(3_000_000_000), Some(1_500_000), None], 1_000_000),
+            1
+        );
         assert_eq!(poll_timeout_ms(&[Some(10)], 20), 0);
         assert!(deadline_after(Duration::from_secs(1)) > now_ns());
         assert_eq!(after(5, Duration::from_nanos(7)), 12);

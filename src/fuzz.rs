@@ -15,7 +15,10 @@ pub struct Rng(u64);
 const INTERESTING: &[u8] = b" \t\n\r;=:,-+.0123456789abcdefABCDEFxX()[]'\"\\%@/\x00\x7f\xc3\xa9\xe2\x82\xac\xff";
 
 /// Characters for text: ASCII, separators, multibyte characters (2, 3 and 4 bytes), controls.
-const CHARS: &[char] = &['a', 'Z', '0', '9', ' ', '\t', '\n', '\r', ';', '=', ':', ',', '(', ')', '[', ']', '-', '+', '.', 'é', '€', '𝄞', '\u{0}', '\u{7f}', '\u{2028}', '\u{fffd}'];
+const CHARS: &[char] = &[
+    'a', 'Z', '0', '9', ' ', '\t', '\n', '\r', ';', '=', ':', ',', '(', ')', '[', ']', '-', '+', '.', 'é', '€', '𝄞',
+    '\u{0}', '\u{7f}', '\u{2028}', '\u{fffd}',
+];
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
@@ -50,7 +53,16 @@ impl Rng {
         match self.below(4) {
             0 => self.below(10) as u64,
             1 => self.below(100_000) as u64,
-            2 => *self.pick(&[0, 1, u32::MAX as u64, i32::MAX as u64, i32::MAX as u64 + 1, 4_194_304, 4_194_305, u64::MAX]),
+            2 => *self.pick(&[
+                0,
+                1,
+                u32::MAX as u64,
+                i32::MAX as u64,
+                i32::MAX as u64 + 1,
+                4_194_304,
+                4_194_305,
+                u64::MAX,
+            ]),
             _ => self.next(),
         }
     }
@@ -58,13 +70,29 @@ impl Rng {
     /// Up to `max` bytes, random or from the interesting ones.
     pub fn bytes(&mut self, max: usize) -> Vec<u8> {
         let n = self.below(max + 1);
-        (0..n).map(|_| if self.one_in(2) { *self.pick(INTERESTING) } else { self.next() as u8 }).collect()
+        (0..n)
+            .map(|_| {
+                if self.one_in(2) {
+                    *self.pick(INTERESTING)
+                } else {
+                    self.next() as u8
+                }
+            })
+            .collect()
     }
 
     /// Up to `max` characters of text (valid UTF-8, multibyte and control characters included).
     pub fn text(&mut self, max: usize) -> String {
         let n = self.below(max + 1);
-        (0..n).map(|_| if self.one_in(3) { char::from(b' ' + self.below(95) as u8) } else { *self.pick(CHARS) }).collect()
+        (0..n)
+            .map(|_| {
+                if self.one_in(3) {
+                    char::from(b' ' + self.below(95) as u8)
+                } else {
+                    *self.pick(CHARS)
+                }
+            })
+            .collect()
     }
 
     /// `input` with one to four random edits: a byte changed, bytes inserted (random, from
@@ -79,7 +107,11 @@ impl Rng {
                     out[i] = self.next() as u8;
                 }
                 1 => {
-                    let insert = if alphabet.is_empty() || self.one_in(3) { self.bytes(4) } else { (0..1 + self.below(3)).map(|_| *self.pick(alphabet)).collect() };
+                    let insert = if alphabet.is_empty() || self.one_in(3) {
+                        self.bytes(4)
+                    } else {
+                        (0..1 + self.below(3)).map(|_| *self.pick(alphabet)).collect()
+                    };
                     out.splice(at..at, insert);
                 }
                 2 if !out.is_empty() => {

@@ -64,7 +64,9 @@ pub fn spawn(program: &Path, args: &[OsString], relay_w: RawFd, notify_socket: O
     };
     // SAFETY: `out` and `err` are fresh duplicates owned by nothing else; Stdio takes them over.
     unsafe {
-        cmd.stdin(Stdio::null()).stdout(Stdio::from_raw_fd(out)).stderr(Stdio::from_raw_fd(err));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from_raw_fd(out))
+            .stderr(Stdio::from_raw_fd(err));
         cmd.pre_exec(signals::reset_for_child);
     }
     let child = cmd.spawn()?;
@@ -108,7 +110,10 @@ pub fn locate(explicit: Option<&Path>, wrapper_exe: &Path) -> Result<PathBuf, cr
     let path = program_path(explicit, wrapper_exe);
     match std::fs::metadata(&path) {
         Err(e) => Err(Error::from_spawn(&path, &e)),
-        Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!("haproxy not executable: {} is a directory", path.display()))),
+        Ok(m) if m.is_dir() => Err(Error::NotExecutable(format!(
+            "haproxy not executable: {} is a directory",
+            path.display()
+        ))),
         Ok(_) => match nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK) {
             Ok(()) => Ok(path),
             Err(e) => Err(Error::from_spawn(&path, &std::io::Error::from(e))),
@@ -227,17 +232,37 @@ mod tests {
     #[test]
     fn foreground_args_put_ours_first() {
         let base = os(&["-db", "-f", "a.cfg", "--", "b.cfg"]);
-        assert_eq!(foreground_args(&base, &[7], None), os(&["-db", "-sf", "7", "-f", "a.cfg", "--", "b.cfg"]));
+        assert_eq!(
+            foreground_args(&base, &[7], None),
+            os(&["-db", "-sf", "7", "-f", "a.cfg", "--", "b.cfg"])
+        );
         assert_eq!(
             foreground_args(&base, &[7, 100, 200], Some(Path::new("/run/a.sock"))),
-            os(&["-db", "-x", "/run/a.sock", "-sf", "7", "100", "200", "-f", "a.cfg", "--", "b.cfg"])
+            os(&[
+                "-db",
+                "-x",
+                "/run/a.sock",
+                "-sf",
+                "7",
+                "100",
+                "200",
+                "-f",
+                "a.cfg",
+                "--",
+                "b.cfg"
+            ])
         );
     }
 
     #[test]
     fn locate_reports_missing_and_not_executable() {
         let me = Path::new("/nonexistent/haproxy-systemd-wrapper");
-        assert_eq!(locate(Some(Path::new("/nonexistent/haproxy")), me).unwrap_err().exit_code(), 127);
+        assert_eq!(
+            locate(Some(Path::new("/nonexistent/haproxy")), me)
+                .unwrap_err()
+                .exit_code(),
+            127
+        );
         let plain = std::env::temp_dir().join(format!("hsw-locate-{}", std::process::id()));
         std::fs::write(&plain, b"not a program").unwrap();
         assert_eq!(locate(Some(&plain), me).unwrap_err().exit_code(), 126);
@@ -262,16 +287,27 @@ mod tests {
         // A 40 KiB line without a newline yet: two 16 KiB pieces now, the rest when it ends.
         nix::unistd::write(r.w, &vec![b'x'; 40 * 1024]).unwrap();
         let got = r.read_lines();
-        assert_eq!(got.iter().map(String::len).collect::<Vec<_>>(), vec![MAX_RELAY_LINE, MAX_RELAY_LINE]);
+        assert_eq!(
+            got.iter().map(String::len).collect::<Vec<_>>(),
+            vec![MAX_RELAY_LINE, MAX_RELAY_LINE]
+        );
         nix::unistd::write(r.w, b"\n").unwrap();
-        assert_eq!(r.read_lines().iter().map(String::len).collect::<Vec<_>>(), vec![8 * 1024]);
+        assert_eq!(
+            r.read_lines().iter().map(String::len).collect::<Vec<_>>(),
+            vec![8 * 1024]
+        );
         // A 20 KiB line with its newline: cut at 16 KiB, the rest follows as a line of its own.
         let mut long = vec![b'y'; 20 * 1024];
         long.push(b'\n');
         nix::unistd::write(r.w, &long).unwrap();
-        assert_eq!(r.read_lines().iter().map(String::len).collect::<Vec<_>>(), vec![MAX_RELAY_LINE, 4 * 1024]);
+        assert_eq!(
+            r.read_lines().iter().map(String::len).collect::<Vec<_>>(),
+            vec![MAX_RELAY_LINE, 4 * 1024]
+        );
         // Thousands of short lines, in order (a reload's "Proxy X stopped" lines).
-        let text: String = (0..3000).map(|i| format!("[WARNING]  (1) : Proxy p{} stopped\n", i)).collect();
+        let text: String = (0..3000)
+            .map(|i| format!("[WARNING]  (1) : Proxy p{} stopped\n", i))
+            .collect();
         let writer = std::thread::spawn({
             let w = r.w;
             move || nix::unistd::write(w, text.as_bytes()).unwrap()
@@ -281,6 +317,9 @@ mod tests {
             all.extend(r.read_lines());
         }
         writer.join().unwrap();
-        assert!(all.iter().enumerate().all(|(i, l)| l == &format!("[WARNING]  (1) : Proxy p{} stopped", i)));
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l == &format!("[WARNING]  (1) : Proxy p{} stopped", i)));
     }
 }

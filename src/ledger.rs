@@ -94,7 +94,13 @@ fn reason_len(seq: u64, text: &str) -> usize {
 
 impl Ledger {
     pub fn new(pid: i32, start_time: u64) -> Ledger {
-        Ledger { pid, start_time, requests: 0, stopping: false, attempts: VecDeque::new() }
+        Ledger {
+            pid,
+            start_time,
+            requests: 0,
+            stopping: false,
+            attempts: VecDeque::new(),
+        }
     }
 
     fn next_seq(&self) -> u64 {
@@ -104,7 +110,14 @@ impl Ledger {
     /// A reload attempt begins; it answers every request counted so far. Returns its seq.
     pub fn begin(&mut self, gen: u32, now_ns: u64) -> u64 {
         let seq = self.next_seq();
-        self.attempts.push_back(Attempt { seq, covers: self.requests, begun_ns: now_ns, gen, outcome: Outcome::Pending, late: Late::No });
+        self.attempts.push_back(Attempt {
+            seq,
+            covers: self.requests,
+            begun_ns: now_ns,
+            gen,
+            outcome: Outcome::Pending,
+            late: Late::No,
+        });
         while self.attempts.len() > KEEP {
             self.attempts.pop_front();
         }
@@ -113,9 +126,10 @@ impl Ledger {
 
     pub fn finish(&mut self, seq: u64, outcome: Outcome) {
         let outcome = match outcome {
-            Outcome::Failed { ms, reasons } => {
-                Outcome::Failed { ms, reasons: reasons.iter().take(MAX_REASON_LINES).map(|r| one_line(r)).collect() }
-            }
+            Outcome::Failed { ms, reasons } => Outcome::Failed {
+                ms,
+                reasons: reasons.iter().take(MAX_REASON_LINES).map(|r| one_line(r)).collect(),
+            },
             other => other,
         };
         if let Some(a) = self.attempts.iter_mut().find(|a| a.seq == seq) {
@@ -148,20 +162,36 @@ impl Ledger {
 
     /// What became of the last attempt at `gen` that may still complete.
     pub fn set_late(&mut self, gen: u32, late: Late) {
-        if let Some(a) = self.attempts.iter_mut().rev().find(|a| a.gen == gen && matches!(a.outcome, Outcome::Failed { .. })) {
+        if let Some(a) = self
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|a| a.gen == gen && matches!(a.outcome, Outcome::Failed { .. }))
+        {
             a.late = late;
         }
     }
 
     pub fn encode(&self) -> String {
-        let mut out = format!("{} {}\npid {}\nstart {}\nrequests {}\nstate {}\n", MAGIC, VERSION, self.pid, self.start_time, self.requests, if self.stopping { "stopping" } else { "running" });
+        let mut out = format!(
+            "{} {}\npid {}\nstart {}\nrequests {}\nstate {}\n",
+            MAGIC,
+            VERSION,
+            self.pid,
+            self.start_time,
+            self.requests,
+            if self.stopping { "stopping" } else { "running" }
+        );
         for a in &self.attempts {
             let (word, ms) = match &a.outcome {
                 Outcome::Pending => ("pending", 0),
                 Outcome::Ok { ms } => ("ok", *ms),
                 Outcome::Failed { ms, .. } => ("failed", *ms),
             };
-            out.push_str(&format!("attempt {} {} {} {} {} {}\n", a.seq, a.covers, a.begun_ns, a.gen, word, ms));
+            out.push_str(&format!(
+                "attempt {} {} {} {} {} {}\n",
+                a.seq, a.covers, a.begun_ns, a.gen, word, ms
+            ));
             if let Outcome::Failed { reasons, .. } = &a.outcome {
                 for r in reasons {
                     out.push_str(&format!("reason {} {}\n", a.seq, r));
@@ -184,12 +214,20 @@ impl Ledger {
         let mut lines = text.lines().enumerate();
         match lines.next() {
             Some((_, l)) if l == format!("{} {}", MAGIC, VERSION) => {}
-            Some((_, l)) if l.starts_with(MAGIC) => return Err(format!("ledger version '{}' is not {}", one_line(l), VERSION)),
+            Some((_, l)) if l.starts_with(MAGIC) => {
+                return Err(format!("ledger version '{}' is not {}", one_line(l), VERSION))
+            }
             _ => return Err("not a reload ledger".into()),
         }
         let mut ledger = Ledger::new(0, 0);
         for (i, line) in lines {
-            let bad = || format!("line {}: '{}'", i + 1, one_line(line).chars().take(60).collect::<String>());
+            let bad = || {
+                format!(
+                    "line {}: '{}'",
+                    i + 1,
+                    one_line(line).chars().take(60).collect::<String>()
+                )
+            };
             let (key, rest) = line.split_once(' ').ok_or_else(bad)?;
             let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
             match key {
@@ -216,12 +254,24 @@ impl Ledger {
                         _ => return Err(bad()),
                     };
                     let gen = u32::try_from(num(f[3])?).map_err(|_| bad())?;
-                    ledger.attempts.push_back(Attempt { seq: num(f[0])?, covers: num(f[1])?, begun_ns: num(f[2])?, gen, outcome, late: Late::No });
+                    ledger.attempts.push_back(Attempt {
+                        seq: num(f[0])?,
+                        covers: num(f[1])?,
+                        begun_ns: num(f[2])?,
+                        gen,
+                        outcome,
+                        late: Late::No,
+                    });
                 }
                 "reason" => {
                     let (seq, text) = rest.split_once(' ').unwrap_or((rest, ""));
                     let seq = num(seq)?;
-                    match ledger.attempts.iter_mut().find(|a| a.seq == seq).map(|a| &mut a.outcome) {
+                    match ledger
+                        .attempts
+                        .iter_mut()
+                        .find(|a| a.seq == seq)
+                        .map(|a| &mut a.outcome)
+                    {
                         Some(Outcome::Failed { reasons, .. }) => reasons.push(text.to_string()),
                         _ => return Err(bad()),
                     }
@@ -262,8 +312,14 @@ pub fn check_dir(dir: &Path) -> Result<(), Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(None),
         Err(e) => Err(Some(format!("{}: {}", dir.display(), e))),
         Ok(m) if !m.file_type().is_dir() => Err(Some(format!("{} is not a directory", dir.display()))),
-        Ok(m) if m.uid() != nix::unistd::geteuid().as_raw() => Err(Some(format!("{} is owned by uid {}, not us", dir.display(), m.uid()))),
-        Ok(m) if m.mode() & 0o022 != 0 => Err(Some(format!("{} is writable by others (mode {:o})", dir.display(), m.mode() & 0o7777))),
+        Ok(m) if m.uid() != nix::unistd::geteuid().as_raw() => {
+            Err(Some(format!("{} is owned by uid {}, not us", dir.display(), m.uid())))
+        }
+        Ok(m) if m.mode() & 0o022 != 0 => Err(Some(format!(
+            "{} is writable by others (mode {:o})",
+            dir.display(),
+            m.mode() & 0o7777
+        ))),
         Ok(_) => Ok(()),
     }
 }
@@ -275,7 +331,9 @@ pub fn prepare_dir(dir: &Path) -> Result<(), String> {
         Err(None) => match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => Ok(()),
             // Created meanwhile by someone else: check what it is.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => check_dir(dir).map_err(|e| e.unwrap_or_else(|| format!("{} vanished", dir.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                check_dir(dir).map_err(|e| e.unwrap_or_else(|| format!("{} vanished", dir.display())))
+            }
             Err(e) => Err(format!("cannot create {}: {}", dir.display(), e)),
         },
         Err(Some(why)) => Err(why),
@@ -305,7 +363,9 @@ pub fn store(dir: &Path, ledger: &Ledger) -> std::io::Result<()> {
         }
         other => other?,
     };
-    let result = f.write_all(ledger.encode().as_bytes()).and_then(|_| std::fs::rename(&tmp, &target));
+    let result = f
+        .write_all(ledger.encode().as_bytes())
+        .and_then(|_| std::fs::rename(&tmp, &target));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -323,7 +383,8 @@ fn mark_unrecorded(dir: &Path, pid: i32) -> std::io::Result<()> {
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(&target)
         .and_then(|f| f.metadata().map(|m| m.file_type().is_file()));
-    let absent = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR);
+    let absent =
+        |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR);
     match emptied {
         Ok(true) => Ok(()),
         // No file to mark (no directory either): a client finds none.
@@ -364,13 +425,21 @@ pub fn load(file: &Path) -> Result<Ledger, LoadError> {
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(file)
-        .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR) { LoadError::Missing } else { LoadError::Bad(e.to_string()) })?;
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR) {
+                LoadError::Missing
+            } else {
+                LoadError::Bad(e.to_string())
+            }
+        })?;
     let meta = f.metadata().map_err(|e| LoadError::Bad(e.to_string()))?;
     if !meta.file_type().is_file() {
         return Err(LoadError::Bad("not a regular file".into()));
     }
     let mut buf = Vec::new();
-    f.take(MAX_FILE as u64 + 1).read_to_end(&mut buf).map_err(|e| LoadError::Bad(e.to_string()))?;
+    f.take(MAX_FILE as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| LoadError::Bad(e.to_string()))?;
     if buf.is_empty() {
         return Err(LoadError::Unrecorded);
     }
@@ -418,7 +487,11 @@ impl Recorder {
     }
 
     fn with(dir: &Path, ledger: Ledger) -> Recorder {
-        let mut r = Recorder { dir: dir.to_path_buf(), ledger, failing: false };
+        let mut r = Recorder {
+            dir: dir.to_path_buf(),
+            ledger,
+            failing: false,
+        };
         r.save();
         r
     }
@@ -435,8 +508,17 @@ impl Recorder {
                 if !self.failing {
                     self.failing = true;
                     match marked {
-                        Ok(()) => warning!("cannot write the reload ledger in {}: {}; --wait-reload says the result is unrecorded", self.dir.display(), e),
-                        Err(e2) => warning!("cannot write the reload ledger in {}: {}; nor empty it: {}", self.dir.display(), e, e2),
+                        Ok(()) => warning!(
+                            "cannot write the reload ledger in {}: {}; --wait-reload says the result is unrecorded",
+                            self.dir.display(),
+                            e
+                        ),
+                        Err(e2) => warning!(
+                            "cannot write the reload ledger in {}: {}; nor empty it: {}",
+                            self.dir.display(),
+                            e,
+                            e2
+                        ),
                     }
                 }
             }

@@ -24,7 +24,9 @@ static STDERR_IS_JOURNAL: AtomicU8 = AtomicU8::new(0);
 /// to the journal) name the file stderr is? The check systemd's own log.c makes: a child that
 /// inherited the variable but writes elsewhere must not prefix.
 pub fn names_stderr(journal_stream: Option<&str>, stderr: Option<(u64, u64)>) -> bool {
-    let parsed = journal_stream.and_then(|v| v.split_once(':')).and_then(|(dev, ino)| Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?)));
+    let parsed = journal_stream
+        .and_then(|v| v.split_once(':'))
+        .and_then(|(dev, ino)| Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?)));
     matches!((parsed, stderr), (Some(named), Some(actual)) if named == actual)
 }
 
@@ -36,7 +38,9 @@ fn stderr_is_journal() -> bool {
             let stream = std::env::var("JOURNAL_STREAM").ok();
             // dev_t and ino_t are not u64 on every architecture Debian builds for.
             #[allow(clippy::unnecessary_cast)]
-            let stderr = nix::sys::stat::fstat(2).ok().map(|st| (st.st_dev as u64, st.st_ino as u64));
+            let stderr = nix::sys::stat::fstat(2)
+                .ok()
+                .map(|st| (st.st_dev as u64, st.st_ino as u64));
             let journal = names_stderr(stream.as_deref(), stderr);
             STDERR_IS_JOURNAL.store(if journal { 2 } else { 1 }, Ordering::Relaxed);
             journal
@@ -73,7 +77,12 @@ static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 fn open_sink() -> Sink {
     use nix::sys::stat::SFlag;
     let kind = nix::sys::stat::fstat(2).map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
-    let mut sink = Sink { fd: 2, socket: false, rest: Vec::new(), dropped: 0 };
+    let mut sink = Sink {
+        fd: 2,
+        socket: false,
+        rest: Vec::new(),
+        dropped: 0,
+    };
     match kind {
         Ok(k) if k == SFlag::S_IFSOCK => sink.socket = true,
         Ok(k) if k == SFlag::S_IFIFO || k == SFlag::S_IFCHR => {
@@ -103,7 +112,11 @@ impl Sink {
     fn write_once(&self, bytes: &[u8]) -> Wrote {
         loop {
             let r = if self.socket {
-                nix::sys::socket::send(self.fd, bytes, nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+                nix::sys::socket::send(
+                    self.fd,
+                    bytes,
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                )
             } else {
                 nix::unistd::write(self.fd, bytes)
             };
@@ -136,7 +149,14 @@ impl Sink {
         let told = self.dropped;
         if told > 0 {
             let journal = stderr_is_journal();
-            out.extend_from_slice(line(WARNING, format_args!("{} log lines dropped: stderr was not ready to take them", told), journal).as_bytes());
+            out.extend_from_slice(
+                line(
+                    WARNING,
+                    format_args!("{} log lines dropped: stderr was not ready to take them", told),
+                    journal,
+                )
+                .as_bytes(),
+            );
         }
         out.extend_from_slice(bytes);
         match self.write_once(&out) {
@@ -147,7 +167,10 @@ impl Sink {
             Wrote::Part(n) => {
                 // The line cut in two is finished first, at the next write; the whole lines
                 // after it are dropped.
-                let cut_end = out[n..].iter().position(|&b| b == b'\n').map_or(out.len(), |i| n + i + 1);
+                let cut_end = out[n..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(out.len(), |i| n + i + 1);
                 self.rest = out[n..cut_end].to_vec();
                 let after = out[cut_end..].iter().filter(|&&b| b == b'\n').count() as u64;
                 // The count told (if any) went out with the first bytes.
@@ -217,7 +240,13 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(burst: u32, window: std::time::Duration) -> RateLimit {
-        RateLimit { burst, window_ns: crate::clock::nanos(window), window_start_ns: 0, in_window: 0, held_back: 0 }
+        RateLimit {
+            burst,
+            window_ns: crate::clock::nanos(window),
+            window_start_ns: 0,
+            in_window: 0,
+            held_back: 0,
+        }
     }
 
     /// Some(lines held back since the last one let through) when this line may be logged.
@@ -283,7 +312,9 @@ mod tests {
         // The next window: the count of what was held back comes with its first line.
         assert_eq!(r.allow(10 + s), Some(987));
         assert_eq!(r.allow(11 + s), Some(0));
-        let allowed = (0..100_000u64).filter(|i| r.allow(3 * s + i * 20_000).is_some()).count();
+        let allowed = (0..100_000u64)
+            .filter(|i| r.allow(3 * s + i * 20_000).is_some())
+            .count();
         assert_eq!(allowed, 3 * 2, "100 000 events over 2 s make two windows of 3 lines");
     }
 
@@ -293,12 +324,20 @@ mod tests {
         let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
         // Two pages: the first line takes one, the next write fills the other and is cut.
         fcntl(w, FcntlArg::F_SETPIPE_SZ(8192)).unwrap();
-        let mut sink = Sink { fd: w, socket: false, rest: Vec::new(), dropped: 0 };
+        let mut sink = Sink {
+            fd: w,
+            socket: false,
+            rest: Vec::new(),
+            dropped: 0,
+        };
         let line = |c: &str| format!("{}\n", c.repeat(2999));
         assert!(sink.write_lines(line("a").as_bytes(), 1));
         let batch = format!("{}{}{}", line("b"), line("c"), "d\n".repeat(10));
         assert!(!sink.write_lines(batch.as_bytes(), 12));
-        assert_eq!(sink.dropped, 10, "the whole lines after the cut one are dropped and counted");
+        assert_eq!(
+            sink.dropped, 10,
+            "the whole lines after the cut one are dropped and counted"
+        );
         assert!(!sink.rest.is_empty() && sink.rest.len() < 3000 && sink.rest.ends_with(b"c\n"));
         // Nothing more fits: dropped, counted, never blocking.
         assert!(!sink.write_lines(b"x\n", 1));
@@ -313,7 +352,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{:?}", lines);
         assert!(lines[0].chars().all(|c| c == 'c'), "{:?}", lines);
-        assert!(lines[1].ends_with("11 log lines dropped: stderr was not ready to take them"), "{:?}", lines);
+        assert!(
+            lines[1].ends_with("11 log lines dropped: stderr was not ready to take them"),
+            "{:?}",
+            lines
+        );
         assert_eq!(lines[2], "e");
         assert_eq!(sink.dropped, 0);
         let _ = (nix::unistd::close(r), nix::unistd::close(w));
@@ -325,9 +368,16 @@ mod tests {
         use std::os::unix::io::AsRawFd;
         // The journal's stream socket: written with MSG_DONTWAIT, its own flags untouched.
         let (ours, mut journal) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut sink = Sink { fd: ours.as_raw_fd(), socket: true, rest: Vec::new(), dropped: 0 };
+        let mut sink = Sink {
+            fd: ours.as_raw_fd(),
+            socket: true,
+            rest: Vec::new(),
+            dropped: 0,
+        };
         let line = format!("{}\n", "x".repeat(999));
-        let written = (0..100_000).take_while(|_| sink.write_lines(line.as_bytes(), 1)).count();
+        let written = (0..100_000)
+            .take_while(|_| sink.write_lines(line.as_bytes(), 1))
+            .count();
         assert!(written < 100_000, "a socket nobody reads took 100 MB");
         assert!(sink.dropped >= 1);
         let dropped = sink.dropped + (0..5).filter(|_| !sink.write_lines(line.as_bytes(), 1)).count() as u64;
@@ -337,7 +387,14 @@ mod tests {
         assert!(sink.write_lines(b"after\n", 1));
         let n = journal.read(&mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        assert!(text.ends_with(&format!("{} log lines dropped: stderr was not ready to take them\nafter\n", dropped)), "{:?}", text);
+        assert!(
+            text.ends_with(&format!(
+                "{} log lines dropped: stderr was not ready to take them\nafter\n",
+                dropped
+            )),
+            "{:?}",
+            text
+        );
     }
 
     #[test]
@@ -348,15 +405,24 @@ mod tests {
         assert!(!names_stderr(None, Some((64768, 123456))));
         assert!(!names_stderr(Some(""), Some((0, 0))));
         assert!(!names_stderr(Some("x:1"), Some((0, 1))));
-        assert_eq!(line(ERR, format_args!("usage error: {}", "x\ny"), false), "usage error: x y\n");
-        assert_eq!(line(ERR, format_args!("usage error: {}", "x"), true), "<3>usage error: x\n");
+        assert_eq!(
+            line(ERR, format_args!("usage error: {}", "x\ny"), false),
+            "usage error: x y\n"
+        );
+        assert_eq!(
+            line(ERR, format_args!("usage error: {}", "x"), true),
+            "<3>usage error: x\n"
+        );
     }
 
     #[test]
     fn priorities_follow_haproxy_tags() {
         assert_eq!(haproxy_line_priority("[ALERT]    (12) : config : x"), ERR);
         assert_eq!(haproxy_line_priority("[WARNING]  (12) : Proxy fe stopped"), WARNING);
-        assert_eq!(haproxy_line_priority("[NOTICE]   (12) : New worker (13) forked"), NOTICE);
+        assert_eq!(
+            haproxy_line_priority("[NOTICE]   (12) : New worker (13) forked"),
+            NOTICE
+        );
         assert_eq!(haproxy_line_priority("plain text"), INFO);
     }
 
@@ -366,7 +432,10 @@ mod tests {
             alert_text("[ALERT]    (5967) : config : parsing [good.cfg:11] : unknown keyword 'garbage'"),
             Some("config : parsing [good.cfg:11] : unknown keyword 'garbage'")
         );
-        assert_eq!(alert_text("[ALERT] 123/456 (7) : Starting frontend fe: cannot bind"), Some("123/456 (7) : Starting frontend fe: cannot bind"));
+        assert_eq!(
+            alert_text("[ALERT] 123/456 (7) : Starting frontend fe: cannot bind"),
+            Some("123/456 (7) : Starting frontend fe: cannot bind")
+        );
         assert_eq!(alert_text("[WARNING]  (1) : x"), None);
     }
 
@@ -383,19 +452,39 @@ mod tests {
         ];
         for case in 0..CASES {
             let base = *rng.pick(&valid);
-            let line = if case % 3 == 0 { rng.text(60) } else { rng.mutate_text(base, b"[]():ALERT ") };
+            let line = if case % 3 == 0 {
+                rng.text(60)
+            } else {
+                rng.mutate_text(base, b"[]():ALERT ")
+            };
             let priority = haproxy_line_priority(&line);
             assert!((ERR..=DEBUG).contains(&priority), "case {}: {:?}", case, line);
             let is_alert = line.trim_start().starts_with("[ALERT]");
-            assert_eq!(priority == ERR, is_alert || line.trim_start().starts_with("[EMERG]"), "case {}: {:?}", case, line);
+            assert_eq!(
+                priority == ERR,
+                is_alert || line.trim_start().starts_with("[EMERG]"),
+                "case {}: {:?}",
+                case,
+                line
+            );
             match alert_text(&line) {
                 Some(text) => {
                     assert!(is_alert, "case {}: {:?}", case, line);
                     // A piece of the line itself, trimmed, without the tag.
                     let start = text.as_ptr() as usize - line.as_ptr() as usize;
-                    assert!(start <= line.len() && line[start..].starts_with(text), "case {}: {:?}", case, line);
+                    assert!(
+                        start <= line.len() && line[start..].starts_with(text),
+                        "case {}: {:?}",
+                        case,
+                        line
+                    );
                     assert_eq!(text, text.trim(), "case {}: {:?}", case, line);
-                    assert!(!text.starts_with("[ALERT]") || line.matches("[ALERT]").count() > 1, "case {}: {:?}", case, line);
+                    assert!(
+                        !text.starts_with("[ALERT]") || line.matches("[ALERT]").count() > 1,
+                        "case {}: {:?}",
+                        case,
+                        line
+                    );
                 }
                 None => assert!(!is_alert, "case {}: {:?}", case, line),
             }

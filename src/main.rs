@@ -50,7 +50,12 @@ fn run() -> Result<u8, Error> {
     }
     let command = match cli::parse(args) {
         Ok(c) => c,
-        Err(e) if resumed.is_some() => return Err(Error::Internal(format!("re-executed with arguments it cannot parse: {}", e))),
+        Err(e) if resumed.is_some() => {
+            return Err(Error::Internal(format!(
+                "re-executed with arguments it cannot parse: {}",
+                e
+            )))
+        }
         Err(e) => return Err(e),
     };
     if std::env::var_os(reexec::PROBE_ENV).is_some() {
@@ -68,7 +73,10 @@ fn run() -> Result<u8, Error> {
         cli::Command::Exec(opts, args) => {
             let program = haproxy::locate(opts.haproxy.as_deref(), &procs::own_program())?;
             let _ = signals::unblock_all();
-            let err = std::process::Command::new(&program).args(&args).env_remove("NOTIFY_SOCKET").exec();
+            let err = std::process::Command::new(&program)
+                .args(&args)
+                .env_remove("NOTIFY_SOCKET")
+                .exec();
             Err(Error::from_spawn(&program, &err))
         }
         cli::Command::WaitReload(w) => Ok(client::wait_reload(&w)),

@@ -76,7 +76,11 @@ fn enqueue(pending: &mut VecDeque<Pending>, text: String, kind: Kind, now_ns: u6
     if kind != Kind::State {
         pending.retain(|p| p.kind != kind);
     }
-    pending.push_back(Pending { text, kind, since_ns: now_ns });
+    pending.push_back(Pending {
+        text,
+        kind,
+        since_ns: now_ns,
+    });
     if pending.iter().filter(|p| p.kind == Kind::State).count() > MAX_PENDING {
         let oldest = pending.iter().position(|p| p.kind == Kind::State)?;
         return pending.remove(oldest);
@@ -88,7 +92,12 @@ impl Systemd {
     pub fn new() -> Systemd {
         let target = notify_socket_value(std::env::var_os("NOTIFY_SOCKET")).and_then(|value| {
             let opened = notify_address(&value).and_then(|addr| {
-                let raw = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+                let raw = socket::socket(
+                    AddressFamily::Unix,
+                    SockType::Datagram,
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                    None,
+                )?;
                 // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
                 Ok((unsafe { OwnedFd::from_raw_fd(raw) }, addr))
             });
@@ -100,7 +109,13 @@ impl Systemd {
                 }
             }
         });
-        Systemd { target, last_status: String::new(), pending: VecDeque::new(), next_retry_ns: None, warned_full: false }
+        Systemd {
+            target,
+            last_status: String::new(),
+            pending: VecDeque::new(),
+            next_retry_ns: None,
+            warned_full: false,
+        }
     }
 
     fn send(&mut self, fields: &[NotifyState], kind: Kind) {
@@ -109,7 +124,11 @@ impl Systemd {
         }
         let now = crate::clock::now_ns();
         if let Some(lost) = enqueue(&mut self.pending, message(fields), kind, now) {
-            error!("systemd's notify socket is full: gave up {:?} after {} waiting messages", lost.text.trim_end(), MAX_PENDING);
+            error!(
+                "systemd's notify socket is full: gave up {:?} after {} waiting messages",
+                lost.text.trim_end(),
+                MAX_PENDING
+            );
         }
         self.flush(now);
     }
@@ -121,7 +140,12 @@ impl Systemd {
             None => return,
         };
         while let Some(first) = self.pending.front() {
-            match socket::sendto(fd.as_raw_fd(), first.text.as_bytes(), addr, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+            match socket::sendto(
+                fd.as_raw_fd(),
+                first.text.as_bytes(),
+                addr,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(_) => {}
                 Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {
                     if !self.warned_full {
@@ -139,11 +163,19 @@ impl Systemd {
         self.pending.retain(|p| {
             let keep = now_ns.saturating_sub(p.since_ns) < retry_for;
             if !keep && p.kind == Kind::State {
-                error!("systemd's notify socket stayed full for {} s: gave up {:?}", RETRY_FOR.as_secs(), p.text.trim_end());
+                error!(
+                    "systemd's notify socket stayed full for {} s: gave up {:?}",
+                    RETRY_FOR.as_secs(),
+                    p.text.trim_end()
+                );
             }
             keep
         });
-        self.next_retry_ns = if self.pending.is_empty() { None } else { Some(crate::clock::after(now_ns, RETRY_EVERY)) };
+        self.next_retry_ns = if self.pending.is_empty() {
+            None
+        } else {
+            Some(crate::clock::after(now_ns, RETRY_EVERY))
+        };
     }
 
     /// When the loop should call `flush` again (messages wait), if ever.
@@ -153,7 +185,14 @@ impl Systemd {
 
     pub fn ready(&mut self, status: &str) {
         self.last_status = status.to_string();
-        self.send(&[NotifyState::Ready, NotifyState::MainPid(std::process::id()), NotifyState::Status(status)], Kind::State);
+        self.send(
+            &[
+                NotifyState::Ready,
+                NotifyState::MainPid(std::process::id()),
+                NotifyState::Status(status),
+            ],
+            Kind::State,
+        );
     }
 
     pub fn reloading(&mut self, status: &str) {
@@ -161,11 +200,26 @@ impl Systemd {
         // systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 to match the reload to its request
         // (sd-notify 0.4.2 has no variant for it).
         let usec = monotonic_usec(crate::clock::now_ns());
-        self.send(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status(status)], Kind::State);
+        self.send(
+            &[
+                NotifyState::Reloading,
+                NotifyState::Custom(&usec),
+                NotifyState::Status(status),
+            ],
+            Kind::State,
+        );
         // The wrapper re-executes itself right after this: what still waits does not survive it.
-        let lost: Vec<&str> = self.pending.iter().filter(|p| p.kind == Kind::State).map(|p| p.text.lines().next().unwrap_or("")).collect();
+        let lost: Vec<&str> = self
+            .pending
+            .iter()
+            .filter(|p| p.kind == Kind::State)
+            .map(|p| p.text.lines().next().unwrap_or(""))
+            .collect();
         if !lost.is_empty() {
-            error!("systemd's notify socket is full: {:?} will be lost at the re-exec", lost);
+            error!(
+                "systemd's notify socket is full: {:?} will be lost at the re-exec",
+                lost
+            );
         }
     }
 
@@ -218,22 +272,38 @@ pub struct MasterSocket {
 impl MasterSocket {
     /// A new socket in the abstract namespace, with SO_PASSCRED so each message carries its sender.
     pub fn bind() -> nix::Result<MasterSocket> {
-        let raw = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+        let raw = socket::socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
         // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         socket::setsockopt(raw, socket::sockopt::PassCred, &true)?;
-        let nonce = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_nsec()).unwrap_or(0);
+        let nonce = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_nsec())
+            .unwrap_or(0);
         let name = format!("haproxy-systemd-wrapper/{}/{}", std::process::id(), nonce);
         socket::bind(raw, &UnixAddr::new_abstract(name.as_bytes())?)?;
-        Ok(MasterSocket { fd, address: format!("@{}", name) })
+        Ok(MasterSocket {
+            fd,
+            address: format!("@{}", name),
+        })
     }
 
     /// Takes back the socket carried across the re-exec.
     pub fn from_fd(raw: RawFd) -> nix::Result<MasterSocket> {
         let addr: UnixAddr = socket::getsockname(raw)?;
-        let name = addr.as_abstract().map(|b| format!("@{}", String::from_utf8_lossy(b))).ok_or(nix::Error::EINVAL)?;
+        let name = addr
+            .as_abstract()
+            .map(|b| format!("@{}", String::from_utf8_lossy(b)))
+            .ok_or(nix::Error::EINVAL)?;
         // SAFETY: the fd number comes from our own previous image, which owned it; nothing else does now.
-        Ok(MasterSocket { fd: unsafe { OwnedFd::from_raw_fd(raw) }, address: name })
+        Ok(MasterSocket {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            address: name,
+        })
     }
 
     pub fn fd(&self) -> RawFd {
@@ -272,12 +342,14 @@ impl MasterSocket {
 
 /// One sd_notify datagram says `KEY=1` (e.g. READY) on one of its lines.
 pub fn says(msg: &str, key: &str) -> bool {
-    msg.lines().any(|l| l.split_once('=').map_or(false, |(k, v)| k == key && v == "1"))
+    msg.lines()
+        .any(|l| l.split_once('=').map_or(false, |(k, v)| k == key && v == "1"))
 }
 
 /// The value of `KEY=` in a datagram.
 pub fn value<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
-    msg.lines().find_map(|l| l.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+    msg.lines()
+        .find_map(|l| l.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
 }
 
 #[cfg(test)]

@@ -55,8 +55,17 @@ fn replaceable(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() => Ok(()),
         Ok(m) => {
-            let what = if m.file_type().is_symlink() { "a symbolic link" } else if m.file_type().is_dir() { "a directory" } else { "a special file" };
-            Err(std::io::Error::new(std::io::ErrorKind::Other, format!("{} is {}, not a regular file: left alone", path.display(), what)))
+            let what = if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else if m.file_type().is_dir() {
+                "a directory"
+            } else {
+                "a special file"
+            };
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Other,
+                format!("{} is {}, not a regular file: left alone", path.display(), what),
+            ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
@@ -67,7 +76,13 @@ fn replaceable(path: &Path) -> std::io::Result<()> {
 fn random_suffix() -> String {
     let mut b = [0u8; 8];
     // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { nix::libc::getrandom(b.as_mut_ptr() as *mut nix::libc::c_void, b.len(), nix::libc::GRND_NONBLOCK) };
+    let n = unsafe {
+        nix::libc::getrandom(
+            b.as_mut_ptr() as *mut nix::libc::c_void,
+            b.len(),
+            nix::libc::GRND_NONBLOCK,
+        )
+    };
     if n != b.len() as isize {
         b = crate::clock::now_ns().to_le_bytes();
     }
@@ -84,7 +99,10 @@ pub fn write(path: &Path, pids: &[i32]) -> std::io::Result<()> {
         text.push_str(&p.to_string());
         text.push('\n');
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{}.{}.tmp", name, random_suffix()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -92,7 +110,10 @@ pub fn write(path: &Path, pids: &[i32]) -> std::io::Result<()> {
         .mode(0o644)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
         .open(&tmp)?;
-    let result = f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    let result = f
+        .write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -148,7 +169,10 @@ mod tests {
         let fifo = dir.join("fifo.pid");
         nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
         assert_eq!(read(&fifo).unwrap_err(), "not a regular file");
-        assert!(write(&fifo, &[1]).unwrap_err().to_string().contains("a special file, not a regular file"));
+        assert!(write(&fifo, &[1])
+            .unwrap_err()
+            .to_string()
+            .contains("a special file, not a regular file"));
         remove(&fifo);
         assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
         // A symlink to a file of someone else's choosing: never written through, never replaced.
@@ -170,7 +194,10 @@ mod tests {
         assert_ne!(random_suffix(), random_suffix());
         remove(&p);
         assert!(!p.exists());
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left.len(), 3, "only fifo, victim and link are left: {:?}", left);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -194,10 +221,21 @@ mod tests {
                 }
             };
             match parse(&input) {
-                Ok(pids) => assert!(pids.iter().all(|&p| p > 0 && p <= 4_194_304), "case {}: {:?} gave {:?}", case, input, pids),
+                Ok(pids) => assert!(
+                    pids.iter().all(|&p| p > 0 && p <= 4_194_304),
+                    "case {}: {:?} gave {:?}",
+                    case,
+                    input,
+                    pids
+                ),
                 Err(e) => {
                     assert_clear_error(&input, &e);
-                    assert!(e.chars().count() < 100 && !e.contains('\n'), "case {}: one short line: {:?}", case, e);
+                    assert!(
+                        e.chars().count() < 100 && !e.contains('\n'),
+                        "case {}: one short line: {:?}",
+                        case,
+                        e
+                    );
                 }
             }
         }

@@ -171,13 +171,21 @@ fn descendants_in(view: &dyn ProcView, root: i32) -> io::Result<Vec<i32>> {
 /// The signals pending for a process (thread-directed and shared), from the text of
 /// /proc/PID/status: bit N-1 stands for signal N.
 pub fn parse_pending(status: &str) -> Option<u64> {
-    let mask = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
     Some(mask("ShdPnd:")? | mask("SigPnd:")?)
 }
 
 /// Is `sig` pending for `pid` (sent, not yet handled)? False when it is gone or /proc cannot tell.
 pub fn signal_pending(pid: i32, sig: i32) -> bool {
-    fs::read_to_string(format!("/proc/{}/status", pid)).ok().and_then(|s| parse_pending(&s)).map_or(false, |bits| bits & (1u64 << (sig - 1)) != 0)
+    fs::read_to_string(format!("/proc/{}/status", pid))
+        .ok()
+        .and_then(|s| parse_pending(&s))
+        .map_or(false, |bits| bits & (1u64 << (sig - 1)) != 0)
 }
 
 /// A TCP socket in LISTEN state, as /proc/net/tcp or tcp6 lists it.
@@ -253,7 +261,12 @@ pub fn socket_inodes(pid: i32) -> Vec<u64> {
     fds.flatten()
         .filter_map(|fd| {
             let target = fs::read_link(fd.path()).ok()?;
-            target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
         })
         .collect()
 }
@@ -279,7 +292,9 @@ pub fn holds_listener(pid: i32) -> bool {
     if listening.is_empty() {
         return false;
     }
-    socket_inodes(pid).iter().any(|inode| listening.iter().any(|l| l.inode == *inode))
+    socket_inodes(pid)
+        .iter()
+        .any(|inode| listening.iter().any(|l| l.inode == *inode))
 }
 
 #[cfg(test)]
@@ -291,8 +306,19 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
    1: 0100007F:1F90 0100007F:D2E4 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
-        let inodes = |table: &str| read_listeners(table.as_bytes()).iter().map(|l| l.inode).collect::<Vec<u64>>();
-        assert_eq!(read_listeners(text.as_bytes()), vec![Listener { addr: "127.0.0.1:8080".parse().unwrap(), inode: 4242 }]);
+        let inodes = |table: &str| {
+            read_listeners(table.as_bytes())
+                .iter()
+                .map(|l| l.inode)
+                .collect::<Vec<u64>>()
+        };
+        assert_eq!(
+            read_listeners(text.as_bytes()),
+            vec![Listener {
+                addr: "127.0.0.1:8080".parse().unwrap(),
+                inode: 4242
+            }]
+        );
         assert_eq!(inodes("garbage\nmore garbage"), Vec::<u64>::new());
         // Listening sockets come first; what follows is never read.
         let later = format!("{}   2: 0100007F:1F91 00000000:0000 0A 0 0 0 0 0 0 4444 1\n", text);
@@ -301,7 +327,10 @@ mod tests {
    0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 0:0 0:0 0 0 0 77 1\n\
    1: 0000000000000000FFFF00000100007F:01BB 00000000000000000000000000000000:0000 0A 0:0 0:0 0 0 0 78 1\n";
         let v6: Vec<SocketAddr> = read_listeners(v6.as_bytes()).iter().map(|l| l.addr).collect();
-        assert_eq!(v6, vec!["[::1]:80".parse().unwrap(), "[::ffff:127.0.0.1]:443".parse().unwrap()]);
+        assert_eq!(
+            v6,
+            vec!["[::1]:80".parse().unwrap(), "[::ffff:127.0.0.1]:443".parse().unwrap()]
+        );
         // (Other tests of this process may hold listeners: a child that has none tells "false".)
         let me = std::process::id() as i32;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -352,7 +381,11 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_child_of(pid, me));
-        assert_eq!(children_of(4_194_304).unwrap(), Vec::<i32>::new(), "a process that is gone has no children");
+        assert_eq!(
+            children_of(4_194_304).unwrap(),
+            Vec::<i32>::new(),
+            "a process that is gone has no children"
+        );
     }
 
     /// /proc as it is, except that opening files fails once `budget` reads are spent (out of
@@ -391,18 +424,52 @@ mod tests {
         let me = std::process::id() as i32;
         let pid = child.id() as i32;
         // Every read fails: the task list, the fallback scan.
-        for (failing, budget) in [("/proc", 0), ("children", 0), ("/stat", 0), ("/proc", 1), ("/proc", 2), ("/proc", 3)] {
-            let view = Failing { failing, budget: std::cell::Cell::new(budget) };
+        for (failing, budget) in [
+            ("/proc", 0),
+            ("children", 0),
+            ("/stat", 0),
+            ("/proc", 1),
+            ("/proc", 2),
+            ("/proc", 3),
+        ] {
+            let view = Failing {
+                failing,
+                budget: std::cell::Cell::new(budget),
+            };
             let walked = children_in(&view, me);
-            assert!(walked.is_err() || walked.as_ref().unwrap().contains(&pid), "{} after {} reads: {:?}", failing, budget, walked);
-            let view = Failing { failing, budget: std::cell::Cell::new(budget) };
+            assert!(
+                walked.is_err() || walked.as_ref().unwrap().contains(&pid),
+                "{} after {} reads: {:?}",
+                failing,
+                budget,
+                walked
+            );
+            let view = Failing {
+                failing,
+                budget: std::cell::Cell::new(budget),
+            };
             let walked = descendants_in(&view, me);
-            assert!(walked.is_err() || walked.as_ref().unwrap().contains(&pid), "{} after {} reads: {:?}", failing, budget, walked);
+            assert!(
+                walked.is_err() || walked.as_ref().unwrap().contains(&pid),
+                "{} after {} reads: {:?}",
+                failing,
+                budget,
+                walked
+            );
         }
-        let view = Failing { failing: "/proc", budget: std::cell::Cell::new(0) };
-        assert_eq!(children_in(&view, me).unwrap_err().raw_os_error(), Some(nix::libc::EMFILE));
+        let view = Failing {
+            failing: "/proc",
+            budget: std::cell::Cell::new(0),
+        };
+        assert_eq!(
+            children_in(&view, me).unwrap_err().raw_os_error(),
+            Some(nix::libc::EMFILE)
+        );
         // Only the per-task children files fail: the scan of /proc still finds the child.
-        let view = Failing { failing: "children", budget: std::cell::Cell::new(0) };
+        let view = Failing {
+            failing: "children",
+            budget: std::cell::Cell::new(0),
+        };
         assert!(children_in(&view, me).unwrap().contains(&pid));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -417,7 +484,13 @@ mod tests {
             let comm = rng.text(16);
             let state = *rng.pick(&['R', 'S', 'D', 'Z', 'T', 'X']);
             let ppid = rng.below(4_194_305) as i32;
-            let stat = format!("{} ({}) {} {} 42 42 0 -1 4194560 100 0", 1 + rng.below(4_194_304), comm, state, ppid);
+            let stat = format!(
+                "{} ({}) {} {} 42 42 0 -1 4194560 100 0",
+                1 + rng.below(4_194_304),
+                comm,
+                state,
+                ppid
+            );
             assert_eq!(parse_stat(&stat), Some((ppid, state)), "case {}: {:?}", case, stat);
             // Damaged text: an answer or None, never a panic.
             let _ = parse_stat(&rng.mutate_text(&stat, b"() "));

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use crate::cli;
 use crate::ledger::Ledger;
-use crate::state::{Carried, CarriedAttempt, ForegroundGenerations, Gen, Generations, LastReload, MasterReload, MasterWorkerGenerations};
+use crate::state::{
+    Carried, CarriedAttempt, ForegroundGenerations, Gen, Generations, LastReload, MasterReload, MasterWorkerGenerations,
+};
 
 pub const ENV: &str = "HAPROXY_SYSTEMD_WRAPPER_STATE";
 /// Set (with ENV) when the wrapper asks a program whether it can take the state.
@@ -24,7 +26,10 @@ const VERSION: u32 = 2;
 const OLDEST: u32 = 1;
 
 fn gens(v: &[Gen]) -> String {
-    v.iter().map(|g| format!("{}:{}", g.n, g.pid)).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|g| format!("{}:{}", g.n, g.pid))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn pids(v: &[i32]) -> String {
@@ -43,7 +48,12 @@ fn unhex(s: &str) -> Result<Vec<u8>, String> {
     // By bytes: a slice of the str could cut a multibyte character (a panic, not an error).
     s.as_bytes()
         .chunks(2)
-        .map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()).ok_or_else(|| "bad hex".to_string()))
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| "bad hex".to_string())
+        })
         .collect()
 }
 
@@ -75,7 +85,15 @@ pub fn encode(state: &Carried) -> String {
             out.push(format!("master_sock={}", mw.socket_fd));
             for (key, r) in [("mw_reload", &mw.reload), ("mw_late", &mw.late)] {
                 if let Some(r) = r {
-                    out.push(format!("{}={}:{}:{}:{}:{}", key, r.gen, r.signalled_ns, r.master_began as u8, r.loading_failed as u8, pids(&r.workers_before)));
+                    out.push(format!(
+                        "{}={}:{}:{}:{}:{}",
+                        key,
+                        r.gen,
+                        r.signalled_ns,
+                        r.master_began as u8,
+                        r.loading_failed as u8,
+                        pids(&r.workers_before)
+                    ));
                 }
             }
         }
@@ -109,7 +127,10 @@ fn parse_gens(k: &str, v: &str) -> Result<Vec<Gen>, String> {
         .filter(|s| !s.is_empty())
         .map(|s| {
             let (n, p) = s.split_once(':').ok_or_else(|| format!("{}: bad entry '{}'", k, s))?;
-            Ok(Gen { n: num(k, n)?, pid: num(k, p)? })
+            Ok(Gen {
+                n: num(k, n)?,
+                pid: num(k, p)?,
+            })
         })
         .collect()
 }
@@ -135,7 +156,14 @@ pub fn decode(s: &str) -> Result<Carried, String> {
     let mut version = None;
     let mut serving = None;
     let mut fg = ForegroundGenerations::default();
-    let mut mw = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: -1, reload: None, late: None };
+    let mut mw = MasterWorkerGenerations {
+        master: None,
+        workers: vec![],
+        old_workers: vec![],
+        socket_fd: -1,
+        reload: None,
+        late: None,
+    };
     let mut master_worker = false;
     for field in s.split(';') {
         let (k, v) = field.split_once('=').ok_or_else(|| format!("bad field '{}'", field))?;
@@ -158,7 +186,10 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                     LastReload::Late { ms: num(k, ms)? }
                 } else if let Some(rest) = v.strip_prefix("failed:") {
                     let (ms, reason) = rest.split_once(':').ok_or("last: bad failed entry")?;
-                    LastReload::Failed { ms: num(k, ms)?, reason: String::from_utf8_lossy(&unhex(reason)?).into_owned() }
+                    LastReload::Failed {
+                        ms: num(k, ms)?,
+                        reason: String::from_utf8_lossy(&unhex(reason)?).into_owned(),
+                    }
                 } else {
                     return Err(format!("last: bad value '{}'", v));
                 }
@@ -180,7 +211,12 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                     return Err(format!("attempt: bad value '{}'", v));
                 }
                 let ledger_seq = if f[3] == "-" { None } else { Some(num(k, f[3])?) };
-                state.attempt = Some(CarriedAttempt { gen: num(k, f[0])?, started_ns: num(k, f[1])?, deadline_ns: num(k, f[2])?, ledger_seq });
+                state.attempt = Some(CarriedAttempt {
+                    gen: num(k, f[0])?,
+                    started_ns: num(k, f[1])?,
+                    deadline_ns: num(k, f[2])?,
+                    ledger_seq,
+                });
             }
             "mw_reload" | "mw_late" => {
                 let f: Vec<&str> = v.splitn(5, ':').collect();
@@ -204,20 +240,35 @@ pub fn decode(s: &str) -> Result<Carried, String> {
             "pidfile_written" => fg.pidfile_written = v == "1",
             // A ledger that does not parse is a bug, not a reason to stop the service: the new
             // image falls back to the file (Recorder::resume).
-            "ledger" => state.ledger = unhex(v).ok().and_then(|b| String::from_utf8(b).ok()).and_then(|t| Ledger::parse(&t).ok()),
+            "ledger" => {
+                state.ledger = unhex(v)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|t| Ledger::parse(&t).ok())
+            }
             // Unknown keys come from a newer wrapper; what this one needs is checked below.
             _ => {}
         }
     }
     match version {
         Some(v) if (OLDEST..=VERSION).contains(&v) => {}
-        Some(v) => return Err(format!("state version {} is newer than this wrapper's ({})", v, VERSION)),
+        Some(v) => {
+            return Err(format!(
+                "state version {} is newer than this wrapper's ({})",
+                v, VERSION
+            ))
+        }
         None => return Err("state has no version".into()),
     }
     if state.attempt.is_some() != mw.reload.is_some() {
         return Err("state carries half of a reload in progress".into());
     }
-    if state.wrapper_pid <= 0 || state.relay_read < 0 || state.relay_write < 0 || state.exe.as_os_str().is_empty() || (master_worker && mw.socket_fd < 0) {
+    if state.wrapper_pid <= 0
+        || state.relay_read < 0
+        || state.relay_write < 0
+        || state.exe.as_os_str().is_empty()
+        || (master_worker && mw.socket_fd < 0)
+    {
         return Err("state lacks pid, exe or relay".into());
     }
     state.generations = if master_worker {
@@ -273,7 +324,10 @@ pub fn probe(exe: &std::path::Path, state: &Carried, stop_asked: &dyn Fn() -> bo
     let mut err = Vec::new();
     // The pipes still open (stdout, stderr), read without blocking; 4 KiB of each is kept.
     let mut open: Vec<(i32, bool)> = Vec::new();
-    for (fd, is_out) in [(child.stdout.as_ref().map(|o| o.as_raw_fd()), true), (child.stderr.as_ref().map(|e| e.as_raw_fd()), false)] {
+    for (fd, is_out) in [
+        (child.stdout.as_ref().map(|o| o.as_raw_fd()), true),
+        (child.stderr.as_ref().map(|e| e.as_raw_fd()), false),
+    ] {
         if let Some(fd) = fd {
             if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_ok() {
                 open.push((fd, is_out));
@@ -338,8 +392,22 @@ pub fn probe(exe: &std::path::Path, state: &Carried, stop_asked: &dyn Fn() -> bo
     if status.success() && out.lines().any(|l| l == PROBE_ANSWER) {
         return Ok(());
     }
-    let said = err.lines().chain(out.lines()).find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-    Err(format!("it does not take this wrapper's state ({}{})", status, if said.is_empty() { String::new() } else { format!(": {}", said) }))
+    let said = err
+        .lines()
+        .chain(out.lines())
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Err(format!(
+        "it does not take this wrapper's state ({}{})",
+        status,
+        if said.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", said)
+        }
+    ))
 }
 
 /// The running wrapper asks, before exec'ing into this program, whether it takes the state and
@@ -360,7 +428,11 @@ pub fn answer_probe(command: &cli::Command, state: Option<&str>) -> Result<u8, c
         Generations::MasterWorker(_) => cli::Mode::MasterWorker,
     };
     if carried_mode != hargs.mode {
-        return refuse(format!("the state is of {} mode, the command line of {}", carried_mode.name(), hargs.mode.name()));
+        return refuse(format!(
+            "the state is of {} mode, the command line of {}",
+            carried_mode.name(),
+            hargs.mode.name()
+        ));
     }
     println!("{}", PROBE_ANSWER);
     Ok(0)

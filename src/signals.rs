@@ -73,7 +73,8 @@ fn any_pending(sigs: &[i32]) -> bool {
     // SAFETY: initialised by the successful sigpending above.
     let set = unsafe { set.assume_init() };
     // SAFETY: sigismember only reads the set.
-    sigs.iter().any(|&sig| unsafe { nix::libc::sigismember(&set, sig) == 1 })
+    sigs.iter()
+        .any(|&sig| unsafe { nix::libc::sigismember(&set, sig) == 1 })
 }
 
 /// Is a reload signal pending (sent, not read yet)?
@@ -109,7 +110,10 @@ pub fn unblock_all() -> nix::Result<()> {
 /// The loop's two signalfds: every handled signal but the reload ones, and the reload ones.
 pub fn signalfds() -> nix::Result<(SignalFd, SignalFd)> {
     let flags = SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC;
-    Ok((SignalFd::with_flags(&other_set(), flags)?, SignalFd::with_flags(&reload_set(), flags)?))
+    Ok((
+        SignalFd::with_flags(&other_set(), flags)?,
+        SignalFd::with_flags(&reload_set(), flags)?,
+    ))
 }
 
 /// The next signal waiting on the signalfd, if any. One at a time on purpose: handling a signal may

@@ -15,11 +15,18 @@ pub struct Gen {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LastReload {
     None,
-    Ok { ms: u64 },
-    Failed { ms: u64, reason: String },
+    Ok {
+        ms: u64,
+    },
+    Failed {
+        ms: u64,
+        reason: String,
+    },
     /// master-worker: a reload reported failed when --ready-timeout passed took effect later,
     /// `ms` after it was asked for.
-    Late { ms: u64 },
+    Late {
+        ms: u64,
+    },
 }
 
 /// Foreground mode: one haproxy per generation.

@@ -53,30 +53,54 @@ fn report_fds(report: &str) -> Vec<(u32, String)> {
 fn python_own_fds(baseline: &str) -> Vec<u32> {
     report_fds(baseline)
         .into_iter()
-        .filter(|(n, target)| *n > 2 && fs::read_link(format!("/proc/self/fd/{n}")).map_or(true, |t| t.to_string_lossy() != target.as_str()))
+        .filter(|(n, target)| {
+            *n > 2
+                && fs::read_link(format!("/proc/self/fd/{n}")).map_or(true, |t| t.to_string_lossy() != target.as_str())
+        })
         .map(|(n, _)| n)
         .collect()
 }
 
 fn check_child(t: &Ctx, mode: Mode, pid: i32, baseline: &str) {
     let rep = t.report(pid);
-    assert_eq!(sig_field(&rep, "SigBlk"), 0, "child {pid} starts with blocked signals:\n{rep}");
+    assert_eq!(
+        sig_field(&rep, "SigBlk"),
+        0,
+        "child {pid} starts with blocked signals:\n{rep}"
+    );
     let ign = sig_field(&rep, "SigIgn");
     let base = sig_field(baseline, "SigIgn");
-    assert_eq!(ign & !base, 0, "child {pid} ignores signals a normal start does not (SigIgn {ign:016x} vs {base:016x}):\n{rep}");
+    assert_eq!(
+        ign & !base,
+        0,
+        "child {pid} ignores signals a normal start does not (SigIgn {ign:016x} vs {base:016x}):\n{rep}"
+    );
     for var in ["WATCHDOG_USEC", "WATCHDOG_PID", "HAPROXY_SYSTEMD_WRAPPER_STATE"] {
         assert!(!rep.contains(&format!("env {var}=")), "child {pid} got {var}:\n{rep}");
     }
     let ours = t.notify().path.display().to_string();
     match mode {
-        Mode::Foreground => assert!(!rep.contains("env NOTIFY_SOCKET="), "child {pid} got NOTIFY_SOCKET:\n{rep}"),
+        Mode::Foreground => assert!(
+            !rep.contains("env NOTIFY_SOCKET="),
+            "child {pid} got NOTIFY_SOCKET:\n{rep}"
+        ),
         Mode::MasterWorker => {
-            assert!(!rep.contains(&format!("env NOTIFY_SOCKET={ours}")), "master got systemd's NOTIFY_SOCKET:\n{rep}");
-            assert!(rep.contains("env NOTIFY_SOCKET=@"), "master has no private (abstract) NOTIFY_SOCKET:\n{rep}");
+            assert!(
+                !rep.contains(&format!("env NOTIFY_SOCKET={ours}")),
+                "master got systemd's NOTIFY_SOCKET:\n{rep}"
+            );
+            assert!(
+                rep.contains("env NOTIFY_SOCKET=@"),
+                "master has no private (abstract) NOTIFY_SOCKET:\n{rep}"
+            );
         }
     }
     let allowed = python_own_fds(baseline);
-    let extra: Vec<u32> = report_fds(&rep).into_iter().map(|(n, _)| n).filter(|fd| *fd > 2 && !allowed.contains(fd)).collect();
+    let extra: Vec<u32> = report_fds(&rep)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|fd| *fd > 2 && !allowed.contains(fd))
+        .collect();
     assert!(extra.is_empty(), "child {pid} inherited fds {extra:?}:\n{rep}");
 }
 

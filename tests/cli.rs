@@ -14,7 +14,6 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Stdio;
 
-
 use util::*;
 
 /// Runs the wrapper to completion with stdout and stderr captured separately.
@@ -33,7 +32,11 @@ fn run_split(t: &Ctx, args: &[&str]) -> (std::process::ExitStatus, String, Strin
             panic!("wrapper {args:?} did not exit within {T:?}");
         }
     };
-    (st, fs::read_to_string(t.path("out")).unwrap(), fs::read_to_string(t.path("err")).unwrap())
+    (
+        st,
+        fs::read_to_string(t.path("out")).unwrap(),
+        fs::read_to_string(t.path("err")).unwrap(),
+    )
 }
 
 #[test]
@@ -42,7 +45,10 @@ fn help_exits_0() {
     let (st, out, _) = run_split(&t, &["--help"]);
     assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
     assert!(out.contains("--haproxy"), "--help does not mention --haproxy:\n{out}");
-    assert!(out.contains("--ready-timeout") && out.contains("--stop-timeout"), "--help:\n{out}");
+    assert!(
+        out.contains("--ready-timeout") && out.contains("--stop-timeout"),
+        "--help:\n{out}"
+    );
 }
 
 #[test]
@@ -50,7 +56,10 @@ fn version_exits_0() {
     let t = Ctx::new("version");
     let (st, out, _) = run_split(&t, &["--version"]);
     assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
-    assert!(out.contains(env!("CARGO_PKG_VERSION")), "--version does not print the version:\n{out}");
+    assert!(
+        out.contains(env!("CARGO_PKG_VERSION")),
+        "--version does not print the version:\n{out}"
+    );
 }
 
 #[test]
@@ -76,9 +85,21 @@ fn usage_errors_exit_64_with_one_line_and_start_nothing() {
         }
     }
     t.notify().sync();
-    assert!(t.events().is_empty(), "a usage error started haproxy:\n{}", t.events_text());
-    assert!(t.notify().messages().is_empty(), "a usage error sent notify messages:\n{}", t.notify().dump());
-    assert!(failures.is_empty(), "expected exit 64 and exactly one stderr line:\n{}", failures.join("\n"));
+    assert!(
+        t.events().is_empty(),
+        "a usage error started haproxy:\n{}",
+        t.events_text()
+    );
+    assert!(
+        t.notify().messages().is_empty(),
+        "a usage error sent notify messages:\n{}",
+        t.notify().dump()
+    );
+    assert!(
+        failures.is_empty(),
+        "expected exit 64 and exactly one stderr line:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -89,7 +110,12 @@ fn haproxy_not_found_exits_127() {
     let st = t.run_to_exit(&["--haproxy", &missing, "-f", &cfg], T);
     assert_eq!(st.code(), Some(127), "{}", describe_status(&st));
     assert!(!t.log().trim().is_empty(), "no error message");
-    assert_eq!(t.notify().count(Msg::is_ready), 0, "READY=1 sent:\n{}", t.notify().dump());
+    assert_eq!(
+        t.notify().count(Msg::is_ready),
+        0,
+        "READY=1 sent:\n{}",
+        t.notify().dump()
+    );
 }
 
 #[test]
@@ -107,7 +133,12 @@ fn unusable_reexec_state_exits_70_and_starts_nothing() {
         let log = t.log();
         assert_eq!(log.trim().lines().count(), 1, "not one line:\n{}", log);
         assert!(log.contains("re-exec"), "no error message naming the re-exec:\n{}", log);
-        assert_eq!(t.notify().count(Msg::is_ready), 0, "READY=1 sent:\n{}", t.notify().dump());
+        assert_eq!(
+            t.notify().count(Msg::is_ready),
+            0,
+            "READY=1 sent:\n{}",
+            t.notify().dump()
+        );
         t.assert_no_fake_left();
     }
 }
@@ -121,7 +152,12 @@ fn haproxy_not_executable_exits_126() {
     let st = t.run_to_exit(&["--haproxy", &prog, "-f", &cfg], T);
     assert_eq!(st.code(), Some(126), "{}", describe_status(&st));
     assert!(!t.log().trim().is_empty(), "no error message");
-    assert_eq!(t.notify().count(Msg::is_ready), 0, "READY=1 sent:\n{}", t.notify().dump());
+    assert_eq!(
+        t.notify().count(Msg::is_ready),
+        0,
+        "READY=1 sent:\n{}",
+        t.notify().dump()
+    );
 }
 
 #[test]
@@ -134,11 +170,21 @@ fn check_mode_execs_haproxy() {
     let starts: Vec<&Event> = ev.iter().filter(|e| e.what == "start").collect();
     assert_eq!(starts.len(), 1, "events:\n{}", t.events_text());
     assert_eq!(starts[0].role, "check");
-    assert_eq!(starts[0].pid, t.pid, "-c must exec haproxy in place of the wrapper (same pid)");
+    assert_eq!(
+        starts[0].pid, t.pid,
+        "-c must exec haproxy in place of the wrapper (same pid)"
+    );
     let argv = report_argv(&t.report(t.pid));
     assert!(argv.iter().any(|a| a == "-c"), "argv {argv:?}");
-    assert!(!argv.iter().any(|a| a == "-db" || a == "-Ws"), "-c must be passed unchanged: {argv:?}");
-    assert!(t.notify().messages().is_empty(), "notify messages in -c mode:\n{}", t.notify().dump());
+    assert!(
+        !argv.iter().any(|a| a == "-db" || a == "-Ws"),
+        "-c must be passed unchanged: {argv:?}"
+    );
+    assert!(
+        t.notify().messages().is_empty(),
+        "notify messages in -c mode:\n{}",
+        t.notify().dump()
+    );
 }
 
 #[test]
@@ -174,24 +220,46 @@ fn wrapper_mode_with_wrapper_options_in_front_of_x() {
     let wrapper_mode = format!("--ready-timeout 2 --stop-timeout 1 -x {sock}");
     let mut args: Vec<String> = vec!["--haproxy".into(), FAKE_HAPROXY.into()];
     args.extend(wrapper_mode.split(' ').map(str::to_string));
-    args.extend(["-f", &cfg, "-p", &pidf, "-S", "/run/haproxy-master.sock"].iter().map(|s| s.to_string()));
+    args.extend(
+        ["-f", &cfg, "-p", &pidf, "-S", "/run/haproxy-master.sock"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     t.start(&args);
     let ready = t.wait_ready(T);
     let g1 = first_fake(&t, Mode::Foreground);
-    assert_eq!(ready.get("STATUS"), Some(format!("foreground; gen 1 serving (pid {g1}); draining: none; last reload: none").as_str()));
-    assert_eq!(fs::read_to_string(&pidf).unwrap_or_default().trim(), g1.to_string(), "pid file");
+    assert_eq!(
+        ready.get("STATUS"),
+        Some(format!("foreground; gen 1 serving (pid {g1}); draining: none; last reload: none").as_str())
+    );
+    assert_eq!(
+        fs::read_to_string(&pidf).unwrap_or_default().trim(),
+        g1.to_string(),
+        "pid file"
+    );
     let argv1 = report_argv(&t.report(g1));
     for bad in ["--ready-timeout", "--stop-timeout", "2", "1", "-x", "-p", "-S"] {
-        assert!(!argv1.iter().any(|a| a == bad), "{bad} passed to haproxy at start: {argv1:?}");
+        assert!(
+            !argv1.iter().any(|a| a == bad),
+            "{bad} passed to haproxy at start: {argv1:?}"
+        );
     }
     assert_reload_ok(&t.reload(T));
     let g2 = newest_serving(&t, Mode::Foreground);
     let argv2 = report_argv(&t.report(g2));
-    let i = argv2.iter().position(|a| a == "-x").unwrap_or_else(|| panic!("no -x on reload: {argv2:?}"));
+    let i = argv2
+        .iter()
+        .position(|a| a == "-x")
+        .unwrap_or_else(|| panic!("no -x on reload: {argv2:?}"));
     assert_eq!(argv2.get(i + 1).map(String::as_str), Some(sock.as_str()));
     t.replace("h.cfg", "fake-hang\n");
     let status = t.reload(T);
-    assert_shape(&status, &format!("foreground; gen 2 serving (pid {g2}); draining: none; last reload: failed after # ms: not ready after 2 s"));
+    assert_shape(
+        &status,
+        &format!(
+            "foreground; gen 2 serving (pid {g2}); draining: none; last reload: failed after # ms: not ready after 2 s"
+        ),
+    );
 }
 
 /// A wrapper option after haproxy's own options (say WRAPPER_MODE="-x SOCKET --ready-timeout 5"
@@ -204,15 +272,38 @@ fn wrapper_option_after_haproxy_options_is_a_usage_error() {
     let cfg = t.write("h.cfg", "");
     let sock = t.p("admin.sock");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--haproxy", FAKE_HAPROXY, "-x", &sock, "--ready-timeout", "5", "-f", &cfg], "--ready-timeout"),
-        (vec!["--haproxy", FAKE_HAPROXY, "-Ws", "-f", &cfg, "--stop-timeout", "1"], "--stop-timeout"),
+        (
+            vec![
+                "--haproxy",
+                FAKE_HAPROXY,
+                "-x",
+                &sock,
+                "--ready-timeout",
+                "5",
+                "-f",
+                &cfg,
+            ],
+            "--ready-timeout",
+        ),
+        (
+            vec!["--haproxy", FAKE_HAPROXY, "-Ws", "-f", &cfg, "--stop-timeout", "1"],
+            "--stop-timeout",
+        ),
     ];
     for (args, opt) in &cases {
         let (st, _out, err) = run_split(&t, args);
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(st.code(), Some(64), "{args:?}: {} with stderr {err:?}", describe_status(&st));
+        assert_eq!(
+            st.code(),
+            Some(64),
+            "{args:?}: {} with stderr {err:?}",
+            describe_status(&st)
+        );
         assert_eq!(lines.len(), 1, "{args:?}: stderr {err:?}");
-        assert!(lines[0].contains(opt), "{args:?}: the error does not name {opt}: {err:?}");
+        assert!(
+            lines[0].contains(opt),
+            "{args:?}: the error does not name {opt}: {err:?}"
+        );
     }
     t.notify().sync();
     assert!(t.events().is_empty(), "haproxy was started:\n{}", t.events_text());
@@ -232,7 +323,8 @@ fn priority_prefix_only_when_stderr_is_the_journal() {
     let file = fs::File::create(t.path("journal")).unwrap();
     let meta = file.metadata().unwrap();
     let mut cmd = t.command(&["--bogus", "-f", "x"]);
-    cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())).stderr(Stdio::from(file));
+    cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(Stdio::from(file));
     let st = cmd.status().unwrap();
     assert_eq!(st.code(), Some(64));
     let err = fs::read_to_string(t.path("journal")).unwrap();

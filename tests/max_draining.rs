@@ -49,13 +49,28 @@ impl HoldingBackend {
                 }
             }
         });
-        HoldingBackend { port, accepted, held, stop }
+        HoldingBackend {
+            port,
+            accepted,
+            held,
+            stop,
+        }
     }
 
     /// Waits until `n` connections have reached the backend (through haproxy).
     fn wait_accepted(&self, n: usize, timeout: Duration) {
-        let reached = poll_until(timeout, || if self.accepted.load(Ordering::SeqCst) >= n { Some(()) } else { None });
-        assert!(reached.is_some(), "{} of {n} connections reached the backend", self.accepted.load(Ordering::SeqCst));
+        let reached = poll_until(timeout, || {
+            if self.accepted.load(Ordering::SeqCst) >= n {
+                Some(())
+            } else {
+                None
+            }
+        });
+        assert!(
+            reached.is_some(),
+            "{} of {n} connections reached the backend",
+            self.accepted.load(Ordering::SeqCst)
+        );
     }
 }
 
@@ -84,7 +99,10 @@ fn tcp_config(t: &Ctx, backend: u16) -> String {
 /// `kill -USR2 $MAINPID` then `haproxy-systemd-wrapper --wait-reload $MAINPID`, as the unit does.
 fn systemctl_reload(t: &mut Ctx) -> Output {
     t.signal(Signal::SIGUSR2);
-    let out = t.wait_reload_command(t.pid, &["--timeout", "60"]).output().expect("run the client");
+    let out = t
+        .wait_reload_command(t.pid, &["--timeout", "60"])
+        .output()
+        .expect("run the client");
     t.track_haproxy(REAL_HAPROXY);
     out
 }
@@ -115,14 +133,22 @@ fn wait_status(t: &Ctx, gen: u32, draining: usize) -> String {
         let last = m.iter().rev().find_map(|m| m.get("STATUS"));
         last.map_or(false, |s| serving_pid(s, gen).is_some() && s.contains(&want))
     });
-    assert!(ok, "no STATUS with gen {gen} serving and '{want}':\n{}", t.notify().dump());
+    assert!(
+        ok,
+        "no STATUS with gen {gen} serving and '{want}':\n{}",
+        t.notify().dump()
+    );
     t.notify().last_status().unwrap_or_default()
 }
 
 /// The wrapper's children (haproxy generations, and a sentinel while a reload is in flight), not
 /// counting those already ended and not reaped yet.
 fn live_children(pid: i32) -> Vec<i32> {
-    children_of(pid).into_iter().filter(|p| p.state != 'Z').map(|p| p.pid).collect()
+    children_of(pid)
+        .into_iter()
+        .filter(|p| p.state != 'Z')
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// 60 reloads with a connection held open after each one (each old generation keeps draining):
@@ -134,16 +160,31 @@ fn live_children(pid: i32) -> Vec<i32> {
 fn sixty_reloads_with_held_connections_keep_at_most_max_draining_generations() {
     const BOUND: usize = 3;
     const RELOADS: u32 = 60;
-    assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps`");
+    assert!(
+        Path::new(REAL_HAPROXY).exists(),
+        "{REAL_HAPROXY} is missing: run `make deps`"
+    );
     let backend = HoldingBackend::start();
     let mut t = Ctx::new("maxdrain-real");
     let cfg = t.write("haproxy.cfg", &tcp_config(&t, backend.port));
     let bound = BOUND.to_string();
-    t.start(&["--max-draining", &bound, "--haproxy", REAL_HAPROXY, "-f", &cfg, "-x", &t.p("admin.sock")]);
+    t.start(&[
+        "--max-draining",
+        &bound,
+        "--haproxy",
+        REAL_HAPROXY,
+        "-f",
+        &cfg,
+        "-x",
+        &t.p("admin.sock"),
+    ]);
     let ready = t.wait_ready(T_REAL);
     t.track_haproxy(REAL_HAPROXY);
     let mut pids: BTreeMap<u32, i32> = BTreeMap::new();
-    pids.insert(1, serving_pid(ready.get("STATUS").unwrap_or(""), 1).expect("gen 1 in STATUS"));
+    pids.insert(
+        1,
+        serving_pid(ready.get("STATUS").unwrap_or(""), 1).expect("gen 1 in STATUS"),
+    );
     // conns[i] was opened while gen i + 1 served: it keeps that generation draining.
     let mut conns = vec![hold_connection(&t, &backend, 1)];
     let mut most = 0;
@@ -166,7 +207,11 @@ fn sixty_reloads_with_held_connections_keep_at_most_max_draining_generations() {
         });
         let children =
             settled.unwrap_or_else(|| panic!("reload {i}: more than {BOUND} + 1 children: {:?}", live_children(t.pid)));
-        assert_eq!(children.len(), draining + 1, "reload {i}: children {children:?}, STATUS {status}");
+        assert_eq!(
+            children.len(),
+            draining + 1,
+            "reload {i}: children {children:?}, STATUS {status}"
+        );
         most = most.max(children.len());
         if (i as usize) > BOUND {
             // After reload i, gens i - 2 ..= i drain; gen i - 3, the oldest, was stopped.
@@ -174,7 +219,11 @@ fn sixty_reloads_with_held_connections_keep_at_most_max_draining_generations() {
             let pid = pids[&stopped];
             let why = format!("more than {BOUND} draining generations");
             let line = format!("gen {stopped}: stopping haproxy pid {pid} (SIGTERM), its connections with it: {why}");
-            assert!(t.log().contains(&line), "reload {i}: no '{line}' in the log:\n{}", t.log());
+            assert!(
+                t.log().contains(&line),
+                "reload {i}: no '{line}' in the log:\n{}",
+                t.log()
+            );
             let conn = &mut conns[stopped as usize - 1];
             conn.set_read_timeout(Some(T_REAL)).unwrap();
             let mut buf = [0u8; 16];
@@ -189,11 +238,19 @@ fn sixty_reloads_with_held_connections_keep_at_most_max_draining_generations() {
         }
     }
     let log = t.log();
-    let stops = log.matches("(SIGTERM), its connections with it: more than 3 draining").count();
+    let stops = log
+        .matches("(SIGTERM), its connections with it: more than 3 draining")
+        .count();
     assert_eq!(stops, RELOADS as usize - BOUND, "one stop per reload past the bound");
-    assert!(log.matches("re-executed ").count() >= RELOADS as usize, "every reload re-executes the wrapper:\n{log}");
+    assert!(
+        log.matches("re-executed ").count() >= RELOADS as usize,
+        "every reload re-executes the wrapper:\n{log}"
+    );
     let cmdline = fs::read(format!("/proc/{}/cmdline", t.pid)).unwrap();
-    assert!(String::from_utf8_lossy(&cmdline).contains("--max-draining\u{0}3\u{0}"), "the option comes back with argv");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--max-draining\u{0}3\u{0}"),
+        "the option comes back with argv"
+    );
     // The newest three still carry their connections.
     assert_eq!(live_children(t.pid).len(), BOUND + 1);
     eprintln!("max_draining: {RELOADS} reloads, --max-draining {BOUND}: at most {most} children of the wrapper");
@@ -209,7 +266,10 @@ fn sixty_reloads_with_held_connections_keep_at_most_max_draining_generations() {
 fn generations_stopped_for_the_bound_cross_the_reexec_and_are_stopped_once() {
     let mut t = Ctx::new("maxdrain-reexec");
     let done = t.p("done");
-    let cfg = t.write("h.cfg", &format!("fake-ignore-usr1\nfake-ignore-term\nfake-exit-on-file {done} 0\n"));
+    let cfg = t.write(
+        "h.cfg",
+        &format!("fake-ignore-usr1\nfake-ignore-term\nfake-exit-on-file {done} 0\n"),
+    );
     let args = t.fake_args_with_options(Mode::Foreground, &cfg, &["--max-draining", "2"]);
     t.start(&args);
     t.wait_ready(T);
@@ -224,7 +284,9 @@ fn generations_stopped_for_the_bound_cross_the_reexec_and_are_stopped_once() {
         let pid = newest_serving(&t, Mode::Foreground);
         pids.push(pid);
         let draining = (i as usize).min(2);
-        let named: Vec<String> = ((gen - draining as u32)..gen).map(|g| pids[g as usize].to_string()).collect();
+        let named: Vec<String> = ((gen - draining as u32)..gen)
+            .map(|g| pids[g as usize].to_string())
+            .collect();
         let named = named.join(" ");
         let serving = format!("foreground; gen {gen} serving (pid {pid})");
         let shape = format!("{serving}; draining: {draining} ({named}); last reload: ok in # ms");
@@ -232,8 +294,15 @@ fn generations_stopped_for_the_bound_cross_the_reexec_and_are_stopped_once() {
         if i > 2 {
             let stopped = i - 2;
             let p = pids[stopped as usize];
-            t.wait_events(&format!("SIGTERM at gen {stopped}"), 1, T, |e| e.pid == p && e.rest == "SIGTERM");
-            assert!(t.log().contains(&format!("gen {stopped}: stopping haproxy pid {p} (SIGTERM)")), "{}", t.log());
+            t.wait_events(&format!("SIGTERM at gen {stopped}"), 1, T, |e| {
+                e.pid == p && e.rest == "SIGTERM"
+            });
+            assert!(
+                t.log()
+                    .contains(&format!("gen {stopped}: stopping haproxy pid {p} (SIGTERM)")),
+                "{}",
+                t.log()
+            );
         }
         if i > 3 {
             // The state this reload's re-exec carried: the generations stopped by earlier reloads.
@@ -244,18 +313,41 @@ fn generations_stopped_for_the_bound_cross_the_reexec_and_are_stopped_once() {
     }
     // Gens 1..=3 stopped once each, never again after a re-exec; the newer ones not at all.
     for (gen, pid) in pids.iter().enumerate().skip(1) {
-        let terms = t.events().into_iter().filter(|e| e.pid == *pid && e.rest == "SIGTERM").count();
-        assert_eq!(terms, usize::from(gen <= 3), "gen {gen} (pid {pid}) got {terms} SIGTERMs:\n{}", t.events_text());
+        let terms = t
+            .events()
+            .into_iter()
+            .filter(|e| e.pid == *pid && e.rest == "SIGTERM")
+            .count();
+        assert_eq!(
+            terms,
+            usize::from(gen <= 3),
+            "gen {gen} (pid {pid}) got {terms} SIGTERMs:\n{}",
+            t.events_text()
+        );
     }
-    assert_eq!(t.log().matches("more than 2 draining generations (--max-draining)").count(), 3, "{}", t.log());
+    assert_eq!(
+        t.log()
+            .matches("more than 2 draining generations (--max-draining)")
+            .count(),
+        3,
+        "{}",
+        t.log()
+    );
     fs::write(&done, "").unwrap();
     for (gen, pid) in pids.iter().enumerate().skip(1).take(5) {
         let reaped = format!("gen {gen}: haproxy pid {pid} finished draining (status 0)");
         let seen = poll_until(T, || if t.log().contains(&reaped) { Some(()) } else { None });
         assert!(seen.is_some(), "no '{reaped}':\n{}", t.log());
     }
-    let none = format!("foreground; gen 6 serving (pid {}); draining: none; last reload: ok in # ms", pids[6]);
-    let last_is_none = |m: &[Msg]| m.last().and_then(|x| x.get("STATUS")).map_or(false, |s| has_shape(s, &none));
+    let none = format!(
+        "foreground; gen 6 serving (pid {}); draining: none; last reload: ok in # ms",
+        pids[6]
+    );
+    let last_is_none = |m: &[Msg]| {
+        m.last()
+            .and_then(|x| x.get("STATUS"))
+            .map_or(false, |s| has_shape(s, &none))
+    };
     let updated = t.notify().wait_for(T, last_is_none);
     assert!(updated, "no STATUS with draining: none:\n{}", t.notify().dump());
     stop_and_expect_0(&mut t, T);
@@ -274,7 +366,12 @@ fn master_worker_mode_accepts_max_draining_and_says_it_has_no_effect() {
         t.reload(T);
     }
     let log = t.log();
-    assert_eq!(log.matches("--max-draining has no effect in master-worker mode").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("--max-draining has no effect in master-worker mode")
+            .count(),
+        1,
+        "{log}"
+    );
     assert!(log.contains("mworker-max-reloads"), "{log}");
     assert!(!log.contains("(SIGTERM), its connections with it"), "{log}");
     stop_and_expect_0(&mut t, T);

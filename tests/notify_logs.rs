@@ -48,8 +48,18 @@ both_modes! {
 // Logging: haproxy's lines go through the wrapper with journald priorities.
 
 fn wait_log_line(t: &Ctx, prefix: &str, needle: &str) {
-    let found = poll_until(T, || if t.log().lines().any(|l| l.starts_with(prefix) && l.contains(needle)) { Some(()) } else { None });
-    assert!(found.is_some(), "no log line starting with {prefix:?} containing {needle:?}:\n{}", t.log());
+    let found = poll_until(T, || {
+        if t.log().lines().any(|l| l.starts_with(prefix) && l.contains(needle)) {
+            Some(())
+        } else {
+            None
+        }
+    });
+    assert!(
+        found.is_some(),
+        "no log line starting with {prefix:?} containing {needle:?}:\n{}",
+        t.log()
+    );
 }
 
 both_modes! {
@@ -96,7 +106,11 @@ fn mode_word(mode: Mode) -> &'static str {
 fn serving_part(t: &Ctx, mode: Mode, gen: u32) -> String {
     match mode {
         Mode::Foreground => format!("gen {gen} serving (pid {})", newest_serving(t, mode)),
-        Mode::MasterWorker => format!("gen {gen} serving (master {}, workers {})", first_fake(t, mode), newest_serving(t, mode)),
+        Mode::MasterWorker => format!(
+            "gen {gen} serving (master {}, workers {})",
+            first_fake(t, mode),
+            newest_serving(t, mode)
+        ),
     }
 }
 

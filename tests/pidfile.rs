@@ -25,12 +25,19 @@ fn foreground_pid_file_follows_the_serving_pid_and_is_removed() {
     t.start(&args);
     t.wait_ready(T);
     let g1 = first_fake(&t, Mode::Foreground);
-    assert_eq!(fs::read_to_string(&pidf).unwrap_or_default().trim(), g1.to_string(), "pid file at READY");
+    assert_eq!(
+        fs::read_to_string(&pidf).unwrap_or_default().trim(),
+        g1.to_string(),
+        "pid file at READY"
+    );
     assert_reload_ok(&t.reload(T));
     let g2 = newest_serving(&t, Mode::Foreground);
     // The old generation may still be listed while it drains; the new one must be.
     let content = fs::read_to_string(&pidf).unwrap_or_default();
-    assert!(content.lines().any(|l| l.trim() == g2.to_string()), "pid file after reload: {content:?} (serving {g2})");
+    assert!(
+        content.lines().any(|l| l.trim() == g2.to_string()),
+        "pid file after reload: {content:?} (serving {g2})"
+    );
     stop_and_expect_0(&mut t, T);
     assert!(!Path::new(&pidf).exists(), "pid file not removed at exit");
 }

@@ -19,7 +19,10 @@ use nix::unistd::Pid;
 use util::*;
 
 fn require_haproxy() {
-    assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps` (installs the test dependencies)");
+    assert!(
+        Path::new(REAL_HAPROXY).exists(),
+        "{REAL_HAPROXY} is missing: run `make deps` (installs the test dependencies)"
+    );
 }
 
 /// A configuration whose frontend answers `GET /` itself with the body `tag`; `extra` goes at the
@@ -32,7 +35,10 @@ fn config(t: &Ctx, mode: Mode, tag: &str, extra: &str) -> String {
 /// every proxied answer carries the header `X-Config: tag`.
 fn config_with_backend(t: &Ctx, mode: Mode, tag: &str, backend: Option<u16>, extra: &str) -> String {
     let global = match mode {
-        Mode::Foreground => format!("global\n    stats socket {} mode 600 level admin expose-fd listeners\n", t.p("admin.sock")),
+        Mode::Foreground => format!(
+            "global\n    stats socket {} mode 600 level admin expose-fd listeners\n",
+            t.p("admin.sock")
+        ),
         Mode::MasterWorker => "global\n".to_string(),
     };
     let (proxy, be) = match backend {
@@ -54,7 +60,11 @@ fn args(t: &Ctx, mode: Mode, cfg: &str) -> Vec<String> {
     let mut v: Vec<String> = vec!["--haproxy".into(), REAL_HAPROXY.into()];
     match mode {
         Mode::MasterWorker => v.extend(["-Ws", "-f", cfg, "-p"].iter().map(|s| s.to_string())),
-        Mode::Foreground => v.extend(["-f", cfg, "-x", &t.p("admin.sock"), "-p"].iter().map(|s| s.to_string())),
+        Mode::Foreground => v.extend(
+            ["-f", cfg, "-x", &t.p("admin.sock"), "-p"]
+                .iter()
+                .map(|s| s.to_string()),
+        ),
     }
     v.push(t.p("haproxy.pid"));
     v
@@ -73,7 +83,12 @@ fn start_with(mut t: Ctx, mode: Mode, cfg_text: &str) -> (Ctx, String) {
     let a = args(&t, mode, &cfg);
     t.start(&a);
     let ready = t.wait_ready(T_REAL);
-    assert_eq!(ready.get("MAINPID"), Some(t.pid.to_string().as_str()), "READY=1 without MAINPID=<wrapper pid>: {:?}", ready.text);
+    assert_eq!(
+        ready.get("MAINPID"),
+        Some(t.pid.to_string().as_str()),
+        "READY=1 without MAINPID=<wrapper pid>: {:?}",
+        ready.text
+    );
     t.track_haproxy(REAL_HAPROXY);
     (t, cfg)
 }
@@ -82,7 +97,11 @@ fn start_with(mut t: Ctx, mode: Mode, cfg_text: &str) -> (Ctx, String) {
 fn get_tag(t: &Ctx, tag: &str) {
     let r = http_get(t.port, "/").unwrap_or_else(|e| panic!("GET / on port {} (expecting {tag:?}): {e}", t.port));
     assert_eq!(r.status(), 200, "{}", r.status_line);
-    assert_eq!(r.body.trim(), tag, "answered by another configuration than the one expected");
+    assert_eq!(
+        r.body.trim(),
+        tag,
+        "answered by another configuration than the one expected"
+    );
 }
 
 /// GET / until the configuration tagged `tag` answers (polling with a deadline), for tests whose
@@ -100,7 +119,10 @@ fn wait_tag(t: &Ctx, tag: &str) {
             None
         }
     });
-    assert!(r.is_some(), "configuration {tag} not answering within {T_REAL:?}; last answer {last:?}");
+    assert!(
+        r.is_some(),
+        "configuration {tag} not answering within {T_REAL:?}; last answer {last:?}"
+    );
 }
 
 fn stop_and_check_nothing_left(t: &mut Ctx) {
@@ -108,7 +130,10 @@ fn stop_and_check_nothing_left(t: &mut Ctx) {
     stop_and_expect_0(t, T_REAL);
     assert_all_from_wrapper(t);
     let left: Vec<i32> = t.seen.iter().copied().filter(|p| alive(*p)).collect();
-    assert!(left.is_empty(), "haproxy processes left after the wrapper exited: {left:?}");
+    assert!(
+        left.is_empty(),
+        "haproxy processes left after the wrapper exited: {left:?}"
+    );
 }
 
 both_modes! {
@@ -352,11 +377,19 @@ fn a_stderr_nobody_reads_never_blocks_the_wrapper() {
     t.wait_ready(T_REAL);
     t.track_haproxy(REAL_HAPROXY);
     let reload = |t: &mut Ctx, n: u32| {
-        t.replace("haproxy.cfg", &(config(t, mode, &format!("config-{n}"), "") + &backends));
+        t.replace(
+            "haproxy.cfg",
+            &(config(t, mode, &format!("config-{n}"), "") + &backends),
+        );
         t.signal(Signal::SIGUSR2);
         let out = t.wait_reload_command(t.pid, &["--timeout", "20"]).output().unwrap();
         t.track_haproxy(REAL_HAPROXY);
-        assert_eq!(out.status.code(), Some(0), "reload {n} with the wrapper's stderr full: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "reload {n} with the wrapper's stderr full: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         wait_tag(t, &format!("config-{n}"));
     };
     for n in 1..=5 {
@@ -364,10 +397,17 @@ fn a_stderr_nobody_reads_never_blocks_the_wrapper() {
     }
     // The reader comes back: the next lines come with the count of those dropped.
     let held = drain_pipe(r);
-    assert!(held.len() >= 2048, "the pipe was never full ({} bytes): the test proves nothing", held.len());
+    assert!(
+        held.len() >= 2048,
+        "the pipe was never full ({} bytes): the test proves nothing",
+        held.len()
+    );
     reload(&mut t, 6);
     let after = drain_pipe(r);
-    assert!(after.contains(" log lines dropped: stderr was not ready to take them"), "no count of the dropped lines:\n{after}");
+    assert!(
+        after.contains(" log lines dropped: stderr was not ready to take them"),
+        "no count of the dropped lines:\n{after}"
+    );
     // Full again: a SIGTERM is acted on at once.
     reload(&mut t, 7);
     stop_and_check_nothing_left(&mut t);

@@ -223,19 +223,39 @@ fn foreground_command_line() {
     let mut t = Ctx::new("fgargv");
     let cfg = t.write("h.cfg", "");
     let pidf = t.p("h.pid");
-    let args = t.fake_args(Mode::Foreground, &cfg, &["-D", "-p", &pidf, "-S", "/nonexistent/master.sock", "-sf", "999999"]);
+    let args = t.fake_args(
+        Mode::Foreground,
+        &cfg,
+        &["-D", "-p", &pidf, "-S", "/nonexistent/master.sock", "-sf", "999999"],
+    );
     t.start(&args);
     t.wait_ready(T);
     let g1 = first_fake(&t, Mode::Foreground);
     let argv1 = report_argv(&t.report(g1));
     assert!(argv1.iter().any(|a| a == "-db"), "no -db: {argv1:?}");
-    for bad in ["-D", "-p", "-S", "/nonexistent/master.sock", "-W", "-Ws", "-x", "999999"] {
+    for bad in [
+        "-D",
+        "-p",
+        "-S",
+        "/nonexistent/master.sock",
+        "-W",
+        "-Ws",
+        "-x",
+        "999999",
+    ] {
         assert!(!argv1.iter().any(|a| a == bad), "{bad} passed to haproxy: {argv1:?}");
     }
     let sf1 = sf_pids(&argv1);
-    assert_eq!(sf1.len(), 1, "gen 1 should get exactly the sentinel after -sf: {argv1:?}");
+    assert_eq!(
+        sf1.len(),
+        1,
+        "gen 1 should get exactly the sentinel after -sf: {argv1:?}"
+    );
     for opt in ["-D", "-sf", "-S"] {
-        let warned = t.log().lines().any(|l| l.starts_with("<4>") && !l.contains("[WARNING]") && l.contains(opt));
+        let warned = t
+            .log()
+            .lines()
+            .any(|l| l.starts_with("<4>") && !l.contains("[WARNING]") && l.contains(opt));
         assert!(warned, "no warning logged for the dropped {opt}:\n{}", t.log());
     }
     assert_reload_ok(&t.reload(T));
@@ -244,9 +264,15 @@ fn foreground_command_line() {
     let sf2 = sf_pids(&argv2);
     // Only the sentinel: haproxy pauses every -sf pid while it retries a failing bind, so the
     // serving generation stays out; the wrapper soft-stops it once gen 2 serves.
-    assert_eq!(sf2.len(), 1, "gen 2 -sf names more than its sentinel (gen 1 is {g1}): {argv2:?}");
+    assert_eq!(
+        sf2.len(),
+        1,
+        "gen 2 -sf names more than its sentinel (gen 1 is {g1}): {argv2:?}"
+    );
     assert!(!sf2.contains(&g1) && !sf2.contains(&999999));
-    t.wait_events("SIGUSR1 from the wrapper to gen 1", 1, T, |e| e.pid == g1 && e.rest == "SIGUSR1");
+    t.wait_events("SIGUSR1 from the wrapper to gen 1", 1, T, |e| {
+        e.pid == g1 && e.rest == "SIGUSR1"
+    });
 }
 
 #[test]
@@ -261,7 +287,10 @@ fn master_worker_command_line() {
     assert!(argv.iter().any(|a| a == "-Ws"), "master not run as -Ws: {argv:?}");
     assert!(!argv.iter().any(|a| a == "-db"), "{argv:?}");
     // In master-worker mode haproxy writes the pid file (the master's pid).
-    let i = argv.iter().position(|a| a == "-p").unwrap_or_else(|| panic!("-p not passed to the master: {argv:?}"));
+    let i = argv
+        .iter()
+        .position(|a| a == "-p")
+        .unwrap_or_else(|| panic!("-p not passed to the master: {argv:?}"));
     assert_eq!(argv.get(i + 1).map(String::as_str), Some(pidf.as_str()));
     assert_eq!(fs::read_to_string(&pidf).unwrap_or_default().trim(), m.to_string());
 }
@@ -275,7 +304,11 @@ fn default_haproxy_is_the_program_beside_the_wrapper() {
     let cmd = t.command_prog(&wrapper, &["-f", &cfg]);
     t.spawn(cmd);
     t.wait_ready(T);
-    assert_eq!(t.ready_pids("fg").len(), 1, "the haproxy beside the wrapper was not used");
+    assert_eq!(
+        t.ready_pids("fg").len(),
+        1,
+        "the haproxy beside the wrapper was not used"
+    );
     assert_reload_ok(&t.reload(T));
     assert_eq!(t.ready_pids("fg").len(), 2);
 }
@@ -292,7 +325,11 @@ fn started_by_bare_name_through_path() {
     cmd.env("PATH", path);
     t.spawn(cmd);
     t.wait_ready(T);
-    assert_eq!(t.ready_pids("fg").len(), 1, "the haproxy beside the wrapper was not used");
+    assert_eq!(
+        t.ready_pids("fg").len(),
+        1,
+        "the haproxy beside the wrapper was not used"
+    );
     assert_reload_ok(&t.reload(T));
     assert_eq!(t.ready_pids("fg").len(), 2);
     stop_and_expect_0(&mut t, T);
@@ -313,7 +350,10 @@ fn reload_reexecs_the_program_now_on_disk() {
     assert!(exe.to_string_lossy().ends_with("(deleted)"), "{exe:?}");
     assert_reload_ok(&t.reload(T));
     let exe = fs::read_link(format!("/proc/{}/exe", t.pid)).unwrap();
-    assert_eq!(exe, wrapper, "after the reload the wrapper does not run the program now on disk");
+    assert_eq!(
+        exe, wrapper,
+        "after the reload the wrapper does not run the program now on disk"
+    );
     assert_reload_ok(&t.reload(T));
     stop_and_expect_0(&mut t, T);
 }
@@ -331,12 +371,18 @@ fn x_socket_only_on_reload_and_only_when_it_exists() {
     // The socket does not exist yet: no -x on this reload.
     assert_reload_ok(&t.reload(T));
     let g2 = newest_serving(&t, Mode::Foreground);
-    assert!(!report_argv(&t.report(g2)).iter().any(|a| a == "-x"), "-x passed while the socket does not exist");
+    assert!(
+        !report_argv(&t.report(g2)).iter().any(|a| a == "-x"),
+        "-x passed while the socket does not exist"
+    );
     let listener = UnixListener::bind(&sock).unwrap();
     assert_reload_ok(&t.reload(T));
     let g3 = newest_serving(&t, Mode::Foreground);
     let argv3 = report_argv(&t.report(g3));
-    let i = argv3.iter().position(|a| a == "-x").unwrap_or_else(|| panic!("no -x on reload with the socket present: {argv3:?}"));
+    let i = argv3
+        .iter()
+        .position(|a| a == "-x")
+        .unwrap_or_else(|| panic!("no -x on reload with the socket present: {argv3:?}"));
     assert_eq!(argv3.get(i + 1).map(String::as_str), Some(sock.as_str()));
     drop(listener);
 }
@@ -353,11 +399,22 @@ fn reload_failing_with_x_is_retried_without_it() {
     let status = t.reload(T);
     assert_reload_ok(&status);
     let ev = t.events();
-    let failed: Vec<&Event> = ev.iter().filter(|e| e.what == "exit" && e.role == "fg" && e.rest == "1").collect();
-    assert_eq!(failed.len(), 1, "expected one failed attempt with -x:\n{}", t.events_text());
+    let failed: Vec<&Event> = ev
+        .iter()
+        .filter(|e| e.what == "exit" && e.role == "fg" && e.rest == "1")
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "expected one failed attempt with -x:\n{}",
+        t.events_text()
+    );
     assert!(report_argv(&t.report(failed[0].pid)).iter().any(|a| a == "-x"));
     let g2 = newest_serving(&t, Mode::Foreground);
-    assert!(!report_argv(&t.report(g2)).iter().any(|a| a == "-x"), "retry still used -x");
+    assert!(
+        !report_argv(&t.report(g2)).iter().any(|a| a == "-x"),
+        "retry still used -x"
+    );
 }
 both_modes! {
     /// A new generation that does not become ready within --ready-timeout: the reload fails
@@ -402,8 +459,17 @@ fn failed_reload_never_signals_the_serving_generation() {
     // A SIGTTOU handshake marks the point by which any signal of the reload would be logged.
     t.signal(Signal::SIGTTOU);
     t.wait_events("the handshake's SIGTTOU", 1, T, |e| e.pid == old && e.rest == "SIGTTOU");
-    let to_old: Vec<String> = t.events().into_iter().filter(|e| e.pid == old && e.what == "signal").map(|e| e.rest).collect();
-    assert_eq!(to_old, vec!["SIGTTOU".to_string()], "the serving generation got signals from the failed reload");
+    let to_old: Vec<String> = t
+        .events()
+        .into_iter()
+        .filter(|e| e.pid == old && e.what == "signal")
+        .map(|e| e.rest)
+        .collect();
+    assert_eq!(
+        to_old,
+        vec!["SIGTTOU".to_string()],
+        "the serving generation got signals from the failed reload"
+    );
     assert!(alive(old));
 }
 
@@ -415,7 +481,11 @@ fn sighup_reloads_like_sigusr2() {
     t.start(&args);
     t.wait_ready(T);
     t.signal(Signal::SIGHUP);
-    assert!(t.notify().wait_for(T, |m| notify_sequence(m) == "R L R"), "{}", t.notify().dump());
+    assert!(
+        t.notify().wait_for(T, |m| notify_sequence(m) == "R L R"),
+        "{}",
+        t.notify().dump()
+    );
     assert_reload_ok(&t.notify().last_status().unwrap_or_default());
     assert_eq!(t.ready_pids("fg").len(), 2);
 }
@@ -544,13 +614,28 @@ fn foreground_drops_user_st() {
         assert!(!argv1.iter().any(|a| a == bad), "{bad} passed to haproxy: {argv1:?}");
     }
     assert!(argv1.iter().any(|a| a == "-sf"), "{argv1:?}");
-    assert_eq!(sf_pids(&argv1).len(), 1, "gen 1 should get exactly the sentinel after -sf: {argv1:?}");
-    assert!(t.log().lines().any(|l| l.contains("-st dropped")), "no warning for the dropped -st:\n{}", t.log());
+    assert_eq!(
+        sf_pids(&argv1).len(),
+        1,
+        "gen 1 should get exactly the sentinel after -sf: {argv1:?}"
+    );
+    assert!(
+        t.log().lines().any(|l| l.contains("-st dropped")),
+        "no warning for the dropped -st:\n{}",
+        t.log()
+    );
     assert_reload_ok(&t.reload(T));
     let g2 = newest_serving(&t, Mode::Foreground);
     let argv2 = report_argv(&t.report(g2));
-    assert!(!argv2.iter().any(|a| a == "-st" || a == "999999" || a == "999998"), "{argv2:?}");
-    assert_eq!(sf_pids(&argv2).len(), 1, "gen 2 -sf names more than its sentinel: {argv2:?}");
+    assert!(
+        !argv2.iter().any(|a| a == "-st" || a == "999999" || a == "999998"),
+        "{argv2:?}"
+    );
+    assert_eq!(
+        sf_pids(&argv2).len(),
+        1,
+        "gen 2 -sf names more than its sentinel: {argv2:?}"
+    );
     // Soft stop (SIGUSR1, from the wrapper once gen 2 serves), never a hard stop.
     t.wait_events("soft-stop of gen 1", 1, T, |e| e.pid == g1 && e.rest == "SIGUSR1");
 }
@@ -566,11 +651,23 @@ fn reload_is_declared_only_once_the_old_generation_stops_listening() {
     let old = newest_serving(&t, Mode::Foreground);
     t.replace("h.cfg", "fake-marker two\n");
     t.signal(Signal::SIGUSR2);
-    t.wait_events("the old generation lingering", 1, T, |e| e.pid == old && e.what == "linger");
+    t.wait_events("the old generation lingering", 1, T, |e| {
+        e.pid == old && e.what == "linger"
+    });
     // The new generation serves, the old one still listens: no verdict yet.
-    let early = t.notify().wait_for(std::time::Duration::from_millis(300), |m| notify_sequence(m) == "R L R");
-    assert!(!early, "READY=1 while the old generation still listened:\n{}", t.notify().dump());
+    let early = t
+        .notify()
+        .wait_for(std::time::Duration::from_millis(300), |m| notify_sequence(m) == "R L R");
+    assert!(
+        !early,
+        "READY=1 while the old generation still listened:\n{}",
+        t.notify().dump()
+    );
     fs::write(&gate, "").unwrap();
-    assert!(t.notify().wait_for(T, |m| notify_sequence(m) == "R L R"), "{}", t.notify().dump());
+    assert!(
+        t.notify().wait_for(T, |m| notify_sequence(m) == "R L R"),
+        "{}",
+        t.notify().dump()
+    );
     assert_reload_ok(&t.notify().last_status().unwrap_or_default());
 }

@@ -17,7 +17,10 @@ use util::*;
 /// A configuration answering `tag`; `global` and `frontend` lines added as given.
 fn config(t: &Ctx, mode: Mode, tag: &str, global: &str, frontend: &str) -> String {
     let expose = match mode {
-        Mode::Foreground => format!("    stats socket {} mode 600 level admin expose-fd listeners\n", t.p("admin.sock")),
+        Mode::Foreground => format!(
+            "    stats socket {} mode 600 level admin expose-fd listeners\n",
+            t.p("admin.sock")
+        ),
         Mode::MasterWorker => String::new(),
     };
     format!(
@@ -30,7 +33,10 @@ fn config(t: &Ctx, mode: Mode, tag: &str, global: &str, frontend: &str) -> Strin
 
 /// Starts the wrapper on real haproxy (foreground: with `-x` when `handover`) and waits until `tag` answers.
 fn start(t: &mut Ctx, mode: Mode, cfg_text: &str, handover: bool, tag: &str) {
-    assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps`");
+    assert!(
+        Path::new(REAL_HAPROXY).exists(),
+        "{REAL_HAPROXY} is missing: run `make deps`"
+    );
     let cfg = t.write("haproxy.cfg", cfg_text);
     let mut args: Vec<String> = vec!["--haproxy".into(), REAL_HAPROXY.into()];
     if mode == Mode::MasterWorker {
@@ -49,13 +55,21 @@ fn start(t: &mut Ctx, mode: Mode, cfg_text: &str, handover: bool, tag: &str) {
 /// `kill -USR2 $MAINPID` then `haproxy-systemd-wrapper --wait-reload $MAINPID`, as the unit does.
 fn systemctl_reload(t: &mut Ctx) -> Output {
     t.signal(Signal::SIGUSR2);
-    let out = t.wait_reload_command(t.pid, &["--timeout", "60"]).output().expect("run the client");
+    let out = t
+        .wait_reload_command(t.pid, &["--timeout", "60"])
+        .output()
+        .expect("run the client");
     t.track_haproxy(REAL_HAPROXY);
     out
 }
 
 fn describe(o: &Output) -> String {
-    format!("status {:?}; stdout: {}; stderr: {}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {:?}; stdout: {}; stderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn body(t: &Ctx) -> String {
@@ -134,7 +148,7 @@ fn noreuseport_without_handover_still_reloads() {
     let mode = Mode::Foreground;
     let mut t = Ctx::new("truth-noreuseport");
     let cfg = config(&t, mode, "one", "    noreuseport\n", "");
-        start(&mut t, mode, &cfg, false, "one");
+    start(&mut t, mode, &cfg, false, "one");
     for tag in ["two", "three"] {
         t.replace("haproxy.cfg", &config(&t, mode, tag, "    noreuseport\n", ""));
         let out = systemctl_reload(&mut t);
@@ -185,8 +199,14 @@ both_modes! {
 /// The "ready in N ms" of a client's `reload ok` line.
 fn ready_ms(o: &Output) -> u64 {
     let out = String::from_utf8_lossy(&o.stdout);
-    let rest = out.split("ready in ").nth(1).unwrap_or_else(|| panic!("no 'ready in' in {}", describe(o)));
-    rest.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no number after 'ready in' in {}", describe(o)))
+    let rest = out
+        .split("ready in ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no 'ready in' in {}", describe(o)));
+    rest.split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after 'ready in' in {}", describe(o)))
 }
 
 /// Lets a process the test stopped (SIGSTOP) go on, whatever happens to the test.
@@ -207,9 +227,16 @@ fn a_stuck_old_worker_holds_up_only_the_reload_that_retired_it() {
     let mut t = Ctx::new("truth-stuck-worker");
     let cfg = config(&t, mode, "tag-0", "", "");
     start(&mut t, mode, &cfg, false, "tag-0");
-    let master = haproxy_descendants(t.pid, REAL_HAPROXY).into_iter().find(|&p| proc_stat(p).map_or(false, |s| s.ppid == t.pid)).expect("no master");
+    let master = haproxy_descendants(t.pid, REAL_HAPROXY)
+        .into_iter()
+        .find(|&p| proc_stat(p).map_or(false, |s| s.ppid == t.pid))
+        .expect("no master");
     let workers = haproxy_descendants(master, REAL_HAPROXY);
-    assert_eq!(workers.len(), 1, "one worker expected below master {master}: {workers:?}");
+    assert_eq!(
+        workers.len(),
+        1,
+        "one worker expected below master {master}: {workers:?}"
+    );
     let stuck = workers[0];
     // Our child's child: this test started it. Stopped, it cannot act on the master's soft-stop.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(stuck), Signal::SIGSTOP).unwrap();
@@ -219,22 +246,43 @@ fn a_stuck_old_worker_holds_up_only_the_reload_that_retired_it() {
     let out = systemctl_reload(&mut t);
     assert_eq!(out.status.code(), Some(0), "reload 1: {}", describe(&out));
     let held = format!("pids [{stuck}] still listen 2 s after the new generation took over");
-    assert_eq!(t.log().matches(&held).count(), 1, "the reload that retired {stuck} did not wait for it (is it listening?):\n{}", t.log());
+    assert_eq!(
+        t.log().matches(&held).count(),
+        1,
+        "the reload that retired {stuck} did not wait for it (is it listening?):\n{}",
+        t.log()
+    );
     for i in 2..=3 {
         t.replace("haproxy.cfg", &config(&t, mode, &format!("tag-{i}"), "", ""));
         let out = systemctl_reload(&mut t);
         assert_eq!(out.status.code(), Some(0), "reload {i}: {}", describe(&out));
-        assert_eq!(t.log().matches(&held).count(), 1, "reload {i} waited for {stuck}, retired by reload 1:\n{}", t.log());
+        assert_eq!(
+            t.log().matches(&held).count(),
+            1,
+            "reload {i} waited for {stuck}, retired by reload 1:\n{}",
+            t.log()
+        );
         // Well under the 2 s bound of the wait: nothing of reload 1 was waited for.
         assert!(ready_ms(&out) < 1500, "reload {i}: {}", describe(&out));
     }
     let log = t.log();
     let waited_for = |l: &str| -> Vec<i32> {
-        let list = l.split("waiting for [").nth(1).and_then(|r| r.split(']').next()).unwrap_or("");
+        let list = l
+            .split("waiting for [")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .unwrap_or("");
         list.split(", ").filter_map(|p| p.parse().ok()).collect()
     };
-    let waited: Vec<&str> = log.lines().filter(|l| l.contains("to stop listening") && waited_for(l).contains(&stuck)).collect();
-    assert_eq!(waited.len(), 1, "{stuck} was waited for by more than the reload that retired it: {waited:?}");
+    let waited: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("to stop listening") && waited_for(l).contains(&stuck))
+        .collect();
+    assert_eq!(
+        waited.len(),
+        1,
+        "{stuck} was waited for by more than the reload that retired it: {waited:?}"
+    );
     drop(_resume);
     stop_and_expect_0(&mut t, T_REAL);
 }
@@ -248,7 +296,10 @@ fn a_reload_slower_than_the_ready_timeout_is_told_when_it_takes_effect_late() {
     use std::io::Write;
     let mode = Mode::MasterWorker;
     let mut t = Ctx::new("truth-late");
-    assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps`");
+    assert!(
+        Path::new(REAL_HAPROXY).exists(),
+        "{REAL_HAPROXY} is missing: run `make deps`"
+    );
     let cfg = t.write("haproxy.cfg", &config(&t, mode, "old", "", ""));
     t.start(&["--ready-timeout", "0.5", "--haproxy", REAL_HAPROXY, "-Ws", "-f", &cfg]);
     t.wait_ready(T_REAL);
@@ -261,13 +312,27 @@ fn a_reload_slower_than_the_ready_timeout_is_told_when_it_takes_effect_late() {
     }
     f.flush().unwrap();
     drop(f);
-    let slow = config(&t, mode, "new", "", &format!("    http-request set-var(txn.m) path,map({})\n", map.display()));
+    let slow = config(
+        &t,
+        mode,
+        "new",
+        "",
+        &format!("    http-request set-var(txn.m) path,map({})\n", map.display()),
+    );
     t.replace("haproxy.cfg", &slow);
     let out = systemctl_reload(&mut t);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(err.contains("not ready after 0.5 s; haproxy may still complete it"), "{}", describe(&out));
-    assert!(!err.contains("keeps serving"), "the client claims what it does not know: {}", describe(&out));
+    assert!(
+        err.contains("not ready after 0.5 s; haproxy may still complete it"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !err.contains("keeps serving"),
+        "the client claims what it does not know: {}",
+        describe(&out)
+    );
     // It does complete: the new configuration answers, and the wrapper says so.
     let mut last = String::new();
     poll_until(Duration::from_secs(60), || {
@@ -279,18 +344,41 @@ fn a_reload_slower_than_the_ready_timeout_is_told_when_it_takes_effect_late() {
         }
     })
     .unwrap_or_else(|| panic!("the slow reload never took effect; last answer {last:?}"));
-    let late = |m: &[Msg]| m.iter().any(|m| m.get("STATUS").map_or(false, |s| s.contains("gen 2 serving") && s.contains("last reload: took effect late")));
-    assert!(t.notify().wait_for(T_REAL, late), "STATUS never said gen 2 serves:\n{}", t.notify().dump());
-    assert!(t.log().contains("gen 2: the reload reported failed at --ready-timeout took effect late"), "{}", t.log());
+    let late = |m: &[Msg]| {
+        m.iter().any(|m| {
+            m.get("STATUS").map_or(false, |s| {
+                s.contains("gen 2 serving") && s.contains("last reload: took effect late")
+            })
+        })
+    };
+    assert!(
+        t.notify().wait_for(T_REAL, late),
+        "STATUS never said gen 2 serves:\n{}",
+        t.notify().dump()
+    );
+    assert!(
+        t.log()
+            .contains("gen 2: the reload reported failed at --ready-timeout took effect late"),
+        "{}",
+        t.log()
+    );
     // The ledger too: asked again for that reload, the client says it serves.
     let again = t.wait_reload_command(t.pid, &["--timeout", "10"]).output().unwrap();
     assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("reload ok: gen 2 serving, ready in "), "{}", describe(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("reload ok: gen 2 serving, ready in "),
+        "{}",
+        describe(&again)
+    );
     // And the next reload goes on from there.
     t.replace("haproxy.cfg", &config(&t, mode, "after", "", ""));
     let out = systemctl_reload(&mut t);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("gen 3 serving"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("gen 3 serving"),
+        "{}",
+        describe(&out)
+    );
     assert_eq!(body(&t), "after");
     stop_and_expect_0(&mut t, T_REAL);
 }

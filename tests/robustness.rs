@@ -27,7 +27,8 @@ fn first_fake(t: &Ctx, mode: Mode) -> i32 {
 
 /// Waits for the pid a fake `fake-orphan PATH` grandchild wrote.
 fn orphan_pid(path: &str) -> i32 {
-    poll_until(T, || fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok())).expect("the fake did not leave its orphan")
+    poll_until(T, || fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()))
+        .expect("the fake did not leave its orphan")
 }
 
 // ================================================================================================
@@ -128,15 +129,27 @@ mod notify_socket {
         t.spawn(cmd);
         first_fake(&t, Mode::Foreground);
         // The wrapper logs the generation serving once its READY=1 would have gone out.
-        let serving = poll_until(T, || if t.log().contains(" serving, ready in ") { Some(()) } else { None });
+        let serving = poll_until(T, || {
+            if t.log().contains(" serving, ready in ") {
+                Some(())
+            } else {
+                None
+            }
+        });
         assert!(serving.is_some(), "log:\n{}", t.log());
         t.signal(Signal::SIGTERM);
         let st = t.wait_exit(T);
         assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
         let log = t.log();
-        assert!(!log.contains("NOTIFY_SOCKET") && !log.contains("sd_notify"), "an empty NOTIFY_SOCKET was used; log:\n{log}");
+        assert!(
+            !log.contains("NOTIFY_SOCKET") && !log.contains("sd_notify"),
+            "an empty NOTIFY_SOCKET was used; log:\n{log}"
+        );
         // The wrapper's own warnings and errors (haproxy's re-emitted lines start with its tag).
-        let own = log.lines().filter(|l| (l.starts_with("<4>") || l.starts_with("<3>")) && !l[3..].starts_with('[')).count();
+        let own = log
+            .lines()
+            .filter(|l| (l.starts_with("<4>") || l.starts_with("<3>")) && !l[3..].starts_with('['))
+            .count();
         assert_eq!(own, 0, "warnings or errors for an empty NOTIFY_SOCKET; log:\n{log}");
     }
 }
@@ -155,9 +168,19 @@ mod master_socket {
         t.start_fake_ready(Mode::MasterWorker, "");
         let master = first_fake(&t, Mode::MasterWorker);
         let report = t.report(master);
-        let address = report.lines().find_map(|l| l.strip_prefix("env NOTIFY_SOCKET=@")).expect("the master's NOTIFY_SOCKET").to_string();
+        let address = report
+            .lines()
+            .find_map(|l| l.strip_prefix("env NOTIFY_SOCKET=@"))
+            .expect("the master's NOTIFY_SOCKET")
+            .to_string();
         let addr = UnixAddr::new_abstract(address.as_bytes()).unwrap();
-        let sock = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None).unwrap();
+        let sock = socket::socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
         const FLOOD: usize = 50_000;
         let t0 = Instant::now();
         let mut sent = 0;
@@ -177,7 +200,10 @@ mod master_socket {
         let lines = t.log().lines().filter(|l| l.contains("not the master")).count();
         let bound = 5 * (flood_time.as_secs() as usize + 2) + 5;
         assert!(lines > 0, "foreign datagrams are not logged at all; log:\n{}", t.log());
-        assert!(lines <= bound, "{lines} log lines for {sent} foreign datagrams in {flood_time:?} (bound {bound})");
+        assert!(
+            lines <= bound,
+            "{lines} log lines for {sent} foreign datagrams in {flood_time:?} (bound {bound})"
+        );
         t.signal(Signal::SIGTERM);
         let st = t.wait_exit(T);
         assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
@@ -197,7 +223,10 @@ mod proc_walk {
     /// systemd). Anything else it inherited is close-on-exec.
     fn descriptors_across_exec(pid: i32) -> (BTreeSet<i32>, usize) {
         let unix = fs::read_to_string("/proc/net/unix").unwrap();
-        let master_socket_inode = |inode: &str| unix.lines().any(|l| l.split_whitespace().nth(6) == Some(inode) && l.contains("haproxy-systemd-wrapper/"));
+        let master_socket_inode = |inode: &str| {
+            unix.lines()
+                .any(|l| l.split_whitespace().nth(6) == Some(inode) && l.contains("haproxy-systemd-wrapper/"))
+        };
         let mut targets = Vec::new();
         for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
             let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
@@ -211,7 +240,9 @@ mod proc_walk {
             let socket_inode = target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'));
             if target.contains("signalfd") || socket_inode.map_or(false, |inode| !master_socket_inode(inode)) {
                 reopened += 1;
-            } else if socket_inode.is_some() || (target.starts_with("pipe:") && targets.iter().filter(|(_, t)| t == target).count() == 2) {
+            } else if socket_inode.is_some()
+                || (target.starts_with("pipe:") && targets.iter().filter(|(_, t)| t == target).count() == 2)
+            {
                 kept.insert(*fd);
             }
         }
@@ -219,11 +250,17 @@ mod proc_walk {
     }
 
     fn set_nofile(pid: i32, soft: u64) -> u64 {
-        let mut old = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut old = nix::libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
         let rc = unsafe { nix::libc::prlimit(pid, nix::libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
         assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-        let new = nix::libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
+        let new = nix::libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
         // SAFETY: as above.
         let rc = unsafe { nix::libc::prlimit(pid, nix::libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
         assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
@@ -245,14 +282,30 @@ mod proc_walk {
         let before = set_nofile(t.pid, limit);
         let status = t.reload(T);
         let new_worker = t.wait_events("second worker", 2, T, |e| e.what == "ready" && e.role == "worker")[1].pid;
-        assert!(status.contains("last reload: ok"), "the reload is reported failed: {status:?}");
+        assert!(
+            status.contains("last reload: ok"),
+            "the reload is reported failed: {status:?}"
+        );
         assert!(status.contains("workers unknown"), "{status:?}");
-        assert!(!status.contains(&old_worker.to_string()) || status.contains("draining"), "{status:?}");
-        assert!(t.log().contains("cannot list the children of master"), "log:\n{}", t.log());
+        assert!(
+            !status.contains(&old_worker.to_string()) || status.contains("draining"),
+            "{status:?}"
+        );
+        assert!(
+            t.log().contains("cannot list the children of master"),
+            "log:\n{}",
+            t.log()
+        );
         set_nofile(t.pid, before);
         let named = format!("workers {new_worker}); draining: none");
-        let learnt = t.notify().wait_for(T, |m| m.iter().any(|m| m.get("STATUS").map_or(false, |s| s.contains(&named))));
-        assert!(learnt, "STATUS never named the new worker {new_worker}:\n{}", t.notify().dump());
+        let learnt = t.notify().wait_for(T, |m| {
+            m.iter().any(|m| m.get("STATUS").map_or(false, |s| s.contains(&named)))
+        });
+        assert!(
+            learnt,
+            "STATUS never named the new worker {new_worker}:\n{}",
+            t.notify().dump()
+        );
         t.signal(Signal::SIGTERM);
         let st = t.wait_exit(T);
         assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
@@ -313,7 +366,10 @@ mod graceful_stop {
     use super::*;
 
     fn events_of(t: &Ctx, pid: i32, what: &str, rest: &str) -> usize {
-        t.events().iter().filter(|e| e.pid == pid && e.what == what && e.rest == rest).count()
+        t.events()
+            .iter()
+            .filter(|e| e.pid == pid && e.what == what && e.rest == rest)
+            .count()
     }
 
     /// Starts master-worker with --stop-timeout `stop_timeout`, then a reload that stays busy
@@ -326,7 +382,9 @@ mod graceful_stop {
         let master = first_fake(t, Mode::MasterWorker);
         t.replace("h.cfg", &format!("fake-busy-reload {busy}\n"));
         t.signal(Signal::SIGUSR2);
-        t.wait_events("busy reload", 1, T, |e| e.pid == master && e.what == "reload" && e.rest == "busy");
+        t.wait_events("busy reload", 1, T, |e| {
+            e.pid == master && e.what == "reload" && e.rest == "busy"
+        });
         (master, busy)
     }
 
@@ -337,12 +395,23 @@ mod graceful_stop {
         let mut t = Ctx::new("usr1dropped");
         let (master, busy) = busy_reload(&mut t, "20");
         t.signal(Signal::SIGUSR1);
-        t.wait_events("SIGUSR1 dropped", 1, T, |e| e.pid == master && e.what == "dropped" && e.rest == "SIGUSR1");
+        t.wait_events("SIGUSR1 dropped", 1, T, |e| {
+            e.pid == master && e.what == "dropped" && e.rest == "SIGUSR1"
+        });
         fs::write(&busy, "").unwrap();
         let st = t.wait_exit(T);
         assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
-        assert!(events_of(&t, master, "signal", "SIGUSR1") >= 1, "the master never got a SIGUSR1 it acted on:\n{}", t.events_text());
-        assert_eq!(events_of(&t, master, "signal", "SIGTERM"), 0, "the graceful stop was escalated:\n{}", t.events_text());
+        assert!(
+            events_of(&t, master, "signal", "SIGUSR1") >= 1,
+            "the master never got a SIGUSR1 it acted on:\n{}",
+            t.events_text()
+        );
+        assert_eq!(
+            events_of(&t, master, "signal", "SIGTERM"),
+            0,
+            "the graceful stop was escalated:\n{}",
+            t.events_text()
+        );
         t.assert_no_fake_left();
     }
 
@@ -357,9 +426,21 @@ mod graceful_stop {
         let st = t.wait_exit(T);
         let took = t0.elapsed();
         assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
-        assert!(events_of(&t, master, "dropped", "SIGUSR1") >= 2, "SIGUSR1 was not sent again:\n{}", t.events_text());
-        assert_eq!(events_of(&t, master, "signal", "SIGTERM"), 1, "no SIGTERM after --stop-timeout:\n{}", t.events_text());
-        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(2), "the stop took {took:?} with --stop-timeout 1");
+        assert!(
+            events_of(&t, master, "dropped", "SIGUSR1") >= 2,
+            "SIGUSR1 was not sent again:\n{}",
+            t.events_text()
+        );
+        assert_eq!(
+            events_of(&t, master, "signal", "SIGTERM"),
+            1,
+            "no SIGTERM after --stop-timeout:\n{}",
+            t.events_text()
+        );
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(2),
+            "the stop took {took:?} with --stop-timeout 1"
+        );
         assert!(t.log().contains("did not act on SIGUSR1"), "log:\n{}", t.log());
         t.assert_no_fake_left();
     }
@@ -401,7 +482,10 @@ mod real_haproxy {
     use std::path::Path;
 
     fn start_master_worker(name: &str, wrapper_opts: &[&str]) -> Ctx {
-        assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps` (installs the test dependencies)");
+        assert!(
+            Path::new(REAL_HAPROXY).exists(),
+            "{REAL_HAPROXY} is missing: run `make deps` (installs the test dependencies)"
+        );
         let mut t = Ctx::new(name);
         let cfg = t.write(
             "haproxy.cfg",
@@ -433,11 +517,17 @@ mod real_haproxy {
             let st = t.wait_exit(Duration::from_secs(4) + T);
             let took = t0.elapsed();
             assert_eq!(st.code(), Some(0), "round {round}: {}", describe_status(&st));
-            assert!(took < Duration::from_secs(5), "round {round}: the graceful stop took {took:?} (bound: 2 x --stop-timeout 2 s)");
+            assert!(
+                took < Duration::from_secs(5),
+                "round {round}: the graceful stop took {took:?} (bound: 2 x --stop-timeout 2 s)"
+            );
             let left: Vec<i32> = t.seen.iter().copied().filter(|p| alive(*p)).collect();
             assert!(left.is_empty(), "round {round}: haproxy processes left: {left:?}");
             let resent = t.log().contains("sending it again");
-            eprintln!("round {round}: stopped in {took:?}{}", if resent { " (SIGUSR1 sent again)" } else { "" });
+            eprintln!(
+                "round {round}: stopped in {took:?}{}",
+                if resent { " (SIGUSR1 sent again)" } else { "" }
+            );
         }
     }
 }
@@ -451,7 +541,10 @@ mod real_exit_on_failure {
 
     #[test]
     fn a_failing_new_worker_is_never_reported_as_the_old_generation_serving() {
-        assert!(Path::new(REAL_HAPROXY).exists(), "{REAL_HAPROXY} is missing: run `make deps` (installs the test dependencies)");
+        assert!(
+            Path::new(REAL_HAPROXY).exists(),
+            "{REAL_HAPROXY} is missing: run `make deps` (installs the test dependencies)"
+        );
         let mut t = Ctx::new("real-exitonfailure");
         let port = t.port;
         let config = move |extra: &str| {
@@ -480,17 +573,26 @@ mod real_exit_on_failure {
         });
         let exited = decided.expect("no verdict on the reload");
         let log = t.log();
-        assert!(!log.contains("keeps serving"), "the wrapper claimed the previous generation keeps serving:\n{log}");
+        assert!(
+            !log.contains("keeps serving"),
+            "the wrapper claimed the previous generation keeps serving:\n{log}"
+        );
         let outcome = match exited {
             Some(st) => {
                 assert_eq!(st.code(), Some(1), "{}", describe_status(&st));
-                assert!(log.contains("nothing serves") || log.contains("ended unexpectedly"), "log:\n{log}");
+                assert!(
+                    log.contains("nothing serves") || log.contains("ended unexpectedly"),
+                    "log:\n{log}"
+                );
                 "haproxy stopped everything"
             }
             None => {
                 let settled = poll_until(T_REAL, || {
                     let log = t.log();
-                    if log.contains("nothing serves") || log.contains("may not serve any more") || log.contains("ended unexpectedly") {
+                    if log.contains("nothing serves")
+                        || log.contains("may not serve any more")
+                        || log.contains("ended unexpectedly")
+                    {
                         Some(log)
                     } else {
                         None
@@ -527,20 +629,32 @@ mod failed_reload_truth {
         t.replace("h.cfg", "fake-new-worker-fails 1\n");
         t.signal(Signal::SIGUSR2);
         // The unit's ExecReload= client, right after the signal.
-        let client = t.wait_reload_command(t.pid, &[]).output().expect("run the --wait-reload client");
+        let client = t
+            .wait_reload_command(t.pid, &[])
+            .output()
+            .expect("run the --wait-reload client");
         let said = String::from_utf8_lossy(&client.stderr).into_owned();
         eprintln!("--wait-reload: {:?}: {}", client.status.code(), said.trim());
-        assert!(!said.contains("keeps serving"), "the client claimed the previous generation keeps serving: {said}");
+        assert!(
+            !said.contains("keeps serving"),
+            "the client claimed the previous generation keeps serving: {said}"
+        );
         // 1 with the failure and that the service is stopping; when the client comes late, the
         // wrapper may be stopping or gone already (its own answers for that, not checked here).
         if client.status.code() == Some(1) {
-            assert!(said.contains("failed") && said.contains("the service is stopping"), "{said}");
+            assert!(
+                said.contains("failed") && said.contains("the service is stopping"),
+                "{said}"
+            );
         }
         let st = t.wait_exit(T);
         assert_ne!(st.code(), Some(0), "{}", describe_status(&st));
         t.wait_events("the master's end", 1, T, |e| e.pid == master && e.what == "exit");
         let log = t.log();
-        assert!(!log.contains("keeps serving"), "the wrapper claimed the previous generation keeps serving:\n{log}");
+        assert!(
+            !log.contains("keeps serving"),
+            "the wrapper claimed the previous generation keeps serving:\n{log}"
+        );
         assert!(log.contains("nothing serves"), "log:\n{log}");
         t.assert_no_fake_left();
     }
@@ -557,13 +671,18 @@ fn a_graceful_stop_undone_by_a_reload_is_asked_again() {
     t.start(&args);
     t.wait_ready(T);
     t.signal(Signal::SIGUSR1);
-    t.wait_events("the master undoing the first SIGUSR1", 1, T, |e| e.what == "usr1-undone");
+    t.wait_events("the master undoing the first SIGUSR1", 1, T, |e| {
+        e.what == "usr1-undone"
+    });
     let st = t.wait_exit(T);
     assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
-    assert!(t.log().contains("ready again after it acted on the graceful stop"), "{}", t.log());
+    assert!(
+        t.log().contains("ready again after it acted on the graceful stop"),
+        "{}",
+        t.log()
+    );
     t.assert_no_fake_left();
 }
-
 
 // ================================================================================================
 /// The run directory misbehaving (issue 15): full, removed while the wrapper runs, not usable.
@@ -577,11 +696,18 @@ mod run_dir {
     /// `kill -USR2` then the client, as the unit's two ExecReload= lines do.
     fn reload(t: &Ctx) -> Output {
         t.signal(Signal::SIGUSR2);
-        t.wait_reload_command(t.pid, &["--timeout", "20"]).output().expect("run the client")
+        t.wait_reload_command(t.pid, &["--timeout", "20"])
+            .output()
+            .expect("run the client")
     }
 
     fn said(o: &Output) -> String {
-        format!("status {:?}: {}{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        format!(
+            "status {:?}: {}{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
     }
 
     both_modes! {
@@ -651,7 +777,11 @@ mod run_dir {
         t.start_fake_ready(Mode::Foreground, "fake-marker one\n");
         let out = reload(&t);
         assert_eq!(out.status.code(), Some(74), "{}", said(&out));
-        assert!(said(&out).contains(&format!("{} is not a directory", t.p("run"))), "{}", said(&out));
+        assert!(
+            said(&out).contains(&format!("{} is not a directory", t.p("run"))),
+            "{}",
+            said(&out)
+        );
         fs::remove_file(t.path("run")).unwrap();
         fs::create_dir(t.path("run")).unwrap();
         fs::set_permissions(t.path("run"), fs::Permissions::from_mode(0o777)).unwrap();

@@ -89,7 +89,11 @@ fn replace_wrapper(t: &Ctx, exe: &Path, with: Replacement) {
     let tmp = exe.with_extension("new");
     match with {
         Replacement::OlderRelease => {
-            fs::write(&tmp, "#!/bin/sh\necho 'state carried across re-exec is unusable: state version 2 is not 1' >&2\nexit 70\n").unwrap();
+            fs::write(
+                &tmp,
+                "#!/bin/sh\necho 'state carried across re-exec is unusable: state version 2 is not 1' >&2\nexit 70\n",
+            )
+            .unwrap();
             set_mode(&tmp, 0o755);
         }
         Replacement::NotAWrapper => {
@@ -162,12 +166,20 @@ fn a_late_ready_does_not_answer_the_next_reload() {
     // The second reload asks for a broken configuration while the master is still busy.
     t.replace("h.cfg", "fake-bad\n");
     t.signal(Signal::SIGUSR2);
-    t.wait_events("the busy master dropping the second SIGUSR2", 1, T, |e| e.what == "signal" && e.rest == "SIGUSR2 dropped-during-reload");
+    t.wait_events("the busy master dropping the second SIGUSR2", 1, T, |e| {
+        e.what == "signal" && e.rest == "SIGUSR2 dropped-during-reload"
+    });
     // Now the first reload finishes: its READY=1 arrives during the second reload.
     fs::write(&gate, "").unwrap();
-    t.wait_events("the first reload's late READY=1", 1, T, |e| e.what == "reload" && e.rest.starts_with("ok"));
+    t.wait_events("the first reload's late READY=1", 1, T, |e| {
+        e.what == "reload" && e.rest.starts_with("ok")
+    });
     let (code, err) = wait_reload(&t);
-    assert_eq!(code, Some(1), "the second reload was answered by the first one's late READY=1: {err}");
+    assert_eq!(
+        code,
+        Some(1),
+        "the second reload was answered by the first one's late READY=1: {err}"
+    );
     assert!(err.contains("not ready after 1 s"), "{err}");
     let status = t.notify().last_status().unwrap_or_default();
     assert!(status.contains("last reload: failed"), "{status}");
@@ -183,7 +195,8 @@ fn replace_with_script(exe: &Path, script: &str) {
 
 /// The pid a script wrote to `file` (waiting for it: the script runs in the wrapper's probe).
 fn pid_in(file: &Path) -> i32 {
-    poll_until(T, || fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok())).unwrap_or_else(|| panic!("no pid in {}", file.display()))
+    poll_until(T, || fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no pid in {}", file.display()))
 }
 
 both_modes! {
@@ -236,13 +249,20 @@ fn a_stop_during_a_probe_is_not_held_up_by_it() {
     t.spawn(cmd);
     t.wait_ready(T);
     let hung = t.path("hung.pid");
-    replace_with_script(&exe, &format!("#!/bin/sh\necho $$ > {}\nexec sleep 30\n", hung.display()));
+    replace_with_script(
+        &exe,
+        &format!("#!/bin/sh\necho $$ > {}\nexec sleep 30\n", hung.display()),
+    );
     t.signal(Signal::SIGUSR2);
     let hung_pid = pid_in(&hung);
     t.signal(Signal::SIGTERM);
     let st = t.wait_exit(T);
     assert_eq!(st.code(), Some(0), "{}", describe_status(&st));
-    assert!(t.log().contains("a stop was requested during its probe"), "the probe was not cut short by the stop:\n{}", t.log());
+    assert!(
+        t.log().contains("a stop was requested during its probe"),
+        "the probe was not cut short by the stop:\n{}",
+        t.log()
+    );
     assert!(!alive(hung_pid), "the probe {hung_pid} outlived the wrapper");
     t.assert_no_fake_left();
 }

@@ -39,7 +39,10 @@ fn finish(mut c: Child, timeout: Duration) -> Output {
     if poll_until(timeout, || c.try_wait().unwrap()).is_none() {
         let _ = c.kill();
         let out = c.wait_with_output().unwrap();
-        panic!("client still waiting after {timeout:?}; stderr: {}", String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "client still waiting after {timeout:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     c.wait_with_output().unwrap()
 }
@@ -49,7 +52,11 @@ fn code(o: &Output) -> i32 {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// `kill -USR2` then the client, as the unit's two ExecReload= lines do.
@@ -212,7 +219,11 @@ fn timeout_gives_75() {
     t.signal(Signal::SIGUSR2);
     let out = finish(client(&t, &["--timeout", "0.5"]), T);
     assert_eq!(code(&out), 75, "{}", text(&out));
-    assert!(text(&out).contains("no result for the reload after 0.5 s"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no result for the reload after 0.5 s"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Not a wrapper, no such process, no reload asked: distinct statuses, one clear line each.
@@ -244,10 +255,21 @@ fn a_client_given_another_clients_pid_says_so_at_once() {
     t.signal(Signal::SIGUSR2);
     let waiting = client(&t, &[]);
     let other = waiting.id() as i32;
-    poll_until(T, || if exe_of(other).map_or(false, |e| e == std::path::Path::new(WRAPPER)) { Some(()) } else { None }).expect("the first client runs the wrapper program");
+    poll_until(T, || {
+        if exe_of(other).map_or(false, |e| e == std::path::Path::new(WRAPPER)) {
+            Some(())
+        } else {
+            None
+        }
+    })
+    .expect("the first client runs the wrapper program");
     let out = finish(client_for(&t, other, &["--timeout", "5"]), T);
     assert_eq!(code(&out), 69, "{}", text(&out));
-    assert!(text(&out).contains(&format!("process {other} is a --wait-reload client")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("process {other} is a --wait-reload client")),
+        "{}",
+        text(&out)
+    );
     std::fs::write(&gate, "").unwrap();
     let out = finish(waiting, T);
     assert_eq!(code(&out), 0, "{}", text(&out));

@@ -9,7 +9,16 @@ fn sample() -> Ledger {
     l.finish(a, Outcome::Ok { ms: 48 });
     l.requests = 3;
     let b = l.begin(3, 2000);
-    l.finish(b, Outcome::Failed { ms: 20, reasons: vec!["cannot bind (haproxy exited with status 1)".into(), "[ALERT] line\nwith newline".into()] });
+    l.finish(
+        b,
+        Outcome::Failed {
+            ms: 20,
+            reasons: vec![
+                "cannot bind (haproxy exited with status 1)".into(),
+                "[ALERT] line\nwith newline".into(),
+            ],
+        },
+    );
     l.begin(4, 3000);
     l
 }
@@ -18,11 +27,29 @@ fn sample() -> Ledger {
 fn round_trips() {
     let l = sample();
     let back = Ledger::parse(&l.encode()).unwrap();
-    assert_eq!(back.attempts[1].outcome, Outcome::Failed { ms: 20, reasons: vec!["cannot bind (haproxy exited with status 1)".into(), "[ALERT] line with newline".into()] });
+    assert_eq!(
+        back.attempts[1].outcome,
+        Outcome::Failed {
+            ms: 20,
+            reasons: vec![
+                "cannot bind (haproxy exited with status 1)".into(),
+                "[ALERT] line with newline".into()
+            ]
+        }
+    );
     assert_eq!(back, Ledger::parse(&back.encode()).unwrap());
-    assert_eq!(back.attempts.iter().map(|a| (a.seq, a.covers, a.gen)).collect::<Vec<_>>(), vec![(1, 2, 2), (2, 3, 3), (3, 3, 4)]);
+    assert_eq!(
+        back.attempts
+            .iter()
+            .map(|a| (a.seq, a.covers, a.gen))
+            .collect::<Vec<_>>(),
+        vec![(1, 2, 2), (2, 3, 3), (3, 3, 4)]
+    );
     assert_eq!(back.attempts[2].outcome, Outcome::Pending);
-    assert_eq!((back.pid, back.start_time, back.requests, back.stopping), (42, 777, 3, false));
+    assert_eq!(
+        (back.pid, back.start_time, back.requests, back.stopping),
+        (42, 777, 3, false)
+    );
 }
 
 #[test]
@@ -33,7 +60,10 @@ fn a_failure_that_may_still_complete_round_trips() {
     assert!(text.contains("late 2 possible\n"), "{}", text);
     assert_eq!(Ledger::parse(&text).unwrap(), l);
     l.set_late(3, Late::Served { ms: 4100 });
-    assert_eq!(Ledger::parse(&l.encode()).unwrap().attempts[1].late, Late::Served { ms: 4100 });
+    assert_eq!(
+        Ledger::parse(&l.encode()).unwrap().attempts[1].late,
+        Late::Served { ms: 4100 }
+    );
     // Only a failed attempt can have taken effect late.
     assert!(Ledger::parse("haproxy-systemd-wrapper-ledger 1\npid 1\nattempt 1 0 0 2 ok 5\nlate 1 possible\n").is_err());
     assert!(Ledger::parse("haproxy-systemd-wrapper-ledger 1\npid 1\nattempt 1 0 0 2 failed 5\nlate 1 soon\n").is_err());
@@ -116,7 +146,10 @@ fn randomized_ledgers_round_trip_and_damaged_ones_fail_clearly() {
                 0 => Outcome::Pending,
                 1 => Outcome::Ok { ms: rng.number() },
                 // Reasons as haproxy or anyone may write them: the ledger keeps one line each.
-                _ => Outcome::Failed { ms: rng.number(), reasons: (0..rng.below(4)).map(|_| rng.text(30)).collect() },
+                _ => Outcome::Failed {
+                    ms: rng.number(),
+                    reasons: (0..rng.below(4)).map(|_| rng.text(30)).collect(),
+                },
             };
             l.finish(seq, outcome);
         }
@@ -124,12 +157,21 @@ fn randomized_ledgers_round_trip_and_damaged_ones_fail_clearly() {
         let text = l.encode();
         assert_eq!(Ledger::parse(&text).as_ref(), Ok(&l), "case {}:\n{}", case, text);
         for _ in 0..5 {
-            let damaged = if rng.one_in(4) { rng.text(100) } else { rng.mutate_text(&text, b" \nattemptreasonpid0123456789") };
+            let damaged = if rng.one_in(4) {
+                rng.text(100)
+            } else {
+                rng.mutate_text(&text, b" \nattemptreasonpid0123456789")
+            };
             match Ledger::parse(&damaged) {
                 Ok(back) => assert!(back.pid > 0, "case {}: {:?}", case, damaged),
                 Err(e) => {
                     assert_clear_error(&damaged, &e);
-                    assert!(!e.contains('\n') && e.chars().count() < 1100, "case {}: one line: {:?}", case, e);
+                    assert!(
+                        !e.contains('\n') && e.chars().count() < 1100,
+                        "case {}: one line: {:?}",
+                        case,
+                        e
+                    );
                 }
             }
         }
@@ -146,14 +188,31 @@ fn what_the_wrapper_writes_its_reader_accepts_at_the_bound() {
     for n in 0..(3 * KEEP as u64) {
         l.requests = u64::MAX - 1000 + n;
         let seq = l.begin(u32::MAX, u64::MAX - n);
-        let reasons: Vec<String> = (0..30).map(|i| std::iter::repeat(chars[(n as usize + i) % 4]).take(MAX_REASON_LINE + i).collect()).collect();
+        let reasons: Vec<String> = (0..30)
+            .map(|i| {
+                std::iter::repeat(chars[(n as usize + i) % 4])
+                    .take(MAX_REASON_LINE + i)
+                    .collect()
+            })
+            .collect();
         l.finish(seq, Outcome::Failed { ms: u64::MAX, reasons });
         let text = l.encode();
         assert!(text.len() <= MAX_WRITTEN, "attempt {}: {} bytes written", n, text.len());
-        assert_eq!(Ledger::parse(&text).as_ref(), Ok(&l), "attempt {}: the reader refuses or alters what was written", n);
+        assert_eq!(
+            Ledger::parse(&text).as_ref(),
+            Ok(&l),
+            "attempt {}: the reader refuses or alters what was written",
+            n
+        );
         for a in &l.attempts {
             if let Outcome::Failed { reasons, .. } = &a.outcome {
-                assert!(reasons.iter().all(|r| r.len() <= MAX_REASON_LINE && r.len() > MAX_REASON_LINE - 4), "attempt {}: a line is not cut at its bound", a.seq);
+                assert!(
+                    reasons
+                        .iter()
+                        .all(|r| r.len() <= MAX_REASON_LINE && r.len() > MAX_REASON_LINE - 4),
+                    "attempt {}: a line is not cut at its bound",
+                    a.seq
+                );
                 // Every attempt keeps its summary, the newest all of its lines.
                 let want = if a.seq == seq { MAX_REASON_LINES } else { 1 };
                 assert!(reasons.len() >= want, "attempt {} kept {} lines", a.seq, reasons.len());
@@ -189,7 +248,10 @@ fn a_failed_store_empties_the_file_and_a_removed_dir_is_made_again() {
     // A file where the directory should be: refused, with why.
     std::fs::write(&dir, "").unwrap();
     assert!(store(&dir, &l).unwrap_err().to_string().contains("is not a directory"));
-    assert_eq!(check_dir(&dir).unwrap_err().unwrap(), format!("{} is not a directory", dir.display()));
+    assert_eq!(
+        check_dir(&dir).unwrap_err().unwrap(),
+        format!("{} is not a directory", dir.display())
+    );
     std::fs::remove_file(&dir).unwrap();
 }
 
@@ -210,7 +272,11 @@ fn after_the_exec_the_carried_ledger_counts_not_the_file() {
     carried.begin(3, 200);
     let r = Recorder::resume(&dir, Some(carried.clone()));
     assert_eq!(r.ledger, carried);
-    assert_eq!(load(&path(&dir, me)).unwrap(), carried, "the file is written from the carried ledger");
+    assert_eq!(
+        load(&path(&dir, me)).unwrap(),
+        carried,
+        "the file is written from the carried ledger"
+    );
     // Carried by a wrapper that did not carry it: the file, when it is ours.
     assert_eq!(Recorder::resume(&dir, None).ledger, carried);
     // Another process's ledger is never taken.

@@ -56,7 +56,10 @@ pub struct Foreground {
 /// the sockets from the old process!" then (a silent death may be it too); a configuration error
 /// or "cannot bind socket" does not deserve a try without `-x`.
 fn handover_may_be_at_fault(alerts: &[String]) -> bool {
-    alerts.is_empty() || alerts.iter().any(|alert| alert.contains("sockets from the old process") || alert.contains("old process socket"))
+    alerts.is_empty()
+        || alerts
+            .iter()
+            .any(|alert| alert.contains("sockets from the old process") || alert.contains("old process socket"))
 }
 
 /// The addresses haproxy could not bind because they are in use: its alert ends with the address
@@ -85,12 +88,18 @@ fn held_by_ours(alerts: &[String], owners: &[i32]) -> Result<(), String> {
     let ours: Vec<u64> = owners.iter().flat_map(|pid| procs::socket_inodes(*pid)).collect();
     for addr in wanted {
         let addr = addr.ok_or_else(|| "an address in use that haproxy did not name".to_string())?;
-        let holders: Vec<&procs::Listener> = listening.iter().filter(|l| procs::bind_conflicts(addr, l.addr)).collect();
+        let holders: Vec<&procs::Listener> = listening
+            .iter()
+            .filter(|l| procs::bind_conflicts(addr, l.addr))
+            .collect();
         if holders.is_empty() {
             return Err(format!("{} is in use, by no listener this wrapper can see", addr));
         }
         if let Some(other) = holders.iter().find(|l| !ours.contains(&l.inode)) {
-            return Err(format!("{} is in use by another program (its listener on {})", addr, other.addr));
+            return Err(format!(
+                "{} is in use by another program (its listener on {})",
+                addr, other.addr
+            ));
         }
     }
     Ok(())
@@ -98,19 +107,35 @@ fn held_by_ours(alerts: &[String], owners: &[i32]) -> Result<(), String> {
 
 impl Foreground {
     pub fn fresh(launch: Launch) -> Foreground {
-        Foreground { launch, generations: ForegroundGenerations::default(), attempt: None }
+        Foreground {
+            launch,
+            generations: ForegroundGenerations::default(),
+            attempt: None,
+        }
     }
 
     /// Takes the carried generations back, keeping only what the kernel confirms is still ours.
     pub fn resume(launch: Launch, mut generations: ForegroundGenerations, wrapper_pid: i32) -> Foreground {
         if let Some(generation) = generations.serving {
             if !procs::is_child_of(generation.pid, wrapper_pid) {
-                warning!("serving gen {} pid {} is not our child any more", generation.n, generation.pid);
+                warning!(
+                    "serving gen {} pid {} is not our child any more",
+                    generation.n,
+                    generation.pid
+                );
             }
         }
-        generations.draining.retain(|generation| procs::is_child_of(generation.pid, wrapper_pid));
-        generations.stopped.retain(|generation| procs::is_child_of(generation.pid, wrapper_pid));
-        Foreground { launch, generations, attempt: None }
+        generations
+            .draining
+            .retain(|generation| procs::is_child_of(generation.pid, wrapper_pid));
+        generations
+            .stopped
+            .retain(|generation| procs::is_child_of(generation.pid, wrapper_pid));
+        Foreground {
+            launch,
+            generations,
+            attempt: None,
+        }
     }
 
     /// Starts the attempt's haproxy: `-sf` the sentinel (and the generations still running, on
@@ -129,16 +154,29 @@ impl Foreground {
         if old_in_sf {
             sf.extend(self.signal_targets());
         }
-        let handover = if with_handover { self.launch.args.handover_socket.as_deref() } else { None };
+        let handover = if with_handover {
+            self.launch.args.handover_socket.as_deref()
+        } else {
+            None
+        };
         let argv = haproxy::foreground_args(&self.launch.args.base, &sf, handover);
         let program = &self.launch.program;
-        let pid = haproxy::spawn(program, &argv, self.launch.relay_write, None).map_err(|e| Error::from_spawn(program, &e))?;
+        let pid = haproxy::spawn(program, &argv, self.launch.relay_write, None)
+            .map_err(|e| Error::from_spawn(program, &e))?;
         info!(
             "gen {}: started haproxy pid {}{}{}",
             gen,
             pid,
-            if handover.is_some() { " with listener hand-over" } else { "" },
-            if sf.len() > 1 { format!(", old pids {:?}", &sf[1..]) } else { String::new() }
+            if handover.is_some() {
+                " with listener hand-over"
+            } else {
+                ""
+            },
+            if sf.len() > 1 {
+                format!(", old pids {:?}", &sf[1..])
+            } else {
+                String::new()
+            }
         );
         if let Some(attempt) = &mut self.attempt {
             attempt.haproxy = Some(pid);
@@ -154,7 +192,12 @@ impl Foreground {
         let retry = match &mut self.attempt {
             Some(attempt) if attempt.retried => false,
             Some(attempt) if attempt.with_handover && handover_may_be_at_fault(alerts) => {
-                warning!("gen {}: haproxy pid {} exited with status {} using listener hand-over; retrying once without it", attempt.gen, pid, code);
+                warning!(
+                    "gen {}: haproxy pid {} exited with status {} using listener hand-over; retrying once without it",
+                    attempt.gen,
+                    pid,
+                    code
+                );
                 // Without the hand-over, the old generation may have to let go of its sockets.
                 attempt.with_handover = false;
                 attempt.old_in_sf = !attempt.first;
@@ -185,7 +228,10 @@ impl Foreground {
         }
         match self.spawn_haproxy() {
             Ok(()) => Outcome::StartedOver,
-            Err(e) => Outcome::Attempt(Verdict::Failed { reason: e.to_string(), code: e.exit_code() }),
+            Err(e) => Outcome::Attempt(Verdict::Failed {
+                reason: e.to_string(),
+                code: e.exit_code(),
+            }),
         }
     }
 
@@ -203,7 +249,11 @@ impl Foreground {
             }
             if !attempt.first && self.generations.serving.map(|generation| generation.pid) == Some(pid) {
                 // The new generation may have told it to stop already; the reload decides.
-                info!("gen serving before the reload (pid {}) ended (status {})", pid, error::status_code(status).unwrap_or(1));
+                info!(
+                    "gen serving before the reload (pid {}) ended (status {})",
+                    pid,
+                    error::status_code(status).unwrap_or(1)
+                );
                 attempt.serving_ended = Some(*status);
                 return Outcome::Attempt(Verdict::Pending);
             }
@@ -217,11 +267,19 @@ impl Foreground {
             Some(i) => Some(draining.remove(i)),
             None => {
                 let stopped = &mut self.generations.stopped;
-                stopped.iter().position(|generation| generation.pid == pid).map(|i| stopped.remove(i))
+                stopped
+                    .iter()
+                    .position(|generation| generation.pid == pid)
+                    .map(|i| stopped.remove(i))
             }
         };
         if let Some(generation) = found {
-            info!("gen {}: haproxy pid {} finished draining (status {})", generation.n, pid, error::status_code(status).unwrap_or(1));
+            info!(
+                "gen {}: haproxy pid {} finished draining (status {})",
+                generation.n,
+                pid,
+                error::status_code(status).unwrap_or(1)
+            );
             return Outcome::StatusChanged;
         }
         Outcome::Nothing
@@ -234,13 +292,23 @@ impl Foreground {
         let max = self.launch.max_draining.max(1) as usize;
         while self.generations.draining.len() > max {
             let draining = &mut self.generations.draining;
-            let oldest = match draining.iter().enumerate().min_by_key(|(_, generation)| generation.n).map(|(i, _)| i) {
+            let oldest = match draining
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, generation)| generation.n)
+                .map(|(i, _)| i)
+            {
                 Some(i) => draining.remove(i),
                 None => break,
             };
             let why = format!("more than {} draining generations (--max-draining)", max);
             let (n, pid) = (oldest.n, oldest.pid);
-            notice!("gen {}: stopping haproxy pid {} (SIGTERM), its connections with it: {}", n, pid, why);
+            notice!(
+                "gen {}: stopping haproxy pid {} (SIGTERM), its connections with it: {}",
+                n,
+                pid,
+                why
+            );
             haproxy::signal(oldest.pid, Signal::SIGTERM);
             self.generations.stopped.push(oldest);
         }
@@ -262,7 +330,11 @@ fn note_old_pidfile(path: &std::path::Path) {
             let me = std::process::id() as i32;
             for p in pids {
                 if procs::stat(p).is_some() && !procs::is_child_of(p, me) {
-                    notice!("pid file {} names pid {}, which is not ours: ignored and overwritten", path.display(), p);
+                    notice!(
+                        "pid file {} names pid {}, which is not ours: ignored and overwritten",
+                        path.display(),
+                        p
+                    );
                 }
             }
         }
@@ -292,7 +364,16 @@ impl Protocol for Foreground {
         }
         let with_handover = !first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists());
         let sentinel = haproxy::spawn_sentinel().map_err(|e| Error::Internal(format!("fork: {}", e)))?;
-        self.attempt = Some(Attempt { gen, first, sentinel, haproxy: None, with_handover, old_in_sf: false, retried: false, serving_ended: None });
+        self.attempt = Some(Attempt {
+            gen,
+            first,
+            sentinel,
+            haproxy: None,
+            with_handover,
+            old_in_sf: false,
+            retried: false,
+            serving_ended: None,
+        });
         self.spawn_haproxy()
     }
 
@@ -355,7 +436,11 @@ impl Protocol for Foreground {
 
     fn signal_targets(&self) -> Vec<i32> {
         let generations = &self.generations;
-        let all = generations.serving.iter().chain(generations.draining.iter()).chain(generations.stopped.iter());
+        let all = generations
+            .serving
+            .iter()
+            .chain(generations.draining.iter())
+            .chain(generations.stopped.iter());
         all.map(|generation| generation.pid).collect()
     }
 
@@ -364,7 +449,9 @@ impl Protocol for Foreground {
     }
 
     fn serving_text(&self) -> Option<String> {
-        self.generations.serving.map(|generation| format!("gen {} serving (pid {})", generation.n, generation.pid))
+        self.generations
+            .serving
+            .map(|generation| format!("gen {} serving (pid {})", generation.n, generation.pid))
     }
 
     fn serving_label(&self, pid: i32) -> String {
@@ -372,7 +459,11 @@ impl Protocol for Foreground {
     }
 
     fn draining(&self) -> Vec<i32> {
-        self.generations.draining.iter().map(|generation| generation.pid).collect()
+        self.generations
+            .draining
+            .iter()
+            .map(|generation| generation.pid)
+            .collect()
     }
 
     fn next_tick_ns(&self) -> Option<u64> {

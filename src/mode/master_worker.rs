@@ -74,12 +74,17 @@ fn judge_ready(attempt: &Attempt, children: Option<&[i32]>) -> Verdict {
     }
     let reason = if attempt.loading_failed {
         "haproxy reported a loading failure"
-    } else if children.map_or(false, |children| children.iter().all(|c| attempt.workers_before.contains(c))) {
+    } else if children.map_or(false, |children| {
+        children.iter().all(|c| attempt.workers_before.contains(c))
+    }) {
         "the master started no new worker"
     } else {
         return Verdict::Serving;
     };
-    Verdict::Failed { reason: reason.to_string(), code: 1 }
+    Verdict::Failed {
+        reason: reason.to_string(),
+        code: 1,
+    }
 }
 
 impl MasterWorker {
@@ -106,7 +111,13 @@ impl MasterWorker {
     fn late_ready(&mut self, children: Option<&Vec<i32>>) -> Option<Outcome> {
         let late = self.generations.late.take()?;
         let ms = clock::now_ns().saturating_sub(late.signalled_ns) / 1_000_000;
-        let new: Option<Vec<i32>> = children.map(|children| children.iter().copied().filter(|w| !late.workers_before.contains(w)).collect());
+        let new: Option<Vec<i32>> = children.map(|children| {
+            children
+                .iter()
+                .copied()
+                .filter(|w| !late.workers_before.contains(w))
+                .collect()
+        });
         let took_effect = !late.loading_failed && new.as_ref().map_or(true, |new| !new.is_empty());
         if !took_effect {
             match children {
@@ -117,9 +128,20 @@ impl MasterWorker {
                 }
                 None => self.workers_unknown = true,
             }
-            return Some(Outcome::LateReload { gen: late.gen, took_effect, ms });
+            return Some(Outcome::LateReload {
+                gen: late.gen,
+                took_effect,
+                ms,
+            });
         }
-        let mut old: Vec<i32> = self.generations.workers.iter().chain(self.generations.old_workers.iter()).chain(late.workers_before.iter()).copied().collect();
+        let mut old: Vec<i32> = self
+            .generations
+            .workers
+            .iter()
+            .chain(self.generations.old_workers.iter())
+            .chain(late.workers_before.iter())
+            .copied()
+            .collect();
         old.sort_unstable();
         old.dedup();
         match (new, children) {
@@ -137,11 +159,22 @@ impl MasterWorker {
             master.n = late.gen;
         }
         self.next_drain_check_ns = clock::deadline_after(DRAIN_POLL);
-        Some(Outcome::LateReload { gen: late.gen, took_effect, ms })
+        Some(Outcome::LateReload {
+            gen: late.gen,
+            took_effect,
+            ms,
+        })
     }
 
     pub fn fresh(launch: Launch, socket: MasterSocket) -> MasterWorker {
-        let generations = MasterWorkerGenerations { master: None, workers: vec![], old_workers: vec![], socket_fd: socket.fd(), reload: None, late: None };
+        let generations = MasterWorkerGenerations {
+            master: None,
+            workers: vec![],
+            old_workers: vec![],
+            socket_fd: socket.fd(),
+            reload: None,
+            late: None,
+        };
         MasterWorker::new(launch, socket, generations, None)
     }
 
@@ -150,10 +183,16 @@ impl MasterWorker {
         let me = std::process::id() as i32;
         if let Some(generation) = generations.master {
             if !procs::is_child_of(generation.pid, me) {
-                warning!("serving gen {} pid {} is not our child any more", generation.n, generation.pid);
+                warning!(
+                    "serving gen {} pid {} is not our child any more",
+                    generation.n,
+                    generation.pid
+                );
             }
             generations.workers.retain(|&w| procs::is_child_of(w, generation.pid));
-            generations.old_workers.retain(|&w| procs::is_child_of(w, generation.pid));
+            generations
+                .old_workers
+                .retain(|&w| procs::is_child_of(w, generation.pid));
         }
         // A reload asked of the master before the exec goes on.
         let attempt = generations.reload.take().map(|r| Attempt {
@@ -170,7 +209,12 @@ impl MasterWorker {
         MasterWorker::new(launch, socket, generations, attempt)
     }
 
-    fn new(launch: Launch, socket: MasterSocket, generations: MasterWorkerGenerations, attempt: Option<Attempt>) -> MasterWorker {
+    fn new(
+        launch: Launch,
+        socket: MasterSocket,
+        generations: MasterWorkerGenerations,
+        attempt: Option<Attempt>,
+    ) -> MasterWorker {
         MasterWorker {
             launch,
             socket,
@@ -189,7 +233,10 @@ impl MasterWorker {
 
     /// The pid whose messages count: the attempt's master, else the serving one.
     fn answering_master(&self) -> Option<i32> {
-        self.attempt.as_ref().map(|attempt| attempt.master).or_else(|| self.master_pid())
+        self.attempt
+            .as_ref()
+            .map(|attempt| attempt.master)
+            .or_else(|| self.master_pid())
     }
 
     fn master_said(&mut self, message: &str, children: Option<&Vec<i32>>) -> Outcome {
@@ -216,13 +263,20 @@ impl MasterWorker {
         // A READY=1 that does not answer the attempt in progress may be the late one of a reload
         // that timed out.
         let answers_attempt = matches!(&self.attempt, Some(attempt) if attempt.first || attempt.master_began);
-        let late = if answers_attempt { None } else { self.late_ready(children) };
+        let late = if answers_attempt {
+            None
+        } else {
+            self.late_ready(children)
+        };
         let late_took_effect = matches!(late, Some(Outcome::LateReload { took_effect: true, .. }));
         match (&mut self.attempt, children) {
             (Some(attempt), children) if !attempt.first && !attempt.master_began => {
                 // The late answer of an earlier reload (it timed out, or its RELOADING=1 came
                 // before this reload's signal): what it printed or forked is not this reload's.
-                info!("gen {}: a READY=1 of an earlier reload; still waiting for the master to begin this one", attempt.gen);
+                info!(
+                    "gen {}: a READY=1 of an earlier reload; still waiting for the master to begin this one",
+                    attempt.gen
+                );
                 attempt.loading_failed = false;
                 match children {
                     Some(children) => {
@@ -286,7 +340,11 @@ impl Protocol for MasterWorker {
             }
             debug!("master {} says {:?}", pid, message);
             // The fact the verdict needs, read once, when the master says it is ready.
-            let children = if notify::says(&message, "READY") { master_children_at_ready(pid) } else { None };
+            let children = if notify::says(&message, "READY") {
+                master_children_at_ready(pid)
+            } else {
+                None
+            };
             events.push(Event::MasterSaid { message, children });
         }
         events
@@ -295,23 +353,57 @@ impl Protocol for MasterWorker {
     fn begin(&mut self, gen: u32, first: bool) -> Result<(), Error> {
         if first {
             let program = &self.launch.program;
-            let pid = haproxy::spawn(program, &self.launch.args.base, self.launch.relay_write, Some(&self.socket.address))
-                .map_err(|e| Error::from_spawn(program, &e))?;
+            let pid = haproxy::spawn(
+                program,
+                &self.launch.args.base,
+                self.launch.relay_write,
+                Some(&self.socket.address),
+            )
+            .map_err(|e| Error::from_spawn(program, &e))?;
             info!("gen {}: started haproxy master pid {}", gen, pid);
-            self.attempt = Some(Attempt { gen, first, master: pid, workers_before: vec![], loading_failed: false, signalled_ns: 0, master_began: true, children_at_ready: None });
+            self.attempt = Some(Attempt {
+                gen,
+                first,
+                master: pid,
+                workers_before: vec![],
+                loading_failed: false,
+                signalled_ns: 0,
+                master_began: true,
+                children_at_ready: None,
+            });
             return Ok(());
         }
-        let master = self.master_pid().ok_or_else(|| Error::Internal("no master to reload".into()))?;
+        let master = self
+            .master_pid()
+            .ok_or_else(|| Error::Internal("no master to reload".into()))?;
         // The workers before the signal are the ones already known: the master forks only at its
         // start and its reloads, and the wrapper records the children after each of them (a late
         // READY=1 too), so no /proc walk has to delay the signal.
-        let mut before: Vec<i32> = self.generations.workers.iter().chain(self.generations.old_workers.iter()).copied().collect();
+        let mut before: Vec<i32> = self
+            .generations
+            .workers
+            .iter()
+            .chain(self.generations.old_workers.iter())
+            .copied()
+            .collect();
         before.sort_unstable();
         before.dedup();
         let signalled_ns = clock::now_ns();
         haproxy::signal(master, Signal::SIGUSR2);
-        info!("gen {}: asked master {} to reload (workers before: {:?})", gen, master, before);
-        self.attempt = Some(Attempt { gen, first, master, workers_before: before, loading_failed: false, signalled_ns, master_began: false, children_at_ready: None });
+        info!(
+            "gen {}: asked master {} to reload (workers before: {:?})",
+            gen, master, before
+        );
+        self.attempt = Some(Attempt {
+            gen,
+            first,
+            master,
+            workers_before: before,
+            loading_failed: false,
+            signalled_ns,
+            master_began: false,
+            children_at_ready: None,
+        });
         Ok(())
     }
 
@@ -337,7 +429,12 @@ impl Protocol for MasterWorker {
                 if let Some(attempt) = self.attempt.as_ref().filter(|attempt| !attempt.first) {
                     let mut workers_before = attempt.workers_before.clone();
                     if let Some(earlier) = self.generations.late.take() {
-                        workers_before.extend(earlier.workers_before.iter().filter(|w| !attempt.workers_before.contains(w)));
+                        workers_before.extend(
+                            earlier
+                                .workers_before
+                                .iter()
+                                .filter(|w| !attempt.workers_before.contains(w)),
+                        );
                     }
                     self.generations.late = Some(MasterReload {
                         gen: attempt.gen,
@@ -377,8 +474,15 @@ impl Protocol for MasterWorker {
         old.dedup();
         match attempt.children_at_ready {
             Some(children) => {
-                let new: Vec<i32> = children.iter().copied().filter(|w| !attempt.workers_before.contains(w)).collect();
-                self.generations.old_workers = old.into_iter().filter(|w| children.contains(w) && !new.contains(w)).collect();
+                let new: Vec<i32> = children
+                    .iter()
+                    .copied()
+                    .filter(|w| !attempt.workers_before.contains(w))
+                    .collect();
+                self.generations.old_workers = old
+                    .into_iter()
+                    .filter(|w| children.contains(w) && !new.contains(w))
+                    .collect();
                 self.generations.workers = new;
                 self.workers_unknown = false;
             }
@@ -389,7 +493,10 @@ impl Protocol for MasterWorker {
                 self.workers_unknown = true;
             }
         }
-        self.generations.master = Some(Gen { n: attempt.gen, pid: attempt.master });
+        self.generations.master = Some(Gen {
+            n: attempt.gen,
+            pid: attempt.master,
+        });
         self.next_drain_check_ns = clock::deadline_after(DRAIN_POLL);
         attempt.master
     }
@@ -438,16 +545,31 @@ impl Protocol for MasterWorker {
         // Alive is not serving: haproxy may have soft-stopped them for the new worker, or
         // stopped them (2.6 leaves an old worker in state T when the new one fails early).
         // Only TCP listeners are seen; this only words the log, nothing is stopped on it.
-        if serving.iter().any(|&w| procs::stat(w).map_or(false, |(_, state)| state != 'T') && procs::holds_listener(w)) {
+        if serving
+            .iter()
+            .any(|&w| procs::stat(w).map_or(false, |(_, state)| state != 'T') && procs::holds_listener(w))
+        {
             StillServing::Yes
         } else {
-            StillServing::Unsure(format!("its workers {} hold no listening TCP socket or are stopped", super::pid_list(&serving)))
+            StillServing::Unsure(format!(
+                "its workers {} hold no listening TCP socket or are stopped",
+                super::pid_list(&serving)
+            ))
         }
     }
 
     fn serving_text(&self) -> Option<String> {
-        let workers = if self.workers_unknown { "unknown".to_string() } else { super::pid_list(&self.generations.workers) };
-        self.generations.master.map(|generation| format!("gen {} serving (master {}, workers {})", generation.n, generation.pid, workers))
+        let workers = if self.workers_unknown {
+            "unknown".to_string()
+        } else {
+            super::pid_list(&self.generations.workers)
+        };
+        self.generations.master.map(|generation| {
+            format!(
+                "gen {} serving (master {}, workers {})",
+                generation.n, generation.pid, workers
+            )
+        })
     }
 
     fn serving_label(&self, pid: i32) -> String {
@@ -469,7 +591,12 @@ impl Protocol for MasterWorker {
     /// Which old workers are still draining, which are the current ones.
     fn on_tick(&mut self, now_ns: u64) -> bool {
         let master = match self.master_pid() {
-            Some(m) if (!self.generations.old_workers.is_empty() || self.workers_unknown) && now_ns >= self.next_drain_check_ns => m,
+            Some(m)
+                if (!self.generations.old_workers.is_empty() || self.workers_unknown)
+                    && now_ns >= self.next_drain_check_ns =>
+            {
+                m
+            }
             _ => return false,
         };
         self.next_drain_check_ns = clock::after(now_ns, DRAIN_POLL);
@@ -478,7 +605,12 @@ impl Protocol for MasterWorker {
             Err(e) => {
                 // Unknown is not "all gone": keep the lists, look again at the next check.
                 if let Some(n) = self.walk_log.allow(now_ns) {
-                    warning!("cannot list the children of master {} ({}); draining workers are looked for again later{}", master, e, held_back(n));
+                    warning!(
+                        "cannot list the children of master {} ({}); draining workers are looked for again later{}",
+                        master,
+                        e,
+                        held_back(n)
+                    );
                 }
                 return false;
             }
@@ -488,13 +620,17 @@ impl Protocol for MasterWorker {
 
     fn generations(&self) -> Generations {
         let mut generations = self.generations.clone();
-        generations.reload = self.attempt.as_ref().filter(|attempt| !attempt.first).map(|attempt| MasterReload {
-            gen: attempt.gen,
-            workers_before: attempt.workers_before.clone(),
-            signalled_ns: attempt.signalled_ns,
-            master_began: attempt.master_began,
-            loading_failed: attempt.loading_failed,
-        });
+        generations.reload = self
+            .attempt
+            .as_ref()
+            .filter(|attempt| !attempt.first)
+            .map(|attempt| MasterReload {
+                gen: attempt.gen,
+                workers_before: attempt.workers_before.clone(),
+                signalled_ns: attempt.signalled_ns,
+                master_began: attempt.master_began,
+                loading_failed: attempt.loading_failed,
+            });
         Generations::MasterWorker(generations)
     }
 

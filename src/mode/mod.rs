@@ -34,7 +34,10 @@ pub enum Event {
     /// master-worker: a datagram from the master on its private socket. `children` are the
     /// master's children read when the datagram said READY=1; None for other datagrams, and
     /// for a READY=1 when /proc could not be read (an unknown list, never an empty one).
-    MasterSaid { message: String, children: Option<Vec<i32>> },
+    MasterSaid {
+        message: String,
+        children: Option<Vec<i32>>,
+    },
     /// The attempt in progress was not ready within --ready-timeout.
     Deadline { ready_timeout: Duration },
 }
@@ -183,24 +186,33 @@ pub fn protocol(launch: Launch, carried: Option<Generations>, wrapper_pid: i32) 
     let internal = |what: &str, e: nix::Error| Error::Internal(format!("{}: {}", what, e));
     Ok(match (launch.args.mode, carried) {
         (Mode::Foreground, None) => Box::new(foreground::Foreground::fresh(launch)),
-        (Mode::Foreground, Some(Generations::Foreground(generations))) => Box::new(foreground::Foreground::resume(launch, generations, wrapper_pid)),
+        (Mode::Foreground, Some(Generations::Foreground(generations))) => {
+            Box::new(foreground::Foreground::resume(launch, generations, wrapper_pid))
+        }
         (Mode::MasterWorker, None) => {
             let socket = crate::notify::MasterSocket::bind().map_err(|e| internal("master notify socket", e))?;
             Box::new(master_worker::MasterWorker::fresh(launch, socket))
         }
         (Mode::MasterWorker, Some(Generations::MasterWorker(generations))) => {
-            let socket = crate::notify::MasterSocket::from_fd(generations.socket_fd).map_err(|e| internal("carried master socket", e))?;
+            let socket = crate::notify::MasterSocket::from_fd(generations.socket_fd)
+                .map_err(|e| internal("carried master socket", e))?;
             Box::new(master_worker::MasterWorker::resume(launch, socket, generations))
         }
         (mode, Some(_)) => {
-            return Err(Error::Internal(format!("state carried across re-exec is not of {} mode", mode.name())));
+            return Err(Error::Internal(format!(
+                "state carried across re-exec is not of {} mode",
+                mode.name()
+            )));
         }
     })
 }
 
 /// The verdict both modes give when the deadline passes.
 pub fn not_ready(ready_timeout: Duration) -> Verdict {
-    Verdict::Failed { reason: format!("not ready after {} s", ready_timeout.as_secs_f64()), code: error::EXIT_NOT_READY }
+    Verdict::Failed {
+        reason: format!("not ready after {} s", ready_timeout.as_secs_f64()),
+        code: error::EXIT_NOT_READY,
+    }
 }
 
 /// "haproxy exited with status N" and N as the exit status. A haproxy that exits 0 before it
@@ -209,8 +221,14 @@ pub fn not_ready(ready_timeout: Duration) -> Verdict {
 /// "never became ready", like a start that timed out.
 pub fn exited(status: &WaitStatus) -> Verdict {
     match error::status_code(status).unwrap_or(1) {
-        0 => Verdict::Failed { reason: "haproxy exited with status 0 before it was ready".into(), code: error::EXIT_NOT_READY },
-        code => Verdict::Failed { reason: format!("haproxy exited with status {}", code), code },
+        0 => Verdict::Failed {
+            reason: "haproxy exited with status 0 before it was ready".into(),
+            code: error::EXIT_NOT_READY,
+        },
+        code => Verdict::Failed {
+            reason: format!("haproxy exited with status {}", code),
+            code,
+        },
     }
 }
 
@@ -232,9 +250,21 @@ mod tests {
     #[test]
     fn an_exit_before_ready_is_a_failure_and_never_exit_status_0() {
         let p = Pid::from_raw(4_300_001);
-        let failed = |reason: &str, code| Verdict::Failed { reason: reason.into(), code };
-        assert_eq!(exited(&WaitStatus::Exited(p, 0)), failed("haproxy exited with status 0 before it was ready", 69));
-        assert_eq!(exited(&WaitStatus::Exited(p, 3)), failed("haproxy exited with status 3", 3));
-        assert_eq!(exited(&WaitStatus::Signaled(p, Signal::SIGSEGV, true)), failed("haproxy exited with status 139", 139));
+        let failed = |reason: &str, code| Verdict::Failed {
+            reason: reason.into(),
+            code,
+        };
+        assert_eq!(
+            exited(&WaitStatus::Exited(p, 0)),
+            failed("haproxy exited with status 0 before it was ready", 69)
+        );
+        assert_eq!(
+            exited(&WaitStatus::Exited(p, 3)),
+            failed("haproxy exited with status 3", 3)
+        );
+        assert_eq!(
+            exited(&WaitStatus::Signaled(p, Signal::SIGSEGV, true)),
+            failed("haproxy exited with status 139", 139)
+        );
     }
 }

@@ -6,16 +6,29 @@ use super::*;
 fn messages_are_one_line_per_state() {
     let usec = monotonic_usec(5_000_123_456);
     assert_eq!(
-        message(&[NotifyState::Reloading, NotifyState::Custom(&usec), NotifyState::Status("reloading gen 2 (foreground)")]),
+        message(&[
+            NotifyState::Reloading,
+            NotifyState::Custom(&usec),
+            NotifyState::Status("reloading gen 2 (foreground)")
+        ]),
         "RELOADING=1\nMONOTONIC_USEC=5000123\nSTATUS=reloading gen 2 (foreground)\n"
     );
-    assert_eq!(message(&[NotifyState::Ready, NotifyState::MainPid(7)]), "READY=1\nMAINPID=7\n");
+    assert_eq!(
+        message(&[NotifyState::Ready, NotifyState::MainPid(7)]),
+        "READY=1\nMAINPID=7\n"
+    );
 }
 
 #[test]
 fn notify_addresses() {
-    assert_eq!(notify_address(OsStr::new("@abc")).unwrap().as_abstract(), Some(&b"abc"[..]));
-    assert_eq!(notify_address(OsStr::new("/run/systemd/notify")).unwrap().path(), Some(std::path::Path::new("/run/systemd/notify")));
+    assert_eq!(
+        notify_address(OsStr::new("@abc")).unwrap().as_abstract(),
+        Some(&b"abc"[..])
+    );
+    assert_eq!(
+        notify_address(OsStr::new("/run/systemd/notify")).unwrap().path(),
+        Some(std::path::Path::new("/run/systemd/notify"))
+    );
 }
 
 #[test]
@@ -53,10 +66,22 @@ fn a_full_notify_socket_never_blocks_and_what_waits_is_sent_later() {
     let _ = std::fs::remove_file(&path);
     let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     receiver.set_nonblocking(true).unwrap();
-    let raw = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None).unwrap();
+    let raw = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .unwrap();
     // SAFETY: just returned by socket(2).
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut systemd = Systemd { target: Some((fd, UnixAddr::new(&path).unwrap())), last_status: String::new(), pending: VecDeque::new(), next_retry_ns: None, warned_full: false };
+    let mut systemd = Systemd {
+        target: Some((fd, UnixAddr::new(&path).unwrap())),
+        last_status: String::new(),
+        pending: VecDeque::new(),
+        next_retry_ns: None,
+        warned_full: false,
+    };
     // Fill the receiver's queue through the wrapper's own socket: every call returns.
     let mut sent = 0;
     while systemd.pending.is_empty() {
@@ -83,7 +108,10 @@ fn a_full_notify_socket_never_blocks_and_what_waits_is_sent_later() {
         got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(systemd.pending.is_empty());
-    let ready = got.iter().position(|m| m.starts_with("READY=1\n")).expect("READY=1 was lost");
+    let ready = got
+        .iter()
+        .position(|m| m.starts_with("READY=1\n"))
+        .expect("READY=1 was lost");
     assert_eq!(got[ready + 1], "WATCHDOG=1\n");
     assert_eq!(ready + 2, got.len());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -105,13 +133,28 @@ fn randomized_datagrams_are_read_line_by_line() {
     let mut rng = Rng::new(0x40f1);
     let valid = "READY=1\nMAINPID=5967\nSTATUS=Ready.\nRELOADING=1\nMONOTONIC_USEC=123\nSTOPPING=1\n";
     for case in 0..CASES {
-        let msg = if case % 2 == 0 { rng.mutate_text(valid, b"=\n01RAEDYSTOPING") } else { rng.text(40) };
-        for key in ["READY", "RELOADING", "STOPPING", "STATUS", "MAINPID", "MONOTONIC_USEC", ""] {
+        let msg = if case % 2 == 0 {
+            rng.mutate_text(valid, b"=\n01RAEDYSTOPING")
+        } else {
+            rng.text(40)
+        };
+        for key in [
+            "READY",
+            "RELOADING",
+            "STOPPING",
+            "STATUS",
+            "MAINPID",
+            "MONOTONIC_USEC",
+            "",
+        ] {
             // The model: KEY=1 on a line of its own; the value after the first '=' of the
             // first line whose key is KEY.
             let model_says = msg.lines().any(|l| l == format!("{}=1", key));
             assert_eq!(says(&msg, key), model_says, "case {}: {:?} {:?}", case, key, msg);
-            let model_value = msg.lines().find(|l| l.starts_with(&format!("{}=", key))).map(|l| &l[key.len() + 1..]);
+            let model_value = msg
+                .lines()
+                .find(|l| l.starts_with(&format!("{}=", key)))
+                .map(|l| &l[key.len() + 1..]);
             assert_eq!(value(&msg, key), model_value, "case {}: {:?} {:?}", case, key, msg);
         }
     }

@@ -7,7 +7,10 @@ fn sample(generations: Generations) -> Carried {
         wrapper_pid: 42,
         exe: PathBuf::from("/usr/sbin/haproxy-systemd-wrapper"),
         next_gen: 5,
-        last_reload: LastReload::Failed { ms: 31, reason: "config : parsing [x.cfg:3] ; unknown=keyword\n".into() },
+        last_reload: LastReload::Failed {
+            ms: 31,
+            reason: "config : parsing [x.cfg:3] ; unknown=keyword\n".into(),
+        },
         reloads: 7,
         relay_read: 3,
         relay_write: 4,
@@ -46,15 +49,37 @@ fn round_trips() {
     // A master-worker reload carried in progress.
     let mut carried = sample(master_worker());
     if let Generations::MasterWorker(mw) = &mut carried.generations {
-        mw.reload = Some(MasterReload { gen: 5, workers_before: vec![1001, 1002], signalled_ns: 77, master_began: false, loading_failed: true });
+        mw.reload = Some(MasterReload {
+            gen: 5,
+            workers_before: vec![1001, 1002],
+            signalled_ns: 77,
+            master_began: false,
+            loading_failed: true,
+        });
     }
-    carried.attempt = Some(CarriedAttempt { gen: 5, started_ns: 70, deadline_ns: 30_000_000_070, ledger_seq: Some(3) });
+    carried.attempt = Some(CarriedAttempt {
+        gen: 5,
+        started_ns: 70,
+        deadline_ns: 30_000_000_070,
+        ledger_seq: Some(3),
+    });
     assert_eq!(decode(&encode(&carried)).unwrap(), carried);
-    carried.attempt = Some(CarriedAttempt { gen: 5, started_ns: 70, deadline_ns: 71, ledger_seq: None });
+    carried.attempt = Some(CarriedAttempt {
+        gen: 5,
+        started_ns: 70,
+        deadline_ns: 71,
+        ledger_seq: None,
+    });
     assert_eq!(decode(&encode(&carried)).unwrap(), carried);
     // A reload that timed out and may still take effect, and one that did.
     if let Generations::MasterWorker(mw) = &mut carried.generations {
-        mw.late = Some(MasterReload { gen: 4, workers_before: vec![1001], signalled_ns: 55, master_began: true, loading_failed: false });
+        mw.late = Some(MasterReload {
+            gen: 4,
+            workers_before: vec![1001],
+            signalled_ns: 55,
+            master_began: true,
+            loading_failed: false,
+        });
     }
     carried.last_reload = LastReload::Late { ms: 4000 };
     assert_eq!(decode(&encode(&carried)).unwrap(), carried);
@@ -84,16 +109,27 @@ fn reads_the_state_of_the_wrapper_before_the_mode_split() {
     let state = decode(old).unwrap();
     assert_eq!(
         state.generations,
-        Generations::MasterWorker(MasterWorkerGenerations { master: Some(Gen { n: 2, pid: 100 }), workers: vec![101], old_workers: vec![], socket_fd: 5, reload: None, late: None })
+        Generations::MasterWorker(MasterWorkerGenerations {
+            master: Some(Gen { n: 2, pid: 100 }),
+            workers: vec![101],
+            old_workers: vec![],
+            socket_fd: 5,
+            reload: None,
+            late: None
+        })
     );
 }
 
 #[test]
 fn rejects_damaged_state() {
     assert!(decode("").is_err());
-    assert!(decode("v=3;pid=1;exe=2f;relay=3,4").unwrap_err().contains("newer than this wrapper's"));
+    assert!(decode("v=3;pid=1;exe=2f;relay=3,4")
+        .unwrap_err()
+        .contains("newer than this wrapper's"));
     assert!(decode("v=2;pid=1;exe=2f;relay=3,4").is_ok());
-    assert!(decode("v=2;pid=1;exe=2f;relay=3,4;attempt=1:2:3:-").unwrap_err().contains("half"));
+    assert!(decode("v=2;pid=1;exe=2f;relay=3,4;attempt=1:2:3:-")
+        .unwrap_err()
+        .contains("half"));
     assert!(decode("v=2;pid=1;exe=2f;relay=3,4;master_sock=5;mw_reload=1:2:3:0:").is_err());
     assert!(decode("v=1;pid=x;exe=2f;relay=3,4").is_err());
     assert!(decode("v=1;pid=1;exe=2f").is_err());
@@ -104,7 +140,10 @@ fn rejects_damaged_state() {
 /// A carried state of either mode with every field random (within what a wrapper writes).
 fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
     let pid = |rng: &mut crate::fuzz::Rng| 1 + rng.below(4_194_304) as i32;
-    let gen = |rng: &mut crate::fuzz::Rng| Gen { n: rng.number() as u32, pid: 1 + rng.below(4_194_304) as i32 };
+    let gen = |rng: &mut crate::fuzz::Rng| Gen {
+        n: rng.number() as u32,
+        pid: 1 + rng.below(4_194_304) as i32,
+    };
     let mut exe = rng.bytes(40);
     exe.retain(|&b| b != 0);
     exe.insert(0, b'/');
@@ -155,7 +194,10 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
             0 => LastReload::None,
             1 => LastReload::Ok { ms: rng.number() },
             2 => LastReload::Late { ms: rng.number() },
-            _ => LastReload::Failed { ms: rng.number(), reason: rng.text(60) },
+            _ => LastReload::Failed {
+                ms: rng.number(),
+                reason: rng.text(60),
+            },
         },
         reloads: rng.number() as u32,
         relay_read: rng.below(1024) as i32,
@@ -178,7 +220,13 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
             let mut l = crate::ledger::Ledger::new(pid(rng), rng.number());
             l.requests = rng.below(10) as u64;
             let seq = l.begin(rng.number() as u32, rng.number());
-            l.finish(seq, crate::ledger::Outcome::Failed { ms: rng.number(), reasons: vec![rng.text(40)] });
+            l.finish(
+                seq,
+                crate::ledger::Outcome::Failed {
+                    ms: rng.number(),
+                    reasons: vec![rng.text(40)],
+                },
+            );
             Some(crate::ledger::Ledger::parse(&l.encode()).unwrap())
         },
     }
@@ -193,9 +241,18 @@ fn randomized_states_round_trip_and_damaged_ones_fail_clearly() {
         let encoded = encode(&state);
         assert_eq!(decode(&encoded).as_ref(), Ok(&state), "case {}: {}", case, encoded);
         // Damaged: a mutation of it, or random text; an error or a state, never a panic.
-        let damaged = if case % 4 == 0 { rng.text(80) } else { rng.mutate_text(&encoded, b";=:,-0123456789abcdef") };
+        let damaged = if case % 4 == 0 {
+            rng.text(80)
+        } else {
+            rng.mutate_text(&encoded, b";=:,-0123456789abcdef")
+        };
         match decode(&damaged) {
-            Ok(decoded) => assert!(decoded.wrapper_pid > 0 && decoded.relay_read >= 0 && decoded.relay_write >= 0, "case {}: {:?}", case, damaged),
+            Ok(decoded) => assert!(
+                decoded.wrapper_pid > 0 && decoded.relay_read >= 0 && decoded.relay_write >= 0,
+                "case {}: {:?}",
+                case,
+                damaged
+            ),
             Err(e) => assert_clear_error(&damaged, &e),
         }
     }
@@ -209,7 +266,13 @@ fn a_ledger_at_its_bound_crosses_the_exec() {
     for n in 0..100u64 {
         l.requests = n;
         let seq = l.begin(n as u32, n);
-        l.finish(seq, crate::ledger::Outcome::Failed { ms: n, reasons: (0..30).map(|_| "漢".repeat(400)).collect() });
+        l.finish(
+            seq,
+            crate::ledger::Outcome::Failed {
+                ms: n,
+                reasons: (0..30).map(|_| "漢".repeat(400)).collect(),
+            },
+        );
     }
     let mut state = sample(master_worker());
     state.ledger = Some(l);

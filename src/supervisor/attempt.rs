@@ -10,9 +10,9 @@ use super::{Phase, Supervisor};
 use crate::clock::{self, now_ns};
 use crate::error::status_code;
 use crate::haproxy;
-use crate::procs;
 use crate::ledger;
 use crate::mode::StillServing;
+use crate::procs;
 use crate::reexec;
 use crate::state::{Carried, CarriedAttempt, LastReload};
 
@@ -112,7 +112,11 @@ impl Supervisor {
         };
         match usable {
             Ok(()) => self.exec_self(&carried),
-            Err(why) => warning!("not re-executing {}: {}; reloading with the running program", self.exe.display(), why),
+            Err(why) => warning!(
+                "not re-executing {}: {}; reloading with the running program",
+                self.exe.display(),
+                why
+            ),
         }
         if !begun_here {
             self.begin_attempt(t0, false);
@@ -131,7 +135,11 @@ impl Supervisor {
         }
         if ok {
             let err = reexec::exec(&self.exe, carried);
-            warning!("re-exec of {} failed: {}; reloading without it", self.exe.display(), err);
+            warning!(
+                "re-exec of {} failed: {}; reloading without it",
+                self.exe.display(),
+                err
+            );
         }
         for fd in &fds {
             let _ = haproxy::set_cloexec(*fd, true);
@@ -145,9 +153,25 @@ impl Supervisor {
         }
         let gen = self.next_gen;
         self.next_gen += 1;
-        let ledger_seq = if first { None } else { Some(self.ledger.begin(gen, started_ns)) };
-        let attempt = Attempt { gen, first, started_ns, deadline_ns: clock::deadline_after(self.opts.ready_timeout), alerts: vec![], ledger_seq, settling: None };
-        self.phase = if first { Phase::Starting(attempt) } else { Phase::Reloading(attempt) };
+        let ledger_seq = if first {
+            None
+        } else {
+            Some(self.ledger.begin(gen, started_ns))
+        };
+        let attempt = Attempt {
+            gen,
+            first,
+            started_ns,
+            deadline_ns: clock::deadline_after(self.opts.ready_timeout),
+            alerts: vec![],
+            ledger_seq,
+            settling: None,
+        };
+        self.phase = if first {
+            Phase::Starting(attempt)
+        } else {
+            Phase::Reloading(attempt)
+        };
         match self.protocol.begin(gen, first) {
             // A reload announced itself with RELOADING=1 before the re-exec.
             Ok(()) if first => {
@@ -177,12 +201,24 @@ impl Supervisor {
     pub(super) fn attempt_succeeded(&mut self) {
         let draining_before = self.protocol.draining();
         let new_pid = self.protocol.commit();
-        let retired: Vec<i32> = self.protocol.draining().into_iter().filter(|pid| !draining_before.contains(pid) && procs::holds_listener(*pid)).collect();
+        let retired: Vec<i32> = self
+            .protocol
+            .draining()
+            .into_iter()
+            .filter(|pid| !draining_before.contains(pid) && procs::holds_listener(*pid))
+            .collect();
         let now = now_ns();
         match self.attempt_mut() {
             Some(attempt) if !retired.is_empty() => {
-                debug!("gen {}: serving (pid {}); waiting for {:?} to stop listening", attempt.gen, new_pid, retired);
-                attempt.settling = Some(Settle { pids: retired, next_check_ns: clock::after(now, SETTLE_POLL), deadline_ns: clock::after(now, SETTLE_MAX) });
+                debug!(
+                    "gen {}: serving (pid {}); waiting for {:?} to stop listening",
+                    attempt.gen, new_pid, retired
+                );
+                attempt.settling = Some(Settle {
+                    pids: retired,
+                    next_check_ns: clock::after(now, SETTLE_POLL),
+                    deadline_ns: clock::after(now, SETTLE_MAX),
+                });
             }
             Some(_) => self.declare_serving(new_pid),
             None => {}
@@ -202,7 +238,11 @@ impl Supervisor {
             return;
         }
         if !settle.pids.is_empty() {
-            warning!("pids {:?} still listen {} s after the new generation took over; declaring it serving", settle.pids, SETTLE_MAX.as_secs());
+            warning!(
+                "pids {:?} still listen {} s after the new generation took over; declaring it serving",
+                settle.pids,
+                SETTLE_MAX.as_secs()
+            );
         }
         let new_pid = self.protocol.serving_pid().unwrap_or(0);
         self.declare_serving(new_pid);
@@ -215,14 +255,26 @@ impl Supervisor {
         };
         let ms = clock::ms_since(attempt.started_ns);
         if attempt.first {
-            notice!("gen {}: {} serving, ready in {} ms", attempt.gen, self.protocol.serving_label(pid), ms);
+            notice!(
+                "gen {}: {} serving, ready in {} ms",
+                attempt.gen,
+                self.protocol.serving_label(pid),
+                ms
+            );
         } else {
             self.reloads += 1;
             self.last_reload = LastReload::Ok { ms };
             if let Some(seq) = attempt.ledger_seq {
                 self.ledger.finish(seq, ledger::Outcome::Ok { ms });
             }
-            notice!("reload {} ok in {} ms: gen {} pid {} serving, draining {:?}", self.reloads, ms, attempt.gen, pid, self.protocol.draining());
+            notice!(
+                "reload {} ok in {} ms: gen {} pid {} serving, draining {:?}",
+                self.reloads,
+                ms,
+                attempt.gen,
+                pid,
+                self.protocol.draining()
+            );
         }
         let status = self.status_with("");
         self.systemd.ready(&status);
@@ -268,7 +320,10 @@ impl Supervisor {
         };
         let serving_ended = self.protocol.abandon(!attempt.first);
         if attempt.first {
-            error!("gen {}: haproxy failed to start after {} ms: {}", attempt.gen, ms, reason);
+            error!(
+                "gen {}: haproxy failed to start after {} ms: {}",
+                attempt.gen, ms, reason
+            );
             self.exit_code = Some(code);
             self.begin_stop(false);
             return;
@@ -278,8 +333,14 @@ impl Supervisor {
         if !may_complete {
             self.next_gen = attempt.gen;
         }
-        self.last_reload = LastReload::Failed { ms, reason: reason.clone() };
-        let left = serving_ended.as_ref().map(|_| StillServing::No).unwrap_or_else(|| self.protocol.still_serving());
+        self.last_reload = LastReload::Failed {
+            ms,
+            reason: reason.clone(),
+        };
+        let left = serving_ended
+            .as_ref()
+            .map(|_| StillServing::No)
+            .unwrap_or_else(|| self.protocol.still_serving());
         if let Some(seq) = attempt.ledger_seq {
             if left == StillServing::No {
                 // A --wait-reload client reads the failure and, with it, that nothing serves.
@@ -287,8 +348,13 @@ impl Supervisor {
             }
             let mut reasons = vec![reason.clone()];
             reasons.extend(attempt.alerts.iter().cloned());
-            let late = if may_complete && left != StillServing::No { ledger::Late::Possible } else { ledger::Late::No };
-            self.ledger.finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
+            let late = if may_complete && left != StillServing::No {
+                ledger::Late::Possible
+            } else {
+                ledger::Late::No
+            };
+            self.ledger
+                .finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
         }
         match left {
             StillServing::Yes if may_complete => error!(

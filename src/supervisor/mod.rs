@@ -141,7 +141,11 @@ impl Supervisor {
     }
 
     fn deadlines(&self) -> Vec<Option<u64>> {
-        let mut out = vec![self.watchdog.map(|_| self.next_watchdog_ns), self.protocol.next_tick_ns(), self.systemd.next_retry_ns()];
+        let mut out = vec![
+            self.watchdog.map(|_| self.next_watchdog_ns),
+            self.protocol.next_tick_ns(),
+            self.systemd.next_retry_ns(),
+        ];
         match &self.phase {
             Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(match &attempt.settling {
                 Some(settle) => Some(settle.next_check_ns),
@@ -167,7 +171,10 @@ impl Supervisor {
 
     /// Hands an event to the protocol and acts on what it means.
     fn judge(&mut self, event: Event) {
-        let alerts = self.attempt_mut().map(|attempt| std::mem::take(&mut attempt.alerts)).unwrap_or_default();
+        let alerts = self
+            .attempt_mut()
+            .map(|attempt| std::mem::take(&mut attempt.alerts))
+            .unwrap_or_default();
         let outcome = self.protocol.on_event(&event, &alerts);
         if let Some(attempt) = self.attempt_mut() {
             attempt.alerts = alerts;
@@ -237,7 +244,10 @@ impl Supervisor {
         }
         if let Some(interval) = self.watchdog {
             if now >= self.next_watchdog_ns {
-                let serving_alive = self.protocol.serving_pid().map_or(false, |pid| procs::stat(pid).map_or(false, |(_, state)| state != 'Z'));
+                let serving_alive = self
+                    .protocol
+                    .serving_pid()
+                    .map_or(false, |pid| procs::stat(pid).map_or(false, |(_, state)| state != 'Z'));
                 if serving_alive {
                     self.systemd.watchdog();
                 }
@@ -249,11 +259,15 @@ impl Supervisor {
         }
         self.settle_when_due(now);
         let timed_out = match &self.phase {
-            Phase::Starting(attempt) | Phase::Reloading(attempt) => attempt.settling.is_none() && now >= attempt.deadline_ns,
+            Phase::Starting(attempt) | Phase::Reloading(attempt) => {
+                attempt.settling.is_none() && now >= attempt.deadline_ns
+            }
             _ => false,
         };
         if timed_out {
-            self.judge(Event::Deadline { ready_timeout: self.opts.ready_timeout });
+            self.judge(Event::Deadline {
+                ready_timeout: self.opts.ready_timeout,
+            });
         }
         self.kill_when_due(now);
     }
@@ -264,7 +278,11 @@ impl Supervisor {
     /// thousands); an attempt in progress keeps its alerts.
     fn relay_output(&mut self) {
         let lines = self.relay.read_lines();
-        crate::log::write_lines(lines.iter().map(|line| (crate::log::haproxy_line_priority(line), line.as_str())));
+        crate::log::write_lines(
+            lines
+                .iter()
+                .map(|line| (crate::log::haproxy_line_priority(line), line.as_str())),
+        );
         for line in lines {
             if let Some(attempt) = self.attempt_mut() {
                 if let Some(alert) = crate::log::alert_text(&line) {
@@ -281,7 +299,8 @@ impl Supervisor {
         for event in self.protocol.read_messages() {
             if let Phase::Stopping(_) = self.phase {
                 // Only whether haproxy acted on the stop (or came back from it) matters now.
-                let ready_again = matches!(&event, Event::MasterSaid { message, .. } if crate::notify::says(message, "READY"));
+                let ready_again =
+                    matches!(&event, Event::MasterSaid { message, .. } if crate::notify::says(message, "READY"));
                 if self.protocol.on_event(&event, &[]) == Outcome::Stopping {
                     self.stop_acknowledged();
                 } else if ready_again {
@@ -329,7 +348,10 @@ impl Supervisor {
             self.serving_status = Some(status);
             return;
         }
-        error!("the serving haproxy (pid {}) ended unexpectedly with status {}: stopping", pid, code);
+        error!(
+            "the serving haproxy (pid {}) ended unexpectedly with status {}: stopping",
+            pid, code
+        );
         self.exit_code = Some(code);
         self.begin_stop(false);
     }

@@ -39,7 +39,10 @@ impl Unplaced {
 /// close-on-exec so that no haproxy generation inherits them.
 fn close_inherited_on_exec() {
     let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect(),
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .collect(),
         Err(e) => {
             warning!("cannot list inherited descriptors: {}", e);
             return;
@@ -52,7 +55,14 @@ fn close_inherited_on_exec() {
 }
 
 impl Supervisor {
-    fn new(opts: Options, protocol: Box<dyn Protocol>, exe: PathBuf, relay: Relay, signalfds: SignalFds, ledger: ledger::Recorder) -> Supervisor {
+    fn new(
+        opts: Options,
+        protocol: Box<dyn Protocol>,
+        exe: PathBuf,
+        relay: Relay,
+        signalfds: SignalFds,
+        ledger: ledger::Recorder,
+    ) -> Supervisor {
         let (signals, reload_signals) = signalfds;
         Supervisor {
             opts,
@@ -94,7 +104,12 @@ impl Supervisor {
         let relay = Relay::new().map_err(|e| internal("pipe", e))?;
         let max_draining = opts.max_draining();
         let run_mode = args.mode;
-        let launch = Launch { program, args, relay_write: relay.w, max_draining };
+        let launch = Launch {
+            program,
+            args,
+            relay_write: relay.w,
+            max_draining,
+        };
         let protocol = mode::protocol(launch.clone(), None, std::process::id() as i32)?;
         match run_mode {
             Mode::Foreground => info!(
@@ -104,7 +119,11 @@ impl Supervisor {
                 max_draining
             ),
             Mode::MasterWorker => {
-                info!("starting {} (master-worker mode, haproxy {})", env!("CARGO_PKG_NAME"), launch.program.display());
+                info!(
+                    "starting {} (master-worker mode, haproxy {})",
+                    env!("CARGO_PKG_NAME"),
+                    launch.program.display()
+                );
                 if opts.max_draining.is_some() {
                     notice!(
                         "--max-draining has no effect in master-worker mode: haproxy's master owns its workers \
@@ -123,10 +142,17 @@ impl Supervisor {
     /// with the reload that caused the exec.
     pub fn resume(opts: Options, args: HaproxyArgs, state: &str) -> Result<Supervisor, Unplaced> {
         let me = std::process::id() as i32;
-        let carried: Carried = reexec::decode(state)
-            .map_err(|e| Unplaced::new(Error::Internal(format!("state carried across re-exec is unusable: {}", e)), None))?;
+        let carried: Carried = reexec::decode(state).map_err(|e| {
+            Unplaced::new(
+                Error::Internal(format!("state carried across re-exec is unusable: {}", e)),
+                None,
+            )
+        })?;
         if carried.wrapper_pid != me {
-            let e = Error::Internal(format!("state carried across re-exec belongs to pid {}, not {}", carried.wrapper_pid, me));
+            let e = Error::Internal(format!(
+                "state carried across re-exec belongs to pid {}, not {}",
+                carried.wrapper_pid, me
+            ));
             return Err(Unplaced::new(e, None));
         }
         let relay_fds = Some((carried.relay_read, carried.relay_write));
@@ -146,7 +172,12 @@ impl Supervisor {
             }
         };
         let relay = Relay::from_fds(carried.relay_read, carried.relay_write);
-        let launch = Launch { program, args, relay_write: carried.relay_write, max_draining: opts.max_draining() };
+        let launch = Launch {
+            program,
+            args,
+            relay_write: carried.relay_write,
+            max_draining: opts.max_draining(),
+        };
         let protocol = mode::protocol(launch, Some(carried.generations.clone()), me).map_err(unplaced)?;
         // The ledger as the previous image had it in memory, not as its file may (not) say.
         let ledger = ledger::Recorder::resume(&opts.run_dir, carried.ledger.clone());
@@ -188,11 +219,18 @@ impl Supervisor {
     /// unsupervised, relaying their output, and end with the error; Restart= brings the service back.
     pub fn stop_unplaced(opts: Options, args: HaproxyArgs, unplaced: Unplaced) -> Result<Supervisor, Error> {
         let relay = match unplaced.relay {
-            Some((r, w)) if haproxy::set_cloexec(r, true).is_ok() && haproxy::set_cloexec(w, true).is_ok() => Relay::from_fds(r, w),
+            Some((r, w)) if haproxy::set_cloexec(r, true).is_ok() && haproxy::set_cloexec(w, true).is_ok() => {
+                Relay::from_fds(r, w)
+            }
             _ => Relay::new().map_err(|e| internal("pipe", e))?,
         };
         let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
-        let launch = Launch { program: PathBuf::new(), args, relay_write: relay.w, max_draining: opts.max_draining() };
+        let launch = Launch {
+            program: PathBuf::new(),
+            args,
+            relay_write: relay.w,
+            max_draining: opts.max_draining(),
+        };
         let protocol = mode::protocol(launch, None, std::process::id() as i32)?;
         let ledger = ledger::Recorder::resume(&opts.run_dir, None);
         let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, ledger);

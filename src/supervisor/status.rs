@@ -22,7 +22,11 @@ pub fn phase_text(label: &str, gen: u32, mode: &str) -> String {
 
 pub fn status_line(v: &StatusView) -> String {
     let mut parts: Vec<String> = Vec::new();
-    parts.push(if v.phase.is_empty() { v.mode.to_string() } else { v.phase.to_string() });
+    parts.push(if v.phase.is_empty() {
+        v.mode.to_string()
+    } else {
+        v.phase.to_string()
+    });
     if let Some(serving) = &v.serving {
         parts.push(serving.clone());
         // The count first: the line is cut at 1000 characters, a long pid list last.
@@ -34,7 +38,10 @@ pub fn status_line(v: &StatusView) -> String {
             LastReload::None => "last reload: none".to_string(),
             LastReload::Ok { ms } => format!("last reload: ok in {} ms", ms),
             LastReload::Failed { ms, reason } => format!("last reload: failed after {} ms: {}", ms, reason),
-            LastReload::Late { ms } => format!("last reload: took effect late, ready in {} ms (reported failed at --ready-timeout)", ms),
+            LastReload::Late { ms } => format!(
+                "last reload: took effect late, ready in {} ms (reported failed at --ready-timeout)",
+                ms
+            ),
         });
     }
     let line = parts.join("; ");
@@ -51,36 +58,82 @@ mod tests {
     fn status_lines() {
         let none = LastReload::None;
         let ok = LastReload::Ok { ms: 85 };
-        let failed = LastReload::Failed { ms: 30, reason: "config : parsing [a.cfg:3]\nx".into() };
-        let fg = StatusView { mode: "foreground", phase: "", serving: Some("gen 3 serving (pid 1234)".into()), draining: &[1200, 1201], last: &ok };
+        let failed = LastReload::Failed {
+            ms: 30,
+            reason: "config : parsing [a.cfg:3]\nx".into(),
+        };
+        let fg = StatusView {
+            mode: "foreground",
+            phase: "",
+            serving: Some("gen 3 serving (pid 1234)".into()),
+            draining: &[1200, 1201],
+            last: &ok,
+        };
         assert_eq!(
             status_line(&fg),
             "foreground; gen 3 serving (pid 1234); draining: 2 (1200 1201); last reload: ok in 85 ms"
         );
-        let mw = StatusView { mode: "master-worker", phase: "", serving: Some("gen 3 serving (master 1234, workers 1300 1301)".into()), draining: &[], last: &failed };
+        let mw = StatusView {
+            mode: "master-worker",
+            phase: "",
+            serving: Some("gen 3 serving (master 1234, workers 1300 1301)".into()),
+            draining: &[],
+            last: &failed,
+        };
         assert_eq!(
             status_line(&mw),
             "master-worker; gen 3 serving (master 1234, workers 1300 1301); draining: none; last reload: failed after 30 ms: config : parsing [a.cfg:3] x"
         );
         let late = LastReload::Late { ms: 4100 };
-        let mw = StatusView { mode: "master-worker", phase: "", serving: Some("gen 4 serving (master 1234, workers 1400)".into()), draining: &[1300], last: &late };
+        let mw = StatusView {
+            mode: "master-worker",
+            phase: "",
+            serving: Some("gen 4 serving (master 1234, workers 1400)".into()),
+            draining: &[1300],
+            last: &late,
+        };
         assert_eq!(
             status_line(&mw),
             "master-worker; gen 4 serving (master 1234, workers 1400); draining: 1 (1300); \
              last reload: took effect late, ready in 4100 ms (reported failed at --ready-timeout)"
         );
         let starting = phase_text("starting", 1, "foreground");
-        let start = StatusView { mode: "foreground", phase: &starting, serving: None, draining: &[], last: &none };
+        let start = StatusView {
+            mode: "foreground",
+            phase: &starting,
+            serving: None,
+            draining: &[],
+            last: &none,
+        };
         assert_eq!(status_line(&start), "starting gen 1 (foreground)");
         let reloading = phase_text("reloading", 4, "foreground");
-        let rel = StatusView { mode: "foreground", phase: &reloading, serving: Some("gen 3 serving (pid 9)".into()), draining: &[], last: &none };
-        assert_eq!(status_line(&rel), "reloading gen 4 (foreground); gen 3 serving (pid 9); draining: none; last reload: none");
+        let rel = StatusView {
+            mode: "foreground",
+            phase: &reloading,
+            serving: Some("gen 3 serving (pid 9)".into()),
+            draining: &[],
+            last: &none,
+        };
+        assert_eq!(
+            status_line(&rel),
+            "reloading gen 4 (foreground); gen 3 serving (pid 9); draining: none; last reload: none"
+        );
         // Fifty draining generations: the count survives the cut at 1000 characters.
         let many: Vec<i32> = (4_000_000..4_000_050).collect();
         let serving = Some("gen 52 serving (pid 9)".to_string());
-        let fg = StatusView { mode: "foreground", phase: "", serving, draining: &many, last: &ok };
+        let fg = StatusView {
+            mode: "foreground",
+            phase: "",
+            serving,
+            draining: &many,
+            last: &ok,
+        };
         let line = status_line(&fg);
-        assert!(line.starts_with("foreground; gen 52 serving (pid 9); draining: 50 (4000000 4000001 "), "{}", line);
+        assert!(
+            line.starts_with("foreground; gen 52 serving (pid 9); draining: 50 (4000000 4000001 "),
+            "{}",
+            line
+        );
         assert!(line.len() <= 1000, "{}", line.len());
     }
 }

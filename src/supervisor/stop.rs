@@ -76,13 +76,25 @@ impl Supervisor {
         for pid in targets {
             haproxy::signal(pid, sig);
         }
-        let kill_deadline_ns = if graceful { None } else { Some(clock::deadline_after(self.opts.stop_timeout)) };
+        let kill_deadline_ns = if graceful {
+            None
+        } else {
+            Some(clock::deadline_after(self.opts.stop_timeout))
+        };
         let unacknowledged = if graceful && self.protocol.acknowledges_stop() {
-            Some(GracefulStop { resend_ns: clock::deadline_after(RESEND), escalate_ns: clock::deadline_after(self.opts.stop_timeout) })
+            Some(GracefulStop {
+                resend_ns: clock::deadline_after(RESEND),
+                escalate_ns: clock::deadline_after(self.opts.stop_timeout),
+            })
         } else {
             None
         };
-        self.phase = Phase::Stopping(Stop { kill_deadline_ns, unacknowledged, killed: vec![], next_sweep_ns: None });
+        self.phase = Phase::Stopping(Stop {
+            kill_deadline_ns,
+            unacknowledged,
+            killed: vec![],
+            next_sweep_ns: None,
+        });
     }
 
     /// haproxy acted on the graceful stop: from now on its drain is awaited, however long.
@@ -99,10 +111,17 @@ impl Supervisor {
     /// The stop still stands: ask again, with the same bound as the first time.
     pub(super) fn stop_undone(&mut self) {
         let stop = match &mut self.phase {
-            Phase::Stopping(stop) if stop.kill_deadline_ns.is_none() && stop.killed.is_empty() && stop.unacknowledged.is_none() => stop,
+            Phase::Stopping(stop)
+                if stop.kill_deadline_ns.is_none() && stop.killed.is_empty() && stop.unacknowledged.is_none() =>
+            {
+                stop
+            }
             _ => return,
         };
-        stop.unacknowledged = Some(GracefulStop { resend_ns: clock::deadline_after(RESEND), escalate_ns: clock::deadline_after(self.opts.stop_timeout) });
+        stop.unacknowledged = Some(GracefulStop {
+            resend_ns: clock::deadline_after(RESEND),
+            escalate_ns: clock::deadline_after(self.opts.stop_timeout),
+        });
         let targets = self.protocol.signal_targets();
         warning!("haproxy is ready again after it acted on the graceful stop (a reload it was busy with): sending SIGUSR1 again to {:?}", targets);
         for pid in targets {
@@ -113,7 +132,10 @@ impl Supervisor {
     /// A graceful stop haproxy has not acted on yet: SIGUSR1 again, or after --stop-timeout, SIGTERM.
     fn press_graceful_stop(&mut self, now: u64) {
         let graceful = match &mut self.phase {
-            Phase::Stopping(Stop { unacknowledged: Some(graceful), .. }) => graceful,
+            Phase::Stopping(Stop {
+                unacknowledged: Some(graceful),
+                ..
+            }) => graceful,
             _ => return,
         };
         if now >= graceful.escalate_ns {
@@ -128,7 +150,10 @@ impl Supervisor {
         } else if now >= graceful.resend_ns {
             graceful.resend_ns = clock::after(now, RESEND);
             let targets = self.protocol.signal_targets();
-            info!("haproxy has not acted on SIGUSR1 yet: sending it again to {:?}", targets);
+            info!(
+                "haproxy has not acted on SIGUSR1 yet: sending it again to {:?}",
+                targets
+            );
             for pid in targets {
                 haproxy::signal(pid, Signal::SIGUSR1);
             }
@@ -153,12 +178,21 @@ impl Supervisor {
             Err(e) => {
                 // Kill what is known now; the next sweep walks the tree again.
                 let known = self.protocol.signal_targets();
-                warning!("cannot list the processes below the wrapper ({}): SIGKILL to {:?}, trying again in {} ms", e, known, KILL_SWEEP.as_millis());
+                warning!(
+                    "cannot list the processes below the wrapper ({}): SIGKILL to {:?}, trying again in {} ms",
+                    e,
+                    known,
+                    KILL_SWEEP.as_millis()
+                );
                 known
             }
         };
         if first_round {
-            warning!("haproxy still running {} s after SIGTERM: sending SIGKILL to pids {:?}", self.opts.stop_timeout.as_secs_f64(), pids);
+            warning!(
+                "haproxy still running {} s after SIGTERM: sending SIGKILL to pids {:?}",
+                self.opts.stop_timeout.as_secs_f64(),
+                pids
+            );
         } else if !pids.is_empty() {
             warning!("sending SIGKILL to pids {:?}, left after the stop's SIGKILL", pids);
         }
@@ -172,7 +206,10 @@ impl Supervisor {
 
     pub(super) fn no_children_left(&mut self) -> bool {
         self.reap();
-        matches!(waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)), Err(nix::Error::ECHILD))
+        matches!(
+            waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)),
+            Err(nix::Error::ECHILD)
+        )
     }
 
     pub(super) fn finish(mut self) -> Result<u8, Error> {
@@ -218,7 +255,10 @@ mod tests {
         assert_eq!(exit_status(None, None, &[]), 0);
         assert_eq!(exit_status(None, Some(WaitStatus::Exited(p, 0)), &[]), 0);
         assert_eq!(exit_status(None, Some(WaitStatus::Exited(p, 143)), &[]), 0);
-        assert_eq!(exit_status(None, Some(WaitStatus::Signaled(p, Signal::SIGTERM, false)), &[]), 0);
+        assert_eq!(
+            exit_status(None, Some(WaitStatus::Signaled(p, Signal::SIGTERM, false)), &[]),
+            0
+        );
         assert_eq!(exit_status(None, Some(WaitStatus::Exited(p, 3)), &[]), 3);
         // The wrapper's own SIGKILL after --stop-timeout completes the stop...
         let killed = Some(WaitStatus::Signaled(p, Signal::SIGKILL, false));

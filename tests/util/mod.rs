@@ -6,7 +6,8 @@
 //! Each integration test file covers one concern and starts with `#[macro_use] mod util;`: cli.rs,
 //! start_stop.rs, reload.rs, child_state.rs, pidfile.rs, notify_logs.rs, real_haproxy.rs,
 //! wait_reload.rs (the client), reload_truth.rs (the client's answer with real haproxy),
-//! robustness.rs (run directory, probe, stderr), upgrade.rs (re-exec into a new program). Each uses
+//! robustness.rs (run directory, probe, stderr), upgrade.rs (re-exec into a new program),
+//! max_draining.rs (the bound on draining generations). Each uses
 //! a part of this file, hence the `allow` below.
 //!
 //! Rules the helpers enforce: nothing here sleeps to wait for something; every wait is a handshake
@@ -175,7 +176,9 @@ pub fn reexec_state(pid: i32) -> Option<String> {
 }
 
 pub fn fd_count(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).map(|rd| rd.count()).unwrap_or(0)
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
 }
 
 pub fn fd_list(pid: i32) -> String {
@@ -232,7 +235,9 @@ pub struct Msg {
 impl Msg {
     /// The value of `KEY=` in this datagram.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
     }
     pub fn has(&self, kv: &str) -> bool {
         self.text.lines().any(|l| l == kv)
@@ -311,7 +316,11 @@ impl Notify {
                 sh.cond.notify_all();
             }
         });
-        Notify { path: path.to_path_buf(), shared, thread: Some(thread) }
+        Notify {
+            path: path.to_path_buf(),
+            shared,
+            thread: Some(thread),
+        }
     }
 
     /// Returns once every datagram queued on the socket before this call is recorded: sends a
@@ -319,12 +328,16 @@ impl Notify {
     pub fn sync(&self) {
         let n = self.shared.sync_sent.fetch_add(1, Ordering::SeqCst) + 1;
         let sock = UnixDatagram::unbound().expect("socket");
-        sock.send_to(format!("{SYNC_PREFIX}{n}").as_bytes(), &self.path).expect("send sync marker");
+        sock.send_to(format!("{SYNC_PREFIX}{n}").as_bytes(), &self.path)
+            .expect("send sync marker");
         let deadline = Instant::now() + T;
         let mut synced = self.shared.synced.lock().unwrap();
         while *synced < n {
             let now = Instant::now();
-            assert!(now < deadline, "notify socket: sync marker {n} not received within {T:?}");
+            assert!(
+                now < deadline,
+                "notify socket: sync marker {n} not received within {T:?}"
+            );
             synced = self.shared.sync_cond.wait_timeout(synced, deadline - now).unwrap().0;
         }
     }
@@ -352,7 +365,10 @@ impl Notify {
     /// Waits until at least `n` messages satisfy `f`; panics with `what` on timeout.
     pub fn wait_count<F: Fn(&Msg) -> bool>(&self, what: &str, n: usize, timeout: Duration, f: F) {
         if !self.wait_for(timeout, |m| m.iter().filter(|x| f(x)).count() >= n) {
-            panic!("timed out after {timeout:?} waiting for {n} x {what}; got:\n{}", self.dump());
+            panic!(
+                "timed out after {timeout:?} waiting for {n} x {what}; got:\n{}",
+                self.dump()
+            );
         }
     }
 
@@ -362,7 +378,10 @@ impl Notify {
 
     /// The last STATUS= value received.
     pub fn last_status(&self) -> Option<String> {
-        self.messages().iter().rev().find_map(|m| m.get("STATUS").map(str::to_string))
+        self.messages()
+            .iter()
+            .rev()
+            .find_map(|m| m.get("STATUS").map(str::to_string))
     }
 
     pub fn dump(&self) -> String {
@@ -548,7 +567,9 @@ impl Ctx {
         // the wrapper writes the <N> priority prefixes the log tests check.
         let meta = log.metadata().unwrap();
         cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
-        cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
         cmd
     }
 
@@ -571,7 +592,9 @@ impl Ctx {
         }
         sh.env("WATCHDOG_USEC", usec.to_string());
         let log = File::options().create(true).append(true).open(self.log_path()).unwrap();
-        sh.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log));
+        sh.stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
         sh
     }
 
@@ -639,7 +662,9 @@ impl Ctx {
 
     pub fn spawn(&mut self, mut cmd: Command) -> i32 {
         assert!(self.wrapper.is_none(), "one wrapper per test");
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
         self.pid = child.id() as i32;
         self.wrapper = Some(child);
         self.pid
@@ -717,7 +742,10 @@ impl Ctx {
             false
         });
         if !ok {
-            panic!("reload {n}: no READY=1 after RELOADING=1 within {timeout:?}:\n{}", self.notify().dump());
+            panic!(
+                "reload {n}: no READY=1 after RELOADING=1 within {timeout:?}:\n{}",
+                self.notify().dump()
+            );
         }
         self.notify().last_status().unwrap_or_default()
     }
@@ -760,17 +788,30 @@ impl Ctx {
                 None
             }
         });
-        r.unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {n} x {what}; events:\n{}", self.events_text()))
+        r.unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for {n} x {what}; events:\n{}",
+                self.events_text()
+            )
+        })
     }
 
     /// Pids that became ready with this role, in order.
     pub fn ready_pids(&self, role: &str) -> Vec<i32> {
-        self.events().into_iter().filter(|e| e.what == "ready" && e.role == role).map(|e| e.pid).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e.what == "ready" && e.role == role)
+            .map(|e| e.pid)
+            .collect()
     }
 
     /// Every pid the fake ever ran as (any role).
     pub fn fake_pids(&self) -> BTreeSet<i32> {
-        self.events().into_iter().filter(|e| e.what == "start" || e.what == "ready").map(|e| e.pid).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e.what == "start" || e.what == "ready")
+            .map(|e| e.pid)
+            .collect()
     }
 
     pub fn report(&self, pid: i32) -> String {
@@ -781,7 +822,11 @@ impl Ctx {
     /// Asserts that no fake haproxy process this test saw is alive any more.
     pub fn assert_no_fake_left(&self) {
         let left: Vec<i32> = self.fake_pids().into_iter().filter(|p| alive(*p)).collect();
-        assert!(left.is_empty(), "fake haproxy processes still alive: {left:?}\nevents:\n{}", self.events_text());
+        assert!(
+            left.is_empty(),
+            "fake haproxy processes still alive: {left:?}\nevents:\n{}",
+            self.events_text()
+        );
     }
 
     /// Records the haproxy processes currently below the wrapper (real haproxy tests).
@@ -836,7 +881,11 @@ impl Drop for Ctx {
             let mut s = format!("\n===== {} (dir {}) =====\n", self.name, self.dir.display());
             s.push_str(&format!("----- wrapper log -----\n{}", self.log()));
             if let Some(n) = &self.notify {
-                s.push_str(&format!("----- notify messages (wrapper pid {}) -----\n{}", self.pid, n.dump()));
+                s.push_str(&format!(
+                    "----- notify messages (wrapper pid {}) -----\n{}",
+                    self.pid,
+                    n.dump()
+                ));
             }
             s.push_str(&format!("----- fake haproxy events -----\n{}", self.events_text()));
             s.push_str("===========\n");
@@ -866,9 +915,20 @@ impl Tmpfs {
     /// `mount -t tmpfs -o OPTIONS tmpfs PATH` (PATH created first).
     pub fn mount(path: &Path, options: &str) -> Tmpfs {
         fs::create_dir_all(path).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(path).output().expect("run mount");
-        assert!(out.status.success(), "mount -t tmpfs -o {options} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-        Tmpfs { path: path.to_path_buf() }
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs -o {options} {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
     }
 
     /// Fills it: `filler` takes every block left; with `inodes`, empty files take every inode
@@ -882,7 +942,12 @@ impl Tmpfs {
                 Ok(0) => break,
                 Ok(n) => written += n,
                 Err(e) => {
-                    assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "filling {}: {e}", self.path.display());
+                    assert_eq!(
+                        e.raw_os_error(),
+                        Some(nix::libc::ENOSPC),
+                        "filling {}: {e}",
+                        self.path.display()
+                    );
                     break;
                 }
             }
@@ -895,7 +960,12 @@ impl Tmpfs {
             match File::create(self.path.join(format!("filler-{n}"))) {
                 Ok(_) => {}
                 Err(e) => {
-                    assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "filling {}: {e}", self.path.display());
+                    assert_eq!(
+                        e.raw_os_error(),
+                        Some(nix::libc::ENOSPC),
+                        "filling {}: {e}",
+                        self.path.display()
+                    );
                     break;
                 }
             }
@@ -915,7 +985,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.path).status().map_or(false, |s| s.success());
+        let ok = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .map_or(false, |s| s.success());
         if !ok {
             // Still busy (a process of the test has it open): detach it now, it goes when they do.
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
@@ -935,7 +1008,11 @@ pub struct Response {
 
 impl Response {
     pub fn status(&self) -> u16 {
-        self.status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The value of header `name` (case-insensitive), if present.
@@ -964,11 +1041,20 @@ pub fn http_get(port: u16, path: &str) -> io::Result<Response> {
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = match text.find("\r\n\r\n") {
         Some(i) => (text[..i].to_string(), text[i + 4..].to_string()),
-        None => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("no HTTP header in {text:?}"))),
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no HTTP header in {text:?}"),
+            ))
+        }
     };
     let status_line = head.lines().next().unwrap_or("").to_string();
     let head = head.lines().skip(1).collect::<Vec<_>>().join("\n");
-    Ok(Response { status_line, head, body })
+    Ok(Response {
+        status_line,
+        head,
+        body,
+    })
 }
 
 /// One client connection kept open across requests (HTTP/1.1 keep-alive), reading responses by
@@ -983,7 +1069,9 @@ impl HttpConn {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.set_write_timeout(Some(Duration::from_secs(10)))?;
-        Ok(HttpConn { reader: io::BufReader::new(s) })
+        Ok(HttpConn {
+            reader: io::BufReader::new(s),
+        })
     }
 
     /// Sends `GET path` (keep-alive) without waiting for the answer.
@@ -998,7 +1086,10 @@ impl HttpConn {
         loop {
             let mut l = String::new();
             if self.reader.read_line(&mut l)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed after {lines:?}")));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {lines:?}"),
+                ));
             }
             let l = l.trim_end_matches(&['\r', '\n'][..]).to_string();
             if l.is_empty() {
@@ -1008,9 +1099,16 @@ impl HttpConn {
         }
         let status_line = lines.first().cloned().unwrap_or_default();
         let head = lines[1.min(lines.len())..].join("\n");
-        let mut r = Response { status_line, head, body: String::new() };
+        let mut r = Response {
+            status_line,
+            head,
+            body: String::new(),
+        };
         let len: usize = r.header("content-length").and_then(|v| v.parse().ok()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("no Content-Length in {:?} / {:?}", r.status_line, r.head))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no Content-Length in {:?} / {:?}", r.status_line, r.head),
+            )
         })?;
         let mut body = vec![0u8; len];
         self.reader.read_exact(&mut body)?;
@@ -1064,7 +1162,12 @@ impl Backend {
                 thread::spawn(move || Backend::serve(conn, tx, g));
             }
         });
-        Backend { port, held: Mutex::new(rx), gate, stop }
+        Backend {
+            port,
+            held: Mutex::new(rx),
+            gate,
+            stop,
+        }
     }
 
     fn serve(conn: TcpStream, held: std::sync::mpsc::Sender<String>, gate: Arc<(Mutex<bool>, Condvar)>) {
@@ -1102,7 +1205,10 @@ impl Backend {
                 }
             }
             let body = format!("backend {path}");
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
             if w.write_all(resp.as_bytes()).is_err() {
                 return;
             }
@@ -1111,7 +1217,11 @@ impl Backend {
 
     /// Waits until a `/slow...` request reached the backend (and is held); returns its path.
     pub fn wait_held(&self, timeout: Duration) -> String {
-        self.held.lock().unwrap().recv_timeout(timeout).unwrap_or_else(|e| panic!("no request reached the backend within {timeout:?}: {e}"))
+        self.held
+            .lock()
+            .unwrap()
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no request reached the backend within {timeout:?}: {e}"))
     }
 
     /// Lets every held request (and later ones) be answered.
@@ -1176,7 +1286,8 @@ impl Load {
         let bodies = Arc::new(Mutex::new(BTreeMap::new()));
         let threads = (0..threads)
             .map(|_| {
-                let (stop, ok, fail, errors, bodies) = (stop.clone(), ok.clone(), fail.clone(), errors.clone(), bodies.clone());
+                let (stop, ok, fail, errors, bodies) =
+                    (stop.clone(), ok.clone(), fail.clone(), errors.clone(), bodies.clone());
                 thread::spawn(move || {
                     while !stop.load(Ordering::SeqCst) {
                         match http_get(port, "/") {
@@ -1200,7 +1311,14 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, ok, fail, errors, bodies, threads }
+        Load {
+            stop,
+            ok,
+            fail,
+            errors,
+            bodies,
+            threads,
+        }
     }
 
     pub fn ok(&self) -> u64 {
@@ -1291,7 +1409,11 @@ pub fn newest_serving(t: &Ctx, mode: Mode) -> i32 {
 
 /// The arguments a fake haproxy got (its report's "arg X" lines).
 pub fn report_argv(report: &str) -> Vec<String> {
-    report.lines().filter_map(|l| l.strip_prefix("arg ")).map(str::to_string).collect()
+    report
+        .lines()
+        .filter_map(|l| l.strip_prefix("arg "))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The pids given to a fake after `-sf`/`-st`.
@@ -1320,12 +1442,19 @@ pub fn has_pid_tag(s: &str) -> bool {
 }
 
 pub fn assert_reload_ok(status: &str) {
-    assert!(status.contains("last reload: ok"), "STATUS does not say the reload succeeded: {status:?}");
+    assert!(
+        status.contains("last reload: ok"),
+        "STATUS does not say the reload succeeded: {status:?}"
+    );
 }
 
 pub fn assert_all_from_wrapper(t: &Ctx) {
     for m in t.notify().messages() {
-        assert_eq!(m.pid, t.pid, "notify datagram from pid {} (wrapper is {}): {:?}", m.pid, t.pid, m.text);
+        assert_eq!(
+            m.pid, t.pid,
+            "notify datagram from pid {} (wrapper is {}): {:?}",
+            m.pid, t.pid, m.text
+        );
     }
 }
 
@@ -1337,7 +1466,11 @@ pub fn assert_monotonic_usec(t: &Ctx) {
             .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {:?}", m.text))
             .parse()
             .unwrap_or_else(|_| panic!("MONOTONIC_USEC not a number: {:?}", m.text));
-        assert!(v <= m.recv_usec && m.recv_usec - v < 10_000_000, "MONOTONIC_USEC={v} but received at {}", m.recv_usec);
+        assert!(
+            v <= m.recv_usec && m.recv_usec - v < 10_000_000,
+            "MONOTONIC_USEC={v} but received at {}",
+            m.recv_usec
+        );
     }
 }
 
@@ -1365,7 +1498,10 @@ pub fn has_shape(s: &str, pattern: &str) -> bool {
 
 /// Asserts a STATUS= text (or any line) has the shape `pattern` (see `has_shape`).
 pub fn assert_shape(s: &str, pattern: &str) {
-    assert!(has_shape(s, pattern), "unexpected text\n  got:      {s:?}\n  expected: {pattern:?} (# = digits)");
+    assert!(
+        has_shape(s, pattern),
+        "unexpected text\n  got:      {s:?}\n  expected: {pattern:?} (# = digits)"
+    );
 }
 
 /// Handshake for signals sent to the wrapper: sends SIGTTIN and waits until a fake haproxy logs

@@ -11,7 +11,10 @@ const SERVING: i32 = 4_000_003;
 const DRAINING: i32 = 4_000_004;
 
 fn exit(pid: i32, code: i32) -> Event {
-    Event::ChildEnded { pid, status: WaitStatus::Exited(Pid::from_raw(pid), code) }
+    Event::ChildEnded {
+        pid,
+        status: WaitStatus::Exited(Pid::from_raw(pid), code),
+    }
 }
 
 /// A foreground protocol in the middle of a start (no serving generation) or of a reload of
@@ -22,7 +25,12 @@ fn attempt(first: bool, with_handover: bool) -> Foreground {
         _ => unreachable!(),
     };
     let program = PathBuf::from("/nonexistent/haproxy");
-    let launch = Launch { program, args: hargs, relay_write: 2, max_draining: 50 };
+    let launch = Launch {
+        program,
+        args: hargs,
+        relay_write: 2,
+        max_draining: 50,
+    };
     let generations = if first {
         ForegroundGenerations::default()
     } else {
@@ -33,8 +41,21 @@ fn attempt(first: bool, with_handover: bool) -> Foreground {
             pidfile_written: false,
         }
     };
-    let attempt = Attempt { gen: 2, first, sentinel: SENTINEL, haproxy: Some(NEW), with_handover, old_in_sf: false, retried: false, serving_ended: None };
-    Foreground { launch, generations, attempt: Some(attempt) }
+    let attempt = Attempt {
+        gen: 2,
+        first,
+        sentinel: SENTINEL,
+        haproxy: Some(NEW),
+        with_handover,
+        old_in_sf: false,
+        retried: false,
+        serving_ended: None,
+    };
+    Foreground {
+        launch,
+        generations,
+        attempt: Some(attempt),
+    }
 }
 
 #[test]
@@ -51,7 +72,10 @@ fn the_sentinel_exiting_0_means_serving() {
 #[test]
 fn a_sentinel_ending_otherwise_decides_nothing() {
     let mut p = attempt(false, false);
-    let killed = Event::ChildEnded { pid: SENTINEL, status: WaitStatus::Signaled(Pid::from_raw(SENTINEL), Signal::SIGKILL, false) };
+    let killed = Event::ChildEnded {
+        pid: SENTINEL,
+        status: WaitStatus::Signaled(Pid::from_raw(SENTINEL), Signal::SIGKILL, false),
+    };
     assert_eq!(p.on_event(&killed, &[]), Outcome::Nothing);
     assert_eq!(p.on_event(&exit(SENTINEL, 1), &[]), Outcome::Nothing);
 }
@@ -59,10 +83,25 @@ fn a_sentinel_ending_otherwise_decides_nothing() {
 #[test]
 fn the_new_haproxy_exiting_fails_the_attempt_with_its_status() {
     let mut p = attempt(true, false);
-    assert_eq!(p.on_event(&exit(NEW, 3), &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 3".into(), code: 3 }));
+    assert_eq!(
+        p.on_event(&exit(NEW, 3), &[]),
+        Outcome::Attempt(Verdict::Failed {
+            reason: "haproxy exited with status 3".into(),
+            code: 3
+        })
+    );
     let mut p = attempt(true, false);
-    let killed = Event::ChildEnded { pid: NEW, status: WaitStatus::Signaled(Pid::from_raw(NEW), Signal::SIGSEGV, true) };
-    assert_eq!(p.on_event(&killed, &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 139".into(), code: 139 }));
+    let killed = Event::ChildEnded {
+        pid: NEW,
+        status: WaitStatus::Signaled(Pid::from_raw(NEW), Signal::SIGSEGV, true),
+    };
+    assert_eq!(
+        p.on_event(&killed, &[]),
+        Outcome::Attempt(Verdict::Failed {
+            reason: "haproxy exited with status 139".into(),
+            code: 139
+        })
+    );
 }
 
 #[test]
@@ -70,7 +109,13 @@ fn a_failed_handover_is_retried_once_a_config_error_is_not() {
     // A configuration alert: no second try.
     let mut p = attempt(false, true);
     let alerts = vec!["config : parsing [cfg:11] : unknown keyword 'garbage'".to_string()];
-    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+    assert_eq!(
+        p.on_event(&exit(NEW, 1), &alerts),
+        Outcome::Attempt(Verdict::Failed {
+            reason: "haproxy exited with status 1".into(),
+            code: 1
+        })
+    );
     // The socket named: a second try, without -x (here it cannot start: /nonexistent/haproxy).
     let mut p = attempt(false, true);
     let alerts = vec!["Failed to get the sockets from the old process!".to_string()];
@@ -78,17 +123,32 @@ fn a_failed_handover_is_retried_once_a_config_error_is_not() {
         Outcome::Attempt(Verdict::Failed { reason, code: 127 }) => assert!(reason.contains("not found"), "{}", reason),
         other => panic!("no retry: {:?}", other),
     }
-    assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried && !attempt.with_handover && attempt.old_in_sf));
+    assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried
+        && !attempt.with_handover
+        && attempt.old_in_sf));
     // The retry's own end is final.
     if let Some(attempt) = &mut p.attempt {
         attempt.haproxy = Some(NEW);
     }
-    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+    assert_eq!(
+        p.on_event(&exit(NEW, 1), &alerts),
+        Outcome::Attempt(Verdict::Failed {
+            reason: "haproxy exited with status 1".into(),
+            code: 1
+        })
+    );
     assert!(handover_may_be_at_fault(&[]));
     // "cannot bind socket" is not about the hand-over (it names a socket, though).
     let mut p = attempt(false, true);
-    let alerts = vec!["Starting frontend fe: cannot bind socket (Cannot assign requested address) [192.0.2.1:80]".to_string()];
-    assert_eq!(p.on_event(&exit(NEW, 1), &alerts), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+    let alerts =
+        vec!["Starting frontend fe: cannot bind socket (Cannot assign requested address) [192.0.2.1:80]".to_string()];
+    assert_eq!(
+        p.on_event(&exit(NEW, 1), &alerts),
+        Outcome::Attempt(Verdict::Failed {
+            reason: "haproxy exited with status 1".into(),
+            code: 1
+        })
+    );
 }
 
 #[test]
@@ -100,27 +160,49 @@ fn haproxy_names_the_addresses_in_use() {
         "Binding [/etc/h.cfg:8] for frontend fe: cannot bind socket (Address already in use) for [no-address]",
         "Binding [/etc/h.cfg:7] for frontend fe: cannot bind socket (Permission denied) for [127.0.0.1:80]",
     ]));
-    assert_eq!(found, vec![Some("[::1]:33991".parse().unwrap()), Some("0.0.0.0:9804".parse().unwrap()), None]);
+    assert_eq!(
+        found,
+        vec![
+            Some("[::1]:33991".parse().unwrap()),
+            Some("0.0.0.0:9804".parse().unwrap()),
+            None
+        ]
+    );
 }
 
 #[test]
 fn address_in_use_is_retried_once_only_when_our_own_generation_holds_it() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let alerts = vec![format!("Binding [h.cfg:3] for frontend fe: cannot bind socket (Address already in use) for [{}]", listener.local_addr().unwrap())];
-    let status_1 = Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 });
+    let alerts = vec![format!(
+        "Binding [h.cfg:3] for frontend fe: cannot bind socket (Address already in use) for [{}]",
+        listener.local_addr().unwrap()
+    )];
+    let status_1 = Outcome::Attempt(Verdict::Failed {
+        reason: "haproxy exited with status 1".into(),
+        code: 1,
+    });
     // Another program holds it (this test process is none of the generations): failed at once,
     // nothing paused.
     let mut p = attempt(false, false);
     assert_eq!(p.on_event(&exit(NEW, 1), &alerts), status_1);
-    assert!(p.attempt.as_ref().map_or(false, |attempt| !attempt.retried && !attempt.old_in_sf));
+    assert!(p
+        .attempt
+        .as_ref()
+        .map_or(false, |attempt| !attempt.retried && !attempt.old_in_sf));
     // The serving generation holds it (noreuseport): retried once with the older generations in -sf.
     let mut p = attempt(false, false);
-    p.generations.serving = Some(Gen { n: 1, pid: std::process::id() as i32 });
+    p.generations.serving = Some(Gen {
+        n: 1,
+        pid: std::process::id() as i32,
+    });
     match p.on_event(&exit(NEW, 1), &alerts) {
         Outcome::Attempt(Verdict::Failed { code: 127, .. }) => {}
         other => panic!("no retry: {:?}", other),
     }
-    assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried && attempt.old_in_sf));
+    assert!(p
+        .attempt
+        .as_ref()
+        .map_or(false, |attempt| attempt.retried && attempt.old_in_sf));
     if let Some(attempt) = &mut p.attempt {
         attempt.haproxy = Some(NEW);
     }
@@ -128,7 +210,10 @@ fn address_in_use_is_retried_once_only_when_our_own_generation_holds_it() {
     // Nobody listens there any more, or haproxy named no address: no retry.
     drop(listener);
     let mut p = attempt(false, false);
-    p.generations.serving = Some(Gen { n: 1, pid: std::process::id() as i32 });
+    p.generations.serving = Some(Gen {
+        n: 1,
+        pid: std::process::id() as i32,
+    });
     assert_eq!(p.on_event(&exit(NEW, 1), &alerts), status_1);
     let unnamed = vec!["Starting frontend fe: cannot bind socket (Address already in use)".to_string()];
     let mut p = attempt(false, false);
@@ -158,7 +243,10 @@ fn outside_an_attempt_the_serving_end_is_the_services_and_draining_ends_change_s
     let mut p = attempt(false, false);
     p.attempt = None;
     assert_eq!(p.on_event(&exit(DRAINING, 0), &[]), Outcome::StatusChanged);
-    assert_eq!(p.on_event(&exit(SERVING, 2), &[]), Outcome::ServingEnded(WaitStatus::Exited(Pid::from_raw(SERVING), 2)));
+    assert_eq!(
+        p.on_event(&exit(SERVING, 2), &[]),
+        Outcome::ServingEnded(WaitStatus::Exited(Pid::from_raw(SERVING), 2))
+    );
     assert_eq!(p.on_event(&exit(12345678, 0), &[]), Outcome::Nothing);
     assert_eq!(p.signal_targets(), Vec::<i32>::new());
 }
@@ -167,9 +255,18 @@ fn outside_an_attempt_the_serving_end_is_the_services_and_draining_ends_change_s
 fn a_deadline_fails_the_attempt_with_69() {
     let mut p = attempt(true, false);
     let timeout = std::time::Duration::from_millis(1500);
-    assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Attempt(Verdict::Failed { reason: "not ready after 1.5 s".into(), code: 69 }));
+    assert_eq!(
+        p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]),
+        Outcome::Attempt(Verdict::Failed {
+            reason: "not ready after 1.5 s".into(),
+            code: 69
+        })
+    );
     p.attempt = None;
-    assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Nothing);
+    assert_eq!(
+        p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]),
+        Outcome::Nothing
+    );
 }
 
 #[test]
@@ -181,7 +278,11 @@ fn past_max_draining_the_oldest_draining_generation_is_stopped_and_reaped_as_usu
     // gen 1 (SERVING) now drains too: two, one more than the bound; gen 0 is the oldest.
     assert_eq!(p.draining(), vec![SERVING]);
     assert_eq!(p.generations.stopped, vec![Gen { n: 0, pid: DRAINING }]);
-    assert_eq!(p.signal_targets(), vec![NEW, SERVING, DRAINING], "a stop still waits for the stopped one");
+    assert_eq!(
+        p.signal_targets(),
+        vec![NEW, SERVING, DRAINING],
+        "a stop still waits for the stopped one"
+    );
     match p.generations() {
         Generations::Foreground(fg) => assert_eq!(fg.stopped, vec![Gen { n: 0, pid: DRAINING }]),
         other => panic!("{:?}", other),
@@ -208,8 +309,11 @@ fn the_oldest_go_first_whatever_the_order_they_were_carried_in() {
     // gen 10 replaces gen 9; carried out of order: gen 7 first.
     p.attempt.as_mut().unwrap().gen = 10;
     p.generations.serving = Some(Gen { n: 9, pid: SERVING });
-    p.generations.draining =
-        vec![Gen { n: 7, pid: 4_000_017 }, Gen { n: 4, pid: 4_000_014 }, Gen { n: 6, pid: DRAINING }];
+    p.generations.draining = vec![
+        Gen { n: 7, pid: 4_000_017 },
+        Gen { n: 4, pid: 4_000_014 },
+        Gen { n: 6, pid: DRAINING },
+    ];
     p.on_event(&exit(SENTINEL, 0), &[]);
     p.commit();
     let stopped: Vec<u32> = p.generations.stopped.iter().map(|generation| generation.n).collect();

@@ -18,7 +18,12 @@ fn protocol(reload: bool) -> MasterWorker {
         _ => unreachable!(),
     };
     let program = PathBuf::from("/nonexistent/haproxy");
-    let launch = Launch { program, args: hargs, relay_write: 2, max_draining: 50 };
+    let launch = Launch {
+        program,
+        args: hargs,
+        relay_write: 2,
+        max_draining: 50,
+    };
     let mut p = MasterWorker::fresh(launch, MasterSocket::bind().unwrap());
     if reload {
         p.generations.master = Some(Gen { n: 1, pid: MASTER });
@@ -44,7 +49,10 @@ fn reloading(usec: Option<u64>) -> Event {
         Some(usec) => format!("RELOADING=1\nMONOTONIC_USEC={}\n", usec),
         None => "RELOADING=1\n".to_string(),
     };
-    Event::MasterSaid { message, children: None }
+    Event::MasterSaid {
+        message,
+        children: None,
+    }
 }
 
 #[test]
@@ -54,14 +62,20 @@ fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
         attempt.master_began = false;
     }
     // The earlier reload (timed out) ends now: its READY=1, its worker W2, its failure line.
-    assert_eq!(p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+    assert_eq!(
+        p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]),
+        Outcome::Nothing
+    );
     assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
     // Its RELOADING=1, dated before this reload's signal, does not begin this one either.
     assert_eq!(p.on_event(&reloading(Some(999)), &[]), Outcome::Nothing);
     assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
     // This reload's RELOADING=1: its READY=1 answers, and W2 is not its new worker.
     assert_eq!(p.on_event(&reloading(Some(1000)), &[]), Outcome::Nothing);
-    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), failed("the master started no new worker"));
+    assert_eq!(
+        p.on_event(&ready(&[W1, W2]), &[]),
+        failed("the master started no new worker")
+    );
     // Undated (haproxy < 3.0): a RELOADING=1 after the signal begins it; the failure line of
     // the earlier reload does not count against it.
     let mut p = protocol(true);
@@ -71,7 +85,10 @@ fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
     p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]);
     p.on_event(&ready(&[W1, W2]), &[]);
     p.on_event(&reloading(None), &[]);
-    assert_eq!(p.on_event(&ready(&[W1, W2, W3]), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(
+        p.on_event(&ready(&[W1, W2, W3]), &[]),
+        Outcome::Attempt(Verdict::Serving)
+    );
 }
 
 #[test]
@@ -85,7 +102,15 @@ fn a_reload_in_progress_is_carried_across_the_reexec() {
         _ => unreachable!(),
     };
     let carried = generations.reload.clone().unwrap();
-    assert_eq!((carried.gen, carried.workers_before.clone(), carried.signalled_ns, carried.master_began), (2, vec![W1], 1_000_000, false));
+    assert_eq!(
+        (
+            carried.gen,
+            carried.workers_before.clone(),
+            carried.signalled_ns,
+            carried.master_began
+        ),
+        (2, vec![W1], 1_000_000, false)
+    );
     let launch = p.launch.clone();
     let mut q = MasterWorker::resume(launch, MasterSocket::bind().unwrap(), generations);
     assert!(q.generations.reload.is_none());
@@ -94,11 +119,17 @@ fn a_reload_in_progress_is_carried_across_the_reexec() {
 }
 
 fn ready(children: &[i32]) -> Event {
-    Event::MasterSaid { message: "READY=1\nMAINPID=4100001\n".into(), children: Some(children.to_vec()) }
+    Event::MasterSaid {
+        message: "READY=1\nMAINPID=4100001\n".into(),
+        children: Some(children.to_vec()),
+    }
 }
 
 fn failed(reason: &str) -> Outcome {
-    Outcome::Attempt(Verdict::Failed { reason: reason.into(), code: 1 })
+    Outcome::Attempt(Verdict::Failed {
+        reason: reason.into(),
+        code: 1,
+    })
 }
 
 #[test]
@@ -106,7 +137,10 @@ fn ready_at_the_start_means_serving() {
     let mut p = protocol(false);
     assert_eq!(p.on_event(&ready(&[W1]), &[]), Outcome::Attempt(Verdict::Serving));
     assert_eq!(p.commit(), MASTER);
-    assert_eq!(p.serving_text().unwrap(), format!("gen 1 serving (master {}, workers {})", MASTER, W1));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 1 serving (master {}, workers {})", MASTER, W1)
+    );
     assert_eq!(p.signal_targets(), vec![MASTER]);
 }
 
@@ -123,7 +157,10 @@ fn a_reload_serves_when_the_master_has_a_new_worker() {
 #[test]
 fn a_reload_without_a_new_worker_failed() {
     let mut p = protocol(true);
-    assert_eq!(p.on_event(&ready(&[W1]), &[]), failed("the master started no new worker"));
+    assert_eq!(
+        p.on_event(&ready(&[W1]), &[]),
+        failed("the master started no new worker")
+    );
     let mut p = protocol(true);
     assert_eq!(p.on_event(&ready(&[]), &[]), failed("the master started no new worker"));
 }
@@ -131,52 +168,100 @@ fn a_reload_without_a_new_worker_failed() {
 #[test]
 fn a_loading_failure_fails_the_reload_even_with_a_new_worker() {
     let mut p = protocol(true);
-    assert_eq!(p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]), Outcome::Nothing);
-    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), failed("haproxy reported a loading failure"));
+    assert_eq!(
+        p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]),
+        Outcome::Nothing
+    );
+    assert_eq!(
+        p.on_event(&ready(&[W1, W2]), &[]),
+        failed("haproxy reported a loading failure")
+    );
     // haproxy >= 3.1 says it in STATUS= of the READY=1 datagram itself.
     let mut p = protocol(true);
-    let said = Event::MasterSaid { message: "READY=1\nSTATUS=Reload failed!\n".into(), children: Some(vec![W1, W3]) };
+    let said = Event::MasterSaid {
+        message: "READY=1\nSTATUS=Reload failed!\n".into(),
+        children: Some(vec![W1, W3]),
+    };
     assert_eq!(p.on_event(&said, &[]), failed("haproxy reported a loading failure"));
 }
 
 #[test]
 fn messages_without_ready_decide_nothing() {
     let mut p = protocol(true);
-    let reloading = Event::MasterSaid { message: "RELOADING=1\n".into(), children: None };
+    let reloading = Event::MasterSaid {
+        message: "RELOADING=1\n".into(),
+        children: None,
+    };
     assert_eq!(p.on_event(&reloading, &[]), Outcome::Nothing);
-    assert_eq!(p.on_event(&Event::Line("[ALERT] (1) : config : bad".into()), &["config : bad".into()]), Outcome::Nothing);
+    assert_eq!(
+        p.on_event(
+            &Event::Line("[ALERT] (1) : config : bad".into()),
+            &["config : bad".into()]
+        ),
+        Outcome::Nothing
+    );
 }
 
 #[test]
 fn the_master_ending_fails_a_start_and_ends_a_running_service() {
     let mut p = protocol(false);
-    let end = Event::ChildEnded { pid: MASTER, status: WaitStatus::Exited(Pid::from_raw(MASTER), 1) };
-    assert_eq!(p.on_event(&end, &[]), Outcome::Attempt(Verdict::Failed { reason: "haproxy exited with status 1".into(), code: 1 }));
+    let end = Event::ChildEnded {
+        pid: MASTER,
+        status: WaitStatus::Exited(Pid::from_raw(MASTER), 1),
+    };
+    assert_eq!(
+        p.on_event(&end, &[]),
+        Outcome::Attempt(Verdict::Failed {
+            reason: "haproxy exited with status 1".into(),
+            code: 1
+        })
+    );
     let mut p = protocol(true);
     let killed = WaitStatus::Signaled(Pid::from_raw(MASTER), Signal::SIGKILL, false);
-    assert_eq!(p.on_event(&Event::ChildEnded { pid: MASTER, status: killed }, &[]), Outcome::ServingEnded(killed));
+    assert_eq!(
+        p.on_event(
+            &Event::ChildEnded {
+                pid: MASTER,
+                status: killed
+            },
+            &[]
+        ),
+        Outcome::ServingEnded(killed)
+    );
     assert_eq!(p.serving_pid(), None);
 }
 
 #[test]
 fn a_ready_whose_children_could_not_be_read_is_trusted_and_the_workers_learnt_later() {
     let mut p = protocol(true);
-    let said = Event::MasterSaid { message: "READY=1\n".into(), children: None };
+    let said = Event::MasterSaid {
+        message: "READY=1\n".into(),
+        children: None,
+    };
     assert_eq!(p.on_event(&said, &[]), Outcome::Attempt(Verdict::Serving));
     assert_eq!(p.commit(), MASTER);
     // Not "none" and not the old worker: unknown, until a drain check reads them.
-    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers unknown)", MASTER));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 2 serving (master {}, workers unknown)", MASTER)
+    );
     assert_eq!(p.draining(), vec![W1]);
     assert!(p.next_tick_ns().is_some());
     assert!(p.learn_workers(&[W1, W2]));
-    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 2 serving (master {}, workers {})", MASTER, W2)
+    );
     assert_eq!(p.draining(), vec![W1]);
     assert!(p.learn_workers(&[W2]));
     assert_eq!(p.draining(), Vec::<i32>::new());
     assert!(p.next_tick_ns().is_none());
     // A loading failure still fails the reload without a worker list.
     let mut p = protocol(true);
-    assert_eq!(p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+    assert_eq!(
+        p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]),
+        Outcome::Nothing
+    );
     assert_eq!(p.on_event(&said, &[]), failed("haproxy reported a loading failure"));
     // A late READY=1 whose children are unknown: the next drain check learns them.
     let mut p = protocol(true);
@@ -203,16 +288,26 @@ fn still_serving_means_a_live_master_with_a_live_worker() {
     assert_eq!(p.still_serving(), StillServing::No, "its only worker is gone");
     assert_eq!(p.generations.workers, Vec::<i32>::new(), "STATUS no longer names it");
     p.workers_unknown = true;
-    assert_eq!(p.still_serving(), StillServing::Yes, "unknown workers: the live master is trusted");
+    assert_eq!(
+        p.still_serving(),
+        StillServing::Yes,
+        "unknown workers: the live master is trusted"
+    );
 }
 
 #[test]
 fn the_master_saying_stopping_acknowledges_a_stop() {
     let mut p = protocol(true);
     assert!(p.acknowledges_stop());
-    let stopping = Event::MasterSaid { message: "STOPPING=1\n".into(), children: None };
+    let stopping = Event::MasterSaid {
+        message: "STOPPING=1\n".into(),
+        children: None,
+    };
     assert_eq!(p.on_event(&stopping, &[]), Outcome::Stopping);
-    let status = Event::MasterSaid { message: "STATUS=stopping\n".into(), children: None };
+    let status = Event::MasterSaid {
+        message: "STATUS=stopping\n".into(),
+        children: None,
+    };
     assert_eq!(p.on_event(&status, &[]), Outcome::Nothing);
 }
 
@@ -228,15 +323,29 @@ fn a_late_ready_updates_the_workers() {
 #[test]
 fn a_deadline_fails_the_attempt_with_69() {
     let mut p = protocol(true);
-    let d = Event::Deadline { ready_timeout: Duration::from_secs(2) };
-    assert_eq!(p.on_event(&d, &[]), Outcome::Attempt(Verdict::Failed { reason: "not ready after 2 s".into(), code: 69 }));
+    let d = Event::Deadline {
+        ready_timeout: Duration::from_secs(2),
+    };
+    assert_eq!(
+        p.on_event(&d, &[]),
+        Outcome::Attempt(Verdict::Failed {
+            reason: "not ready after 2 s".into(),
+            code: 69
+        })
+    );
 }
 
 /// The reload in progress (gen 2) passes --ready-timeout and is abandoned, as the loop does.
 fn timed_out(p: &mut MasterWorker) {
     let timeout = Duration::from_millis(500);
-    assert_eq!(p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]), Outcome::Attempt(not_ready(timeout)));
-    assert!(p.may_still_complete(2), "the master may still complete the reload that timed out");
+    assert_eq!(
+        p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]),
+        Outcome::Attempt(not_ready(timeout))
+    );
+    assert!(
+        p.may_still_complete(2),
+        "the master may still complete the reload that timed out"
+    );
     assert!(!p.may_still_complete(3));
     assert_eq!(p.abandon(true), None);
 }
@@ -252,15 +361,24 @@ fn late(outcome: Outcome) -> (u32, bool) {
 fn a_reload_that_timed_out_and_completes_late_serves_and_is_told() {
     let mut p = protocol(true);
     timed_out(&mut p);
-    assert_eq!(p.serving_text().unwrap(), format!("gen 1 serving (master {}, workers {})", MASTER, W1));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 1 serving (master {}, workers {})", MASTER, W1)
+    );
     // Its READY=1, with a new worker: gen 2 serves, the old worker drains.
     assert_eq!(late(p.on_event(&ready(&[W1, W2]), &[])), (2, true));
-    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 2 serving (master {}, workers {})", MASTER, W2)
+    );
     assert_eq!(p.draining(), vec![W1]);
     assert!(!p.may_still_complete(2));
     // A later READY=1 (2.6's master says it again from its wait mode) is no second answer.
     assert_eq!(p.on_event(&ready(&[W2]), &[]), Outcome::StatusChanged);
-    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 2 serving (master {}, workers {})", MASTER, W2)
+    );
 }
 
 #[test]
@@ -268,10 +386,16 @@ fn a_reload_that_timed_out_and_ends_without_a_new_worker_or_with_a_loading_failu
     let mut p = protocol(true);
     timed_out(&mut p);
     assert_eq!(late(p.on_event(&ready(&[W1]), &[])), (2, false));
-    assert_eq!(p.serving_text().unwrap(), format!("gen 1 serving (master {}, workers {})", MASTER, W1));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 1 serving (master {}, workers {})", MASTER, W1)
+    );
     let mut p = protocol(true);
     timed_out(&mut p);
-    assert_eq!(p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]), Outcome::Nothing);
+    assert_eq!(
+        p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]),
+        Outcome::Nothing
+    );
     assert_eq!(late(p.on_event(&ready(&[W1, W2]), &[])), (2, false));
     assert!(p.serving_text().unwrap().starts_with("gen 1 serving"));
 }
@@ -281,14 +405,32 @@ fn a_late_answer_during_the_next_reload_ends_the_earlier_one_and_not_this_one() 
     let mut p = protocol(true);
     timed_out(&mut p);
     // The next reload (gen 3) is asked before the master answered the one that timed out.
-    p.attempt = Some(Attempt { gen: 3, first: false, master: MASTER, workers_before: vec![W1], loading_failed: false, signalled_ns: 2_000_000, master_began: false, children_at_ready: None });
+    p.attempt = Some(Attempt {
+        gen: 3,
+        first: false,
+        master: MASTER,
+        workers_before: vec![W1],
+        loading_failed: false,
+        signalled_ns: 2_000_000,
+        master_began: false,
+        children_at_ready: None,
+    });
     assert_eq!(late(p.on_event(&ready(&[W1, W2]), &[])), (2, true));
-    assert_eq!(p.serving_text().unwrap(), format!("gen 2 serving (master {}, workers {})", MASTER, W2));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 2 serving (master {}, workers {})", MASTER, W2)
+    );
     // gen 3's own answer: W2 is not its new worker, W3 is.
     assert_eq!(p.on_event(&reloading(None), &[]), Outcome::Nothing);
-    assert_eq!(p.on_event(&ready(&[W1, W2, W3]), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(
+        p.on_event(&ready(&[W1, W2, W3]), &[]),
+        Outcome::Attempt(Verdict::Serving)
+    );
     assert_eq!(p.commit(), MASTER);
-    assert_eq!(p.serving_text().unwrap(), format!("gen 3 serving (master {}, workers {})", MASTER, W3));
+    assert_eq!(
+        p.serving_text().unwrap(),
+        format!("gen 3 serving (master {}, workers {})", MASTER, W3)
+    );
     assert_eq!(p.draining(), vec![W1, W2]);
 }
 
@@ -300,5 +442,8 @@ fn a_reload_that_may_still_complete_is_carried_across_the_reexec() {
         Generations::MasterWorker(mw) => mw,
         _ => unreachable!(),
     };
-    assert_eq!(carried.late.as_ref().map(|l| (l.gen, l.workers_before.clone())), Some((2, vec![W1])));
+    assert_eq!(
+        carried.late.as_ref().map(|l| (l.gen, l.workers_before.clone())),
+        Some((2, vec![W1]))
+    );
 }

@@ -51,7 +51,12 @@ pub(super) fn master_children_at_ready(master: i32) -> Option<Vec<i32>> {
                 return Some(children);
             }
             Err(e) if tries >= WALK_TRIES => {
-                warning!("cannot list the children of master {} ({}, {} tries): trusting its READY=1 without a worker list", master, e, tries);
+                warning!(
+                    "cannot list the children of master {} ({}, {} tries): trusting its READY=1 without a worker list",
+                    master,
+                    e,
+                    tries
+                );
                 return None;
             }
             Err(_) => {}
