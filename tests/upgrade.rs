@@ -181,8 +181,14 @@ fn a_late_ready_does_not_answer_the_next_reload() {
         "the second reload was answered by the first one's late READY=1: {err}"
     );
     assert!(err.contains("not ready after 1 s"), "{err}");
-    let status = t.notify().last_status().unwrap_or_default();
-    assert!(status.contains("last reload: failed"), "{status}");
+    // STATUS= follows the ledger's answer by a moment (another datagram).
+    let failed = t.notify().wait_for(T, |msgs| {
+        msgs.iter()
+            .rev()
+            .find_map(|m| m.get("STATUS"))
+            .map_or(false, |s| s.contains("last reload: failed"))
+    });
+    assert!(failed, "{:?}", t.notify().last_status());
 }
 
 /// Writes `script` (a shell script) over the wrapper's program file, as an upgrade would.

@@ -264,9 +264,6 @@ impl Supervisor {
         } else {
             self.reloads += 1;
             self.last_reload = LastReload::Ok { ms };
-            if let Some(seq) = attempt.ledger_seq {
-                self.ledger.finish(seq, ledger::Outcome::Ok { ms });
-            }
             notice!(
                 "reload {} ok in {} ms: gen {} pid {} serving, draining {:?}",
                 self.reloads,
@@ -278,6 +275,10 @@ impl Supervisor {
         }
         let status = self.status_with("");
         self.systemd.ready(&status);
+        // Only now the ledger: once its client says so, systemd has been told the same.
+        if let (false, Some(seq)) = (attempt.first, attempt.ledger_seq) {
+            self.ledger.finish(seq, ledger::Outcome::Ok { ms });
+        }
         if self.pending_reload {
             self.reload_now();
         }
@@ -293,7 +294,6 @@ impl Supervisor {
         }
         self.reloads += 1;
         self.last_reload = LastReload::Late { ms };
-        self.ledger.set_late(gen, ledger::Late::Served { ms });
         warning!(
             "gen {}: the reload reported failed at --ready-timeout took effect late, ready {} ms after it was asked for: {}, draining {:?}",
             gen,
@@ -302,6 +302,7 @@ impl Supervisor {
             self.protocol.draining()
         );
         self.update_status();
+        self.ledger.set_late(gen, ledger::Late::Served { ms });
     }
 
     /// The attempt failed. A first start ends the wrapper with `code`; a reload leaves the
@@ -341,21 +342,25 @@ impl Supervisor {
             .as_ref()
             .map(|_| StillServing::No)
             .unwrap_or_else(|| self.protocol.still_serving());
-        if let Some(seq) = attempt.ledger_seq {
-            if left == StillServing::No {
-                // A --wait-reload client reads the failure and, with it, that nothing serves.
-                self.ledger.stopping();
+        let late = if may_complete && left != StillServing::No {
+            ledger::Late::Possible
+        } else {
+            ledger::Late::No
+        };
+        let nothing_serves = left == StillServing::No;
+        let mut reasons = vec![reason.clone()];
+        reasons.extend(attempt.alerts.iter().cloned());
+        // The ledger's answer: after READY=1 and STATUS say the same, or before a stop begins.
+        let record = |this: &mut Supervisor| {
+            if let Some(seq) = attempt.ledger_seq {
+                if nothing_serves {
+                    // A --wait-reload client reads the failure and, with it, that nothing serves.
+                    this.ledger.stopping();
+                }
+                this.ledger
+                    .finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
             }
-            let mut reasons = vec![reason.clone()];
-            reasons.extend(attempt.alerts.iter().cloned());
-            let late = if may_complete && left != StillServing::No {
-                ledger::Late::Possible
-            } else {
-                ledger::Late::No
-            };
-            self.ledger
-                .finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
-        }
+        };
         match left {
             StillServing::Yes if may_complete => error!(
                 "reload to gen {} failed after {} ms: {}; haproxy may still complete it (the previous generation serves until it does)",
@@ -371,6 +376,7 @@ impl Supervisor {
                 // the service back.
                 error!("reload failed after {} ms and haproxy stopped the previous generation too, nothing serves: {}", ms, reason);
                 self.exit_code = Some(code.max(1));
+                record(self);
                 self.begin_stop(false);
                 return;
             }
@@ -379,11 +385,13 @@ impl Supervisor {
         if let Some(status) = serving_ended {
             error!("the serving haproxy ended during the failed reload: stopping");
             self.exit_code = Some(status_code(&status).unwrap_or(1));
+            record(self);
             self.begin_stop(false);
             return;
         }
         let status = self.status_with("");
         self.systemd.ready(&status);
+        record(self);
         if self.pending_reload {
             self.reload_now();
         }
