@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::{exited, not_ready, Event, Launch, Outcome, Protocol, Verdict};
+use super::{exited, not_ready, Abandon, Event, Launch, Outcome, Protocol, Verdict};
 use crate::error::{self, Error};
 use crate::haproxy;
 use crate::pidfile;
@@ -417,7 +417,7 @@ impl Protocol for Foreground {
         pid
     }
 
-    fn abandon(&mut self, reload_failed: bool) -> Option<WaitStatus> {
+    fn abandon(&mut self, why: Abandon) -> Option<WaitStatus> {
         let attempt = self.attempt.take()?;
         for pid in attempt.haproxy.iter().chain(Some(&attempt.sentinel)) {
             haproxy::signal(*pid, Signal::SIGKILL);
@@ -425,7 +425,7 @@ impl Protocol for Foreground {
         if attempt.serving_ended.is_some() {
             self.generations.serving = None;
         }
-        if reload_failed && attempt.old_in_sf {
+        if why == Abandon::ReloadFailed && attempt.old_in_sf {
             // The new haproxy may have paused the older ones' listeners (SIGTTOU) while it retried binding.
             for pid in self.signal_targets() {
                 haproxy::signal(pid, Signal::SIGTTIN);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::{exited, not_ready, Event, Launch, Outcome, Protocol, StillServing, Verdict};
+use super::{exited, not_ready, Abandon, Event, Launch, Outcome, Protocol, StillServing, Verdict};
 use crate::clock;
 use crate::error::Error;
 use crate::haproxy;
@@ -501,7 +501,7 @@ impl Protocol for MasterWorker {
         attempt.master
     }
 
-    fn abandon(&mut self, _reload_failed: bool) -> Option<WaitStatus> {
+    fn abandon(&mut self, _why: Abandon) -> Option<WaitStatus> {
         let attempt = self.attempt.take()?;
         if attempt.first {
             haproxy::signal(attempt.master, Signal::SIGKILL);

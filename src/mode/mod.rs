@@ -94,6 +94,17 @@ pub struct Launch {
     pub max_draining: u32,
 }
 
+/// Why an attempt is given up (`Protocol::abandon`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandon {
+    /// The first start failed: nothing serves.
+    StartFailed,
+    /// A reload failed: the serving generation goes on (and is resumed if it was paused).
+    ReloadFailed,
+    /// The wrapper stops.
+    Stopping,
+}
+
 /// One haproxy mode. The loop calls `begin` to start a generation (the first start, or a reload
 /// with a generation serving), feeds it events until an `Outcome::Attempt` verdict other than
 /// `Pending`, then `commit` or `abandon`s the attempt.
@@ -125,7 +136,7 @@ pub trait Protocol {
 
     /// The attempt failed or is given up: ends what it started that is not serving. After a
     /// failed reload, returns the serving generation's own end if it ended meanwhile.
-    fn abandon(&mut self, reload_failed: bool) -> Option<WaitStatus>;
+    fn abandon(&mut self, why: Abandon) -> Option<WaitStatus>;
 
     /// The processes to pass SIGTTOU/SIGTTIN on to, and to stop (SIGTERM/SIGUSR1).
     fn signal_targets(&self) -> Vec<i32>;

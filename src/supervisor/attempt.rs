@@ -6,12 +6,13 @@ use nix::sys::signal::Signal;
 use super::status::phase_text;
 use std::time::Duration;
 
+use super::stop::StopHow;
 use super::{Phase, Supervisor};
 use crate::clock::{self, now_ns};
 use crate::error::status_code;
 use crate::haproxy;
 use crate::ledger;
-use crate::mode::StillServing;
+use crate::mode::{Abandon, StillServing};
 use crate::procs;
 use crate::reexec;
 use crate::state::{Carried, CarriedAttempt, LastReload};
@@ -319,14 +320,18 @@ impl Supervisor {
             Some(alert) => format!("{} ({})", alert, reason),
             None => reason,
         };
-        let serving_ended = self.protocol.abandon(!attempt.first);
+        let serving_ended = self.protocol.abandon(if attempt.first {
+            Abandon::StartFailed
+        } else {
+            Abandon::ReloadFailed
+        });
         if attempt.first {
             error!(
                 "gen {}: haproxy failed to start after {} ms: {}",
                 attempt.gen, ms, reason
             );
             self.exit_code = Some(code);
-            self.begin_stop(false);
+            self.begin_stop(StopHow::Terminate);
             return;
         }
         // A reload haproxy may still complete keeps its number: its generation may yet serve.
@@ -377,7 +382,7 @@ impl Supervisor {
                 error!("reload failed after {} ms and haproxy stopped the previous generation too, nothing serves: {}", ms, reason);
                 self.exit_code = Some(code.max(1));
                 record(self);
-                self.begin_stop(false);
+                self.begin_stop(StopHow::Terminate);
                 return;
             }
             StillServing::No => error!("reload failed after {} ms: {}", ms, reason),
@@ -386,7 +391,7 @@ impl Supervisor {
             error!("the serving haproxy ended during the failed reload: stopping");
             self.exit_code = Some(status_code(&status).unwrap_or(1));
             record(self);
-            self.begin_stop(false);
+            self.begin_stop(StopHow::Terminate);
             return;
         }
         let status = self.status_with("");

@@ -33,7 +33,7 @@ use crate::state::LastReload;
 
 use attempt::Attempt;
 use status::{phase_text, status_line, StatusView};
-use stop::Stop;
+use stop::{Stop, StopHow};
 
 /// How many ALERT lines of one attempt are kept for its failure reason.
 const MAX_ALERTS: usize = 20;
@@ -206,11 +206,11 @@ impl Supervisor {
             Action::Reload => self.on_reload_request(sig),
             Action::Stop => {
                 notice!("{} received: stopping", sig);
-                self.begin_stop(false);
+                self.begin_stop(StopHow::Terminate);
             }
             Action::GracefulStop => {
                 notice!("{} received: graceful stop", sig);
-                self.begin_stop(true);
+                self.begin_stop(StopHow::Graceful);
             }
             Action::Forward(s) => {
                 // The signalfd hands out the lowest pending signal first: SIGTTIN (21) before
@@ -353,7 +353,7 @@ impl Supervisor {
             pid, code
         );
         self.exit_code = Some(code);
-        self.begin_stop(false);
+        self.begin_stop(StopHow::Terminate);
     }
 
     // ---- STATUS= ----

@@ -4,6 +4,7 @@
 use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 
+use super::stop::StopHow;
 use super::{Attempt, Phase, Supervisor};
 use crate::cli::{HaproxyArgs, Mode, Options};
 use crate::clock::now_ns;
@@ -240,7 +241,7 @@ impl Supervisor {
             Err(e) => warning!("stopping every process below the wrapper (the state carried across the re-exec is unusable; cannot list them: {})", e),
         }
         s.fatal = Some(unplaced.error);
-        s.begin_stop(false);
+        s.begin_stop(StopHow::Terminate);
         Ok(s)
     }
 }

@@ -17,6 +17,7 @@ use super::{Phase, Supervisor};
 use crate::clock;
 use crate::error::{status_code, Error};
 use crate::haproxy;
+use crate::mode::Abandon;
 use crate::procs;
 
 /// After the SIGKILL of a stop, how often the wrapper looks for processes that became its own
@@ -45,17 +46,26 @@ pub(super) struct GracefulStop {
 /// How often a graceful stop's SIGUSR1 is sent again until haproxy acted on it.
 const RESEND: Duration = Duration::from_millis(500);
 
+/// How a stop begins: SIGTERM (SIGKILL after --stop-timeout), or graceful (SIGUSR1: connections
+/// drain for as long as they take).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopHow {
+    Terminate,
+    Graceful,
+}
+
 impl Supervisor {
     /// The one way to stop: SIGTERM (or SIGUSR1, graceful) to haproxy, SIGKILL to everything
     /// left after --stop-timeout; the loop ends when no child is left.
-    pub(super) fn begin_stop(&mut self, graceful: bool) {
+    pub(super) fn begin_stop(&mut self, how: StopHow) {
+        let graceful = how == StopHow::Graceful;
         if let Phase::Stopping(stop) = &self.phase {
             if graceful || stop.kill_deadline_ns.is_some() || !stop.killed.is_empty() {
                 return; // already stopping at least this hard
             }
         }
         if self.take_attempt().is_some() {
-            self.protocol.abandon(false);
+            self.protocol.abandon(Abandon::Stopping);
         }
         if !matches!(self.phase, Phase::Stopping(_)) {
             self.systemd.stopping();
@@ -146,7 +156,7 @@ impl Supervisor {
             if let Phase::Stopping(stop) = &mut self.phase {
                 stop.unacknowledged = None;
             }
-            self.begin_stop(false);
+            self.begin_stop(StopHow::Terminate);
         } else if now >= graceful.resend_ns {
             graceful.resend_ns = clock::after(now, RESEND);
             let targets = self.protocol.signal_targets();

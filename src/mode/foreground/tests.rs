@@ -234,7 +234,10 @@ fn the_serving_generation_ending_during_a_reload_is_left_to_the_reload() {
     let mut p = attempt(false, false);
     p.on_event(&exit(SERVING, 7), &[]);
     p.on_event(&exit(NEW, 1), &[]);
-    assert_eq!(p.abandon(true), Some(WaitStatus::Exited(Pid::from_raw(SERVING), 7)));
+    assert_eq!(
+        p.abandon(Abandon::ReloadFailed),
+        Some(WaitStatus::Exited(Pid::from_raw(SERVING), 7))
+    );
     assert_eq!(p.serving_pid(), None);
 }
 

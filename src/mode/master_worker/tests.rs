@@ -347,7 +347,7 @@ fn timed_out(p: &mut MasterWorker) {
         "the master may still complete the reload that timed out"
     );
     assert!(!p.may_still_complete(3));
-    assert_eq!(p.abandon(true), None);
+    assert_eq!(p.abandon(Abandon::ReloadFailed), None);
 }
 
 fn late(outcome: Outcome) -> (u32, bool) {
