@@ -1,7 +1,7 @@
 //! Command-line parsing: the wrapper's own long options, then haproxy's arguments, which are
 //! classified (mode, pid file, hand-over socket) and filtered per mode. Pure: no I/O.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -353,19 +353,6 @@ pub fn classify(args: &[OsString]) -> Result<HaproxyArgs, Error> {
         base,
         notes,
     })
-}
-
-/// The default haproxy program: beside the wrapper, named without `-systemd-wrapper`.
-pub fn default_haproxy(wrapper_exe: &std::path::Path) -> PathBuf {
-    if let (Some(dir), Some(name)) = (wrapper_exe.parent(), wrapper_exe.file_name().and_then(OsStr::to_str)) {
-        if name.contains("-systemd-wrapper") {
-            let candidate = dir.join(name.replacen("-systemd-wrapper", "", 1));
-            if candidate.exists() {
-                return candidate;
-            }
-        }
-    }
-    PathBuf::from("/usr/sbin/haproxy")
 }
 
 #[cfg(test)]

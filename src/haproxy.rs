@@ -1,5 +1,6 @@
-//! Starting haproxy: its command line per generation, a clean process state for it, its output
-//! relayed through the wrapper's log, and the readiness sentinel of foreground generations.
+//! Starting haproxy: which program, its command line per generation, a clean process state for
+//! it, the readiness sentinel of foreground generations, and signals to it. Its output goes
+//! through src/relay.rs.
 
 use std::ffi::OsString;
 use std::os::unix::io::{FromRawFd, RawFd};
@@ -7,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{fork, ForkResult, Pid};
 
@@ -125,8 +126,25 @@ pub fn locate(explicit: Option<&Path>, wrapper_exe: &Path) -> Result<PathBuf, cr
 pub fn program_path(explicit: Option<&Path>, wrapper_exe: &Path) -> PathBuf {
     match explicit {
         Some(p) => p.to_path_buf(),
-        None => crate::cli::default_haproxy(wrapper_exe),
+        None => default_haproxy(wrapper_exe),
     }
+}
+
+/// The default haproxy program: beside the wrapper, named without `-systemd-wrapper`, else
+/// /usr/sbin/haproxy.
+fn default_haproxy(wrapper_exe: &Path) -> PathBuf {
+    if let (Some(dir), Some(name)) = (
+        wrapper_exe.parent(),
+        wrapper_exe.file_name().and_then(std::ffi::OsStr::to_str),
+    ) {
+        if name.contains("-systemd-wrapper") {
+            let candidate = dir.join(name.replacen("-systemd-wrapper", "", 1));
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("/usr/sbin/haproxy")
 }
 
 /// Sets or clears FD_CLOEXEC (cleared only around the wrapper's own re-exec).
@@ -134,84 +152,6 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> nix::Result<()> {
     let flags = if on { FdFlag::FD_CLOEXEC } else { FdFlag::empty() };
     fcntl(fd, FcntlArg::F_SETFD(flags)).map(|_| ())
 }
-
-/// The pipe haproxy's stdout and stderr go to; the wrapper re-emits each line with a priority.
-pub struct Relay {
-    pub r: RawFd,
-    pub w: RawFd,
-    buf: Vec<u8>,
-}
-
-impl Relay {
-    pub fn new() -> nix::Result<Relay> {
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        // Writers (haproxy) block rather than lose lines; only the read end is non-blocking.
-        fcntl(w, FcntlArg::F_SETFL(OFlag::empty()))?;
-        Ok(Relay { r, w, buf: Vec::new() })
-    }
-
-    pub fn from_fds(r: RawFd, w: RawFd) -> Relay {
-        Relay { r, w, buf: Vec::new() }
-    }
-
-    /// Reads what is available (at most READ_BUDGET bytes per call, so the loop gets its turn
-    /// during a flood) and returns the complete lines; a line longer than MAX_RELAY_LINE is cut there.
-    pub fn read_lines(&mut self) -> Vec<String> {
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut lines = Vec::new();
-        let mut read = 0;
-        while read < READ_BUDGET {
-            match nix::unistd::read(self.r, &mut chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    read += n;
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    self.take_lines(&mut lines);
-                }
-                Err(nix::Error::EINTR) => continue,
-                Err(_) => break,
-            }
-        }
-        lines
-    }
-
-    /// Moves the complete lines out of the buffer (one pass, one drain); a line longer than
-    /// MAX_RELAY_LINE, complete or still growing, goes out in MAX_RELAY_LINE pieces.
-    fn take_lines(&mut self, lines: &mut Vec<String>) {
-        let mut start = 0;
-        while let Some(i) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            let end = start + i;
-            for piece in self.buf[start..end].chunks(MAX_RELAY_LINE) {
-                lines.push(String::from_utf8_lossy(piece).trim_end().to_string());
-            }
-            if start == end {
-                lines.push(String::new());
-            }
-            start = end + 1;
-        }
-        while self.buf.len() - start > MAX_RELAY_LINE {
-            lines.push(String::from_utf8_lossy(&self.buf[start..start + MAX_RELAY_LINE]).into_owned());
-            start += MAX_RELAY_LINE;
-        }
-        self.buf.drain(..start);
-    }
-
-    /// Whatever partial line is left (before the re-exec).
-    pub fn take_partial(&mut self) -> Option<String> {
-        if self.buf.is_empty() {
-            None
-        } else {
-            let s = String::from_utf8_lossy(&self.buf).into_owned();
-            self.buf.clear();
-            Some(s)
-        }
-    }
-}
-
-/// The longest haproxy line relayed as one (the rest of a longer one follows as further lines).
-pub const MAX_RELAY_LINE: usize = 16 * 1024;
-/// How much of haproxy's output one turn of the loop reads at most.
-const READ_BUDGET: usize = 1 << 20;
 
 /// Sends a signal to one process the wrapper knows is its own; a process already gone is fine.
 pub fn signal(pid: i32, sig: Signal) {
@@ -255,6 +195,26 @@ mod tests {
     }
 
     #[test]
+    fn default_haproxy_is_beside_the_wrapper() {
+        let dir = std::env::temp_dir().join(format!("hsw-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("haproxy"), b"").unwrap();
+        assert_eq!(
+            default_haproxy(&dir.join("haproxy-systemd-wrapper")),
+            dir.join("haproxy")
+        );
+        assert_eq!(
+            default_haproxy(&dir.join("other-name")),
+            PathBuf::from("/usr/sbin/haproxy")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            default_haproxy(&dir.join("haproxy-systemd-wrapper")),
+            PathBuf::from("/usr/sbin/haproxy")
+        );
+    }
+
+    #[test]
     fn locate_reports_missing_and_not_executable() {
         let me = Path::new("/nonexistent/haproxy-systemd-wrapper");
         assert_eq!(
@@ -269,57 +229,5 @@ mod tests {
         std::fs::remove_file(&plain).unwrap();
         assert_eq!(locate(Some(Path::new("/etc")), me).unwrap_err().exit_code(), 126);
         assert!(locate(Some(Path::new("/bin/sh")), me).is_ok());
-    }
-
-    #[test]
-    fn relay_splits_lines() {
-        let mut r = Relay::new().unwrap();
-        nix::unistd::write(r.w, b"[ALERT] one\ntwo\npart").unwrap();
-        assert_eq!(r.read_lines(), vec!["[ALERT] one".to_string(), "two".to_string()]);
-        nix::unistd::write(r.w, b"ial\n").unwrap();
-        assert_eq!(r.read_lines(), vec!["partial".to_string()]);
-        assert_eq!(r.take_partial(), None);
-    }
-
-    #[test]
-    fn relay_cuts_long_lines_at_16_kib_and_keeps_many_lines_in_order() {
-        let mut r = Relay::new().unwrap();
-        // A 40 KiB line without a newline yet: two 16 KiB pieces now, the rest when it ends.
-        nix::unistd::write(r.w, &vec![b'x'; 40 * 1024]).unwrap();
-        let got = r.read_lines();
-        assert_eq!(
-            got.iter().map(String::len).collect::<Vec<_>>(),
-            vec![MAX_RELAY_LINE, MAX_RELAY_LINE]
-        );
-        nix::unistd::write(r.w, b"\n").unwrap();
-        assert_eq!(
-            r.read_lines().iter().map(String::len).collect::<Vec<_>>(),
-            vec![8 * 1024]
-        );
-        // A 20 KiB line with its newline: cut at 16 KiB, the rest follows as a line of its own.
-        let mut long = vec![b'y'; 20 * 1024];
-        long.push(b'\n');
-        nix::unistd::write(r.w, &long).unwrap();
-        assert_eq!(
-            r.read_lines().iter().map(String::len).collect::<Vec<_>>(),
-            vec![MAX_RELAY_LINE, 4 * 1024]
-        );
-        // Thousands of short lines, in order (a reload's "Proxy X stopped" lines).
-        let text: String = (0..3000)
-            .map(|i| format!("[WARNING]  (1) : Proxy p{} stopped\n", i))
-            .collect();
-        let writer = std::thread::spawn({
-            let w = r.w;
-            move || nix::unistd::write(w, text.as_bytes()).unwrap()
-        });
-        let mut all = Vec::new();
-        while all.len() < 3000 {
-            all.extend(r.read_lines());
-        }
-        writer.join().unwrap();
-        assert!(all
-            .iter()
-            .enumerate()
-            .all(|(i, l)| l == &format!("[WARNING]  (1) : Proxy p{} stopped", i)));
     }
 }

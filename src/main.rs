@@ -16,6 +16,7 @@ mod notify;
 mod pidfile;
 mod procs;
 mod reexec;
+mod relay;
 mod signals;
 mod state;
 mod supervisor;

@@ -188,26 +188,6 @@ fn help_version_and_oneshots() {
 }
 
 #[test]
-fn default_haproxy_is_beside_the_wrapper() {
-    let dir = std::env::temp_dir().join(format!("hsw-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("haproxy"), b"").unwrap();
-    assert_eq!(
-        default_haproxy(&dir.join("haproxy-systemd-wrapper")),
-        dir.join("haproxy")
-    );
-    assert_eq!(
-        default_haproxy(&dir.join("other-name")),
-        PathBuf::from("/usr/sbin/haproxy")
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(
-        default_haproxy(&dir.join("haproxy-systemd-wrapper")),
-        PathBuf::from("/usr/sbin/haproxy")
-    );
-}
-
-#[test]
 fn randomized_command_lines_parse_or_fail_with_a_usage_error() {
     use crate::fuzz::{assert_clear_error, Rng, CASES};
     use std::os::unix::ffi::OsStringExt;

@@ -23,11 +23,12 @@ use nix::unistd::Pid;
 use crate::cli::Options;
 use crate::clock::{self, now_ns};
 use crate::error::{status_code, Error};
-use crate::haproxy::{self, Relay};
+use crate::haproxy;
 use crate::ledger;
 use crate::mode::{Event, Outcome, Protocol, Verdict};
 use crate::notify::Systemd;
 use crate::procs;
+use crate::relay::Relay;
 use crate::signals::{self, Action};
 use crate::state::LastReload;
 

@@ -9,12 +9,13 @@ use super::{Attempt, Phase, Supervisor};
 use crate::cli::{HaproxyArgs, Mode, Options};
 use crate::clock::now_ns;
 use crate::error::Error;
-use crate::haproxy::{self, Relay};
+use crate::haproxy;
 use crate::ledger;
 use crate::mode::{self, Launch, Protocol};
 use crate::notify::{self, Systemd};
 use crate::procs;
 use crate::reexec;
+use crate::relay::Relay;
 use crate::signals;
 use crate::state::{Carried, LastReload};
 
