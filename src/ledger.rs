@@ -74,17 +74,9 @@ pub struct Ledger {
     pub attempts: VecDeque<Attempt>,
 }
 
-/// One line of at most MAX_REASON_LINE bytes: control characters become spaces, and the text is cut at
-/// a character boundary.
+/// One line of at most MAX_REASON_LINE bytes (see `log::one_line`).
 fn one_line(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars().map(|c| if c.is_control() { ' ' } else { c }) {
-        if out.len() + c.len_utf8() > MAX_REASON_LINE {
-            break;
-        }
-        out.push(c);
-    }
-    out
+    crate::log::one_line(s, MAX_REASON_LINE)
 }
 
 /// Bytes of one `reason SEQ TEXT` line.

@@ -48,6 +48,19 @@ fn stderr_is_journal() -> bool {
     }
 }
 
+/// `s` as one line of at most `max_bytes` bytes: control characters become spaces, and the text
+/// is cut at a character boundary (STATUS=, the ledger's reasons).
+pub fn one_line(s: &str, max_bytes: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > max_bytes {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// One log line with its newline; embedded newlines become spaces.
 fn line(priority: u8, args: fmt::Arguments, journal: bool) -> String {
     let text = fmt::format(args).replace('\n', " ");
@@ -298,6 +311,16 @@ pub fn alert_text(line: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_blanks_control_characters_and_cuts_at_a_character_boundary() {
+        assert_eq!(one_line("a\nb\tc\u{7f}d", 100), "a b c d");
+        assert_eq!(one_line("abcdef", 4), "abcd");
+        // "é" is two bytes: never half of it.
+        assert_eq!(one_line("aéé", 4), "aé");
+        assert_eq!(one_line("ééé", 5).len(), 4);
+        assert_eq!(one_line("", 0), "");
+    }
 
     #[test]
     fn rate_limit_lets_a_burst_through_per_window_and_counts_the_rest() {

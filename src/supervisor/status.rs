@@ -29,7 +29,7 @@ pub fn status_line(v: &StatusView) -> String {
     });
     if let Some(serving) = &v.serving {
         parts.push(serving.clone());
-        // The count first: the line is cut at 1000 characters, a long pid list last.
+        // The count first: the line is cut at 1000 bytes, a long pid list last.
         parts.push(match v.draining.len() {
             0 => "draining: none".to_string(),
             n => format!("draining: {} ({})", n, pid_list(v.draining)),
@@ -44,10 +44,8 @@ pub fn status_line(v: &StatusView) -> String {
             ),
         });
     }
-    let line = parts.join("; ");
-    let line: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     // Keep STATUS= well inside one datagram.
-    line.chars().take(1000).collect()
+    crate::log::one_line(&parts.join("; "), 1000)
 }
 
 #[cfg(test)]
@@ -118,7 +116,7 @@ mod tests {
             status_line(&rel),
             "reloading gen 4 (foreground); gen 3 serving (pid 9); draining: none; last reload: none"
         );
-        // Fifty draining generations: the count survives the cut at 1000 characters.
+        // Fifty draining generations: the count survives the cut at 1000 bytes.
         let many: Vec<i32> = (4_000_000..4_000_050).collect();
         let serving = Some("gen 52 serving (pid 9)".to_string());
         let fg = StatusView {
