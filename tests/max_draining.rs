@@ -11,13 +11,10 @@ use std::fs;
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
-
-use nix::sys::signal::Signal;
 
 use util::*;
 
@@ -94,22 +91,6 @@ fn tcp_config(t: &Ctx, backend: u16) -> String {
         t.p("admin.sock"),
         t.port
     )
-}
-
-/// `kill -USR2 $MAINPID` then `haproxy-systemd-wrapper --wait-reload $MAINPID`, as the unit does.
-fn systemctl_reload(t: &mut Ctx) -> Output {
-    t.signal(Signal::SIGUSR2);
-    let out = t
-        .wait_reload_command(t.pid, &["--timeout", "60"])
-        .output()
-        .expect("run the client");
-    t.track_haproxy(REAL_HAPROXY);
-    out
-}
-
-fn describe(o: &Output) -> String {
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    format!("status {:?}; stdout: {out}; stderr: {err}", o.status.code())
 }
 
 /// A client connection through the frontend, once the backend has it (the `n`-th in all).

@@ -52,26 +52,6 @@ fn start(t: &mut Ctx, mode: Mode, cfg_text: &str, handover: bool, tag: &str) {
     assert_eq!(wait_http_200(t.port, T_REAL).body.trim(), tag);
 }
 
-/// `kill -USR2 $MAINPID` then `haproxy-systemd-wrapper --wait-reload $MAINPID`, as the unit does.
-fn systemctl_reload(t: &mut Ctx) -> Output {
-    t.signal(Signal::SIGUSR2);
-    let out = t
-        .wait_reload_command(t.pid, &["--timeout", "60"])
-        .output()
-        .expect("run the client");
-    t.track_haproxy(REAL_HAPROXY);
-    out
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}; stdout: {}; stderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn body(t: &Ctx) -> String {
     let r = http_get(t.port, "/").unwrap_or_else(|e| panic!("GET / on port {}: {e}", t.port));
     assert_eq!(r.status(), 200, "{}", r.status_line);

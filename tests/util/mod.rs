@@ -85,6 +85,24 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `kill -USR2 $MAINPID` then `haproxy-systemd-wrapper --wait-reload $MAINPID`, as the unit does,
+/// on a wrapper running the real haproxy.
+pub fn systemctl_reload(t: &mut Ctx) -> std::process::Output {
+    t.signal(Signal::SIGUSR2);
+    let out = t
+        .wait_reload_command(t.pid, &["--timeout", "60"])
+        .output()
+        .expect("run the client");
+    t.track_haproxy(REAL_HAPROXY);
+    out
+}
+
+/// A client's exit status, stdout and stderr, for assertion messages.
+pub fn describe(o: &std::process::Output) -> String {
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    format!("status {:?}; stdout: {out}; stderr: {err}", o.status.code())
+}
+
 pub fn describe_status(st: &ExitStatus) -> String {
     match (st.code(), st.signal()) {
         (Some(c), _) => format!("exit status {c}"),
