@@ -59,7 +59,8 @@ pub struct MasterWorkerGenerations {
     pub late: Option<MasterReload>,
 }
 
-/// master-worker: a reload asked of the master (SIGUSR2), not answered yet.
+/// master-worker: a reload asked of the master (SIGUSR2), not answered yet: the protocol's own
+/// attempt holds it, and it is carried whole across the re-exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterReload {
     pub gen: u32,
@@ -73,8 +74,8 @@ pub struct MasterReload {
     pub loading_failed: bool,
 }
 
-/// The loop's side of an attempt carried across the re-exec (master-worker mode signals the
-/// master first, then re-executes).
+/// The loop's side of an attempt (`supervisor::Attempt` holds it), carried whole across the
+/// re-exec (master-worker mode signals the master first, then re-executes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CarriedAttempt {
     pub gen: u32,

@@ -28,18 +28,12 @@ const DRAIN_POLL: Duration = Duration::from_millis(500);
 /// A start (a new master) or a reload (SIGUSR2 to the serving master) in progress.
 #[derive(Debug)]
 struct Attempt {
-    gen: u32,
+    /// Number, workers before, signal time, what the master said: what crosses the re-exec
+    /// (whole) and what a timed-out reload leaves to watch for (`generations.late`).
+    reload: MasterReload,
     first: bool,
     /// The master that answers: the new one at the first start, else the serving one.
     master: i32,
-    /// The master's workers before the reload.
-    workers_before: Vec<i32>,
-    /// haproxy said its loading failed ("Loading failure", STATUS=...fail...).
-    loading_failed: bool,
-    /// CLOCK_MONOTONIC ns just before SIGUSR2 was sent (reloads).
-    signalled_ns: u64,
-    /// The master said RELOADING=1 for this reload: its next READY=1 answers it.
-    master_began: bool,
     /// The master's children when it said READY=1 (None: /proc could not be read).
     children_at_ready: Option<Vec<i32>>,
 }
@@ -72,10 +66,10 @@ fn judge_ready(attempt: &Attempt, children: Option<&[i32]>) -> Verdict {
     if attempt.first {
         return Verdict::Serving;
     }
-    let reason = if attempt.loading_failed {
+    let reason = if attempt.reload.loading_failed {
         "haproxy reported a loading failure"
     } else if children.map_or(false, |children| {
-        children.iter().all(|c| attempt.workers_before.contains(c))
+        children.iter().all(|c| attempt.reload.workers_before.contains(c))
     }) {
         "the master started no new worker"
     } else {
@@ -93,8 +87,8 @@ impl MasterWorker {
     fn loading_failed(&mut self) {
         let begun = match &mut self.attempt {
             Some(attempt) if !attempt.first => {
-                attempt.loading_failed = true;
-                attempt.master_began
+                attempt.reload.loading_failed = true;
+                attempt.reload.master_began
             }
             Some(_) => true,
             None => false,
@@ -195,14 +189,11 @@ impl MasterWorker {
                 .retain(|&w| procs::is_child_of(w, generation.pid));
         }
         // A reload asked of the master before the exec goes on.
-        let attempt = generations.reload.take().map(|r| Attempt {
-            gen: r.gen,
+        let master = generations.master.map_or(0, |m| m.pid);
+        let attempt = generations.reload.take().map(|reload| Attempt {
+            reload,
             first: false,
-            master: generations.master.map_or(0, |m| m.pid),
-            workers_before: r.workers_before,
-            loading_failed: r.loading_failed,
-            signalled_ns: r.signalled_ns,
-            master_began: r.master_began,
+            master,
             children_at_ready: None,
         });
         // Draining workers are looked for right away: some may have ended during the re-exec.
@@ -247,8 +238,8 @@ impl MasterWorker {
             if !attempt.first && notify::says(message, "RELOADING") {
                 // haproxy >= 3.0 dates it: an older one is an earlier reload's.
                 let usec = notify::value(message, "MONOTONIC_USEC").and_then(|v| v.parse::<u64>().ok());
-                if usec.map_or(true, |usec| usec >= attempt.signalled_ns / 1000) {
-                    attempt.master_began = true;
+                if usec.map_or(true, |usec| usec >= attempt.reload.signalled_ns / 1000) {
+                    attempt.reload.master_began = true;
                 }
             }
         }
@@ -262,7 +253,7 @@ impl MasterWorker {
         }
         // A READY=1 that does not answer the attempt in progress may be the late one of a reload
         // that timed out.
-        let answers_attempt = matches!(&self.attempt, Some(attempt) if attempt.first || attempt.master_began);
+        let answers_attempt = matches!(&self.attempt, Some(attempt) if attempt.first || attempt.reload.master_began);
         let late = if answers_attempt {
             None
         } else {
@@ -270,19 +261,19 @@ impl MasterWorker {
         };
         let late_took_effect = matches!(late, Some(Outcome::LateReload { took_effect: true, .. }));
         match (&mut self.attempt, children) {
-            (Some(attempt), children) if !attempt.first && !attempt.master_began => {
+            (Some(attempt), children) if !attempt.first && !attempt.reload.master_began => {
                 // The late answer of an earlier reload (it timed out, or its RELOADING=1 came
                 // before this reload's signal): what it printed or forked is not this reload's.
                 info!(
                     "gen {}: a READY=1 of an earlier reload; still waiting for the master to begin this one",
-                    attempt.gen
+                    attempt.reload.gen
                 );
-                attempt.loading_failed = false;
+                attempt.reload.loading_failed = false;
                 match children {
                     Some(children) => {
                         for &c in children {
-                            if !attempt.workers_before.contains(&c) {
-                                attempt.workers_before.push(c);
+                            if !attempt.reload.workers_before.contains(&c) {
+                                attempt.reload.workers_before.push(c);
                             }
                         }
                         if !late_took_effect {
@@ -362,13 +353,15 @@ impl Protocol for MasterWorker {
             .map_err(|e| Error::from_spawn(program, &e))?;
             info!("gen {}: started haproxy master pid {}", gen, pid);
             self.attempt = Some(Attempt {
-                gen,
+                reload: MasterReload {
+                    gen,
+                    workers_before: vec![],
+                    signalled_ns: 0,
+                    master_began: true,
+                    loading_failed: false,
+                },
                 first,
                 master: pid,
-                workers_before: vec![],
-                loading_failed: false,
-                signalled_ns: 0,
-                master_began: true,
                 children_at_ready: None,
             });
             return Ok(());
@@ -395,13 +388,15 @@ impl Protocol for MasterWorker {
             gen, master, before
         );
         self.attempt = Some(Attempt {
-            gen,
+            reload: MasterReload {
+                gen,
+                workers_before: before,
+                signalled_ns,
+                master_began: false,
+                loading_failed: false,
+            },
             first,
             master,
-            workers_before: before,
-            loading_failed: false,
-            signalled_ns,
-            master_began: false,
             children_at_ready: None,
         });
         Ok(())
@@ -427,21 +422,18 @@ impl Protocol for MasterWorker {
             Event::Deadline { ready_timeout } if self.attempt.is_some() => {
                 // A master cannot be told to give a reload up: it may still complete it.
                 if let Some(attempt) = self.attempt.as_ref().filter(|attempt| !attempt.first) {
-                    let mut workers_before = attempt.workers_before.clone();
+                    let mut workers_before = attempt.reload.workers_before.clone();
                     if let Some(earlier) = self.generations.late.take() {
                         workers_before.extend(
                             earlier
                                 .workers_before
                                 .iter()
-                                .filter(|w| !attempt.workers_before.contains(w)),
+                                .filter(|w| !attempt.reload.workers_before.contains(w)),
                         );
                     }
                     self.generations.late = Some(MasterReload {
-                        gen: attempt.gen,
                         workers_before,
-                        signalled_ns: attempt.signalled_ns,
-                        master_began: attempt.master_began,
-                        loading_failed: attempt.loading_failed,
+                        ..attempt.reload.clone()
                     });
                 }
                 Outcome::Attempt(not_ready(*ready_timeout))
@@ -469,7 +461,7 @@ impl Protocol for MasterWorker {
         // A reload done since supersedes one that timed out before it.
         self.generations.late = None;
         let mut old = std::mem::take(&mut self.generations.workers);
-        old.extend(attempt.workers_before.iter().copied());
+        old.extend(attempt.reload.workers_before.iter().copied());
         old.sort_unstable();
         old.dedup();
         match attempt.children_at_ready {
@@ -477,7 +469,7 @@ impl Protocol for MasterWorker {
                 let new: Vec<i32> = children
                     .iter()
                     .copied()
-                    .filter(|w| !attempt.workers_before.contains(w))
+                    .filter(|w| !attempt.reload.workers_before.contains(w))
                     .collect();
                 self.generations.old_workers = old
                     .into_iter()
@@ -494,7 +486,7 @@ impl Protocol for MasterWorker {
             }
         }
         self.generations.master = Some(Gen {
-            n: attempt.gen,
+            n: attempt.reload.gen,
             pid: attempt.master,
         });
         self.next_drain_check_ns = clock::deadline_after(DRAIN_POLL);
@@ -624,13 +616,7 @@ impl Protocol for MasterWorker {
             .attempt
             .as_ref()
             .filter(|attempt| !attempt.first)
-            .map(|attempt| MasterReload {
-                gen: attempt.gen,
-                workers_before: attempt.workers_before.clone(),
-                signalled_ns: attempt.signalled_ns,
-                master_began: attempt.master_began,
-                loading_failed: attempt.loading_failed,
-            });
+            .map(|attempt| attempt.reload.clone());
         Generations::MasterWorker(generations)
     }
 

@@ -18,17 +18,26 @@ use crate::reexec;
 use crate::state::{Carried, CarriedAttempt, LastReload};
 
 /// One attempt at a new generation, the first start or a reload: what the loop keeps of it.
+/// Its `carried` part (number, clock, deadline, ledger entry) crosses the re-exec whole; the rest
+/// begins empty in the new image (nothing is read between beginning a reload and the exec).
 pub(super) struct Attempt {
-    pub(super) gen: u32,
+    pub(super) carried: CarriedAttempt,
     pub(super) first: bool,
-    pub(super) started_ns: u64,
-    pub(super) deadline_ns: u64,
     /// The [ALERT] texts haproxy printed during the attempt: the first one leads its failure reason.
     pub(super) alerts: Vec<String>,
-    /// Its entry in the reload ledger (reloads only).
-    pub(super) ledger_seq: Option<u64>,
     /// The new generation serves; the older ones still listen (see `Settle`).
     pub(super) settling: Option<Settle>,
+}
+
+impl Attempt {
+    pub(super) fn new(carried: CarriedAttempt, first: bool) -> Attempt {
+        Attempt {
+            carried,
+            first,
+            alerts: vec![],
+            settling: None,
+        }
+    }
 }
 
 /// A reload is declared done only once the generations it retired have stopped listening: an old
@@ -75,12 +84,7 @@ impl Supervisor {
             reload_started_ns,
             generations: self.protocol.generations(),
             attempt: match &self.phase {
-                Phase::Reloading(attempt) => Some(CarriedAttempt {
-                    gen: attempt.gen,
-                    started_ns: attempt.started_ns,
-                    deadline_ns: attempt.deadline_ns,
-                    ledger_seq: attempt.ledger_seq,
-                }),
+                Phase::Reloading(attempt) => Some(attempt.carried),
                 _ => None,
             },
             ledger: Some(self.ledger.ledger.clone()),
@@ -159,15 +163,16 @@ impl Supervisor {
         } else {
             Some(self.ledger.begin(gen, started_ns))
         };
-        let attempt = Attempt {
-            gen,
+        let deadline_ns = clock::deadline_after(self.opts.ready_timeout);
+        let attempt = Attempt::new(
+            CarriedAttempt {
+                gen,
+                started_ns,
+                deadline_ns,
+                ledger_seq,
+            },
             first,
-            started_ns,
-            deadline_ns: clock::deadline_after(self.opts.ready_timeout),
-            alerts: vec![],
-            ledger_seq,
-            settling: None,
-        };
+        );
         self.phase = if first {
             Phase::Starting(attempt)
         } else {
@@ -213,7 +218,7 @@ impl Supervisor {
             Some(attempt) if !retired.is_empty() => {
                 debug!(
                     "gen {}: serving (pid {}); waiting for {:?} to stop listening",
-                    attempt.gen, new_pid, retired
+                    attempt.carried.gen, new_pid, retired
                 );
                 attempt.settling = Some(Settle {
                     pids: retired,
@@ -254,11 +259,11 @@ impl Supervisor {
             Some(attempt) => attempt,
             None => return,
         };
-        let ms = clock::ms_since(attempt.started_ns);
+        let ms = clock::ms_since(attempt.carried.started_ns);
         if attempt.first {
             notice!(
                 "gen {}: {} serving, ready in {} ms",
-                attempt.gen,
+                attempt.carried.gen,
                 self.protocol.serving_label(pid),
                 ms
             );
@@ -269,7 +274,7 @@ impl Supervisor {
                 "reload {} ok in {} ms: gen {} pid {} serving, draining {:?}",
                 self.reloads,
                 ms,
-                attempt.gen,
+                attempt.carried.gen,
                 pid,
                 self.protocol.draining()
             );
@@ -277,7 +282,7 @@ impl Supervisor {
         let status = self.status_with("");
         self.systemd.ready(&status);
         // Only now the ledger: once its client says so, systemd has been told the same.
-        if let (false, Some(seq)) = (attempt.first, attempt.ledger_seq) {
+        if let (false, Some(seq)) = (attempt.first, attempt.carried.ledger_seq) {
             self.ledger.finish(seq, ledger::Outcome::Ok { ms });
         }
         if self.pending_reload {
@@ -315,7 +320,7 @@ impl Supervisor {
             Some(attempt) => attempt,
             None => return,
         };
-        let ms = clock::ms_since(attempt.started_ns);
+        let ms = clock::ms_since(attempt.carried.started_ns);
         let reason = match attempt.alerts.first() {
             Some(alert) => format!("{} ({})", alert, reason),
             None => reason,
@@ -328,16 +333,16 @@ impl Supervisor {
         if attempt.first {
             error!(
                 "gen {}: haproxy failed to start after {} ms: {}",
-                attempt.gen, ms, reason
+                attempt.carried.gen, ms, reason
             );
             self.exit_code = Some(code);
             self.begin_stop(StopHow::Terminate);
             return;
         }
         // A reload haproxy may still complete keeps its number: its generation may yet serve.
-        let may_complete = self.protocol.may_still_complete(attempt.gen);
+        let may_complete = self.protocol.may_still_complete(attempt.carried.gen);
         if !may_complete {
-            self.next_gen = attempt.gen;
+            self.next_gen = attempt.carried.gen;
         }
         self.last_reload = LastReload::Failed {
             ms,
@@ -357,7 +362,7 @@ impl Supervisor {
         reasons.extend(attempt.alerts.iter().cloned());
         // The ledger's answer: after READY=1 and STATUS say the same, or before a stop begins.
         let record = |this: &mut Supervisor| {
-            if let Some(seq) = attempt.ledger_seq {
+            if let Some(seq) = attempt.carried.ledger_seq {
                 if nothing_serves {
                     // A --wait-reload client reads the failure and, with it, that nothing serves.
                     this.ledger.stopping();
@@ -369,7 +374,7 @@ impl Supervisor {
         match left {
             StillServing::Yes if may_complete => error!(
                 "reload to gen {} failed after {} ms: {}; haproxy may still complete it (the previous generation serves until it does)",
-                attempt.gen, ms, reason
+                attempt.carried.gen, ms, reason
             ),
             StillServing::Yes => error!("reload failed after {} ms, the previous generation keeps serving: {}", ms, reason),
             StillServing::Unsure(why) => {

@@ -150,7 +150,7 @@ impl Supervisor {
         match &self.phase {
             Phase::Starting(attempt) | Phase::Reloading(attempt) => out.push(match &attempt.settling {
                 Some(settle) => Some(settle.next_check_ns),
-                None => Some(attempt.deadline_ns),
+                None => Some(attempt.carried.deadline_ns),
             }),
             Phase::Stopping(stop) => {
                 out.extend([stop.kill_deadline_ns, stop.next_sweep_ns]);
@@ -261,7 +261,7 @@ impl Supervisor {
         self.settle_when_due(now);
         let timed_out = match &self.phase {
             Phase::Starting(attempt) | Phase::Reloading(attempt) => {
-                attempt.settling.is_none() && now >= attempt.deadline_ns
+                attempt.settling.is_none() && now >= attempt.carried.deadline_ns
             }
             _ => false,
         };
@@ -373,8 +373,8 @@ impl Supervisor {
     fn update_status(&mut self) {
         let phase = match &self.phase {
             Phase::Running => String::new(),
-            Phase::Starting(attempt) => phase_text("starting", attempt.gen, self.protocol.name()),
-            Phase::Reloading(attempt) => phase_text("reloading", attempt.gen, self.protocol.name()),
+            Phase::Starting(attempt) => phase_text("starting", attempt.carried.gen, self.protocol.name()),
+            Phase::Reloading(attempt) => phase_text("reloading", attempt.carried.gen, self.protocol.name()),
             Phase::Stopping(_) => return,
         };
         let status = self.status_with(&phase);

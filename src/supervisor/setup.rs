@@ -196,15 +196,7 @@ impl Supervisor {
             // (unless the service ended meanwhile: then the stop goes on).
             Some(attempt) if matches!(s.phase, Phase::Running) => {
                 s.next_gen = attempt.gen + 1;
-                s.phase = Phase::Reloading(Attempt {
-                    gen: attempt.gen,
-                    first: false,
-                    started_ns: attempt.started_ns,
-                    deadline_ns: attempt.deadline_ns,
-                    alerts: vec![],
-                    ledger_seq: attempt.ledger_seq,
-                    settling: None,
-                });
+                s.phase = Phase::Reloading(Attempt::new(attempt, false));
             }
             Some(_) => {}
             None => {

@@ -32,13 +32,15 @@ fn protocol(reload: bool) -> MasterWorker {
     let workers_before = if reload { vec![W1] } else { vec![] };
     // A reload the master has begun (it said RELOADING=1 after the signal).
     p.attempt = Some(Attempt {
-        gen: 1 + reload as u32,
+        reload: MasterReload {
+            gen: 1 + reload as u32,
+            workers_before,
+            signalled_ns: 1_000_000,
+            master_began: true,
+            loading_failed: false,
+        },
         first: !reload,
         master: MASTER,
-        workers_before,
-        loading_failed: false,
-        signalled_ns: 1_000_000,
-        master_began: true,
         children_at_ready: None,
     });
     p
@@ -59,7 +61,7 @@ fn reloading(usec: Option<u64>) -> Event {
 fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
     let mut p = protocol(true);
     if let Some(attempt) = &mut p.attempt {
-        attempt.master_began = false;
+        attempt.reload.master_began = false;
     }
     // The earlier reload (timed out) ends now: its READY=1, its worker W2, its failure line.
     assert_eq!(
@@ -80,7 +82,7 @@ fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
     // the earlier reload does not count against it.
     let mut p = protocol(true);
     if let Some(attempt) = &mut p.attempt {
-        attempt.master_began = false;
+        attempt.reload.master_began = false;
     }
     p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]);
     p.on_event(&ready(&[W1, W2]), &[]);
@@ -95,7 +97,7 @@ fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
 fn a_reload_in_progress_is_carried_across_the_reexec() {
     let mut p = protocol(true);
     if let Some(attempt) = &mut p.attempt {
-        attempt.master_began = false;
+        attempt.reload.master_began = false;
     }
     let generations = match p.generations() {
         Generations::MasterWorker(g) => g,
@@ -406,13 +408,15 @@ fn a_late_answer_during_the_next_reload_ends_the_earlier_one_and_not_this_one() 
     timed_out(&mut p);
     // The next reload (gen 3) is asked before the master answered the one that timed out.
     p.attempt = Some(Attempt {
-        gen: 3,
+        reload: MasterReload {
+            gen: 3,
+            workers_before: vec![W1],
+            signalled_ns: 2_000_000,
+            master_began: false,
+            loading_failed: false,
+        },
         first: false,
         master: MASTER,
-        workers_before: vec![W1],
-        loading_failed: false,
-        signalled_ns: 2_000_000,
-        master_began: false,
         children_at_ready: None,
     });
     assert_eq!(late(p.on_event(&ready(&[W1, W2]), &[])), (2, true));
