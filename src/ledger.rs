@@ -37,9 +37,9 @@ pub enum Outcome {
     Failed { ms: u64, reasons: Vec<String> },
 }
 
-/// One reload attempt.
+/// The record of one reload attempt: its request, its outcome, a late end.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
+pub struct Record {
     /// Counts attempts over the wrapper's life.
     pub seq: u64,
     /// How many reload requests had been counted when it began: it answers all of them.
@@ -71,7 +71,7 @@ pub struct Ledger {
     pub start_time: u64,
     pub requests: u64,
     pub stopping: bool,
-    pub attempts: VecDeque<Attempt>,
+    pub attempts: VecDeque<Record>,
 }
 
 /// One line of at most MAX_REASON_LINE bytes (see `log::one_line`).
@@ -102,7 +102,7 @@ impl Ledger {
     /// A reload attempt begins; it answers every request counted so far. Returns its seq.
     pub fn begin(&mut self, gen: u32, now_ns: u64) -> u64 {
         let seq = self.next_seq();
-        self.attempts.push_back(Attempt {
+        self.attempts.push_back(Record {
             seq,
             covers: self.requests,
             begun_ns: now_ns,
@@ -246,7 +246,7 @@ impl Ledger {
                         _ => return Err(bad()),
                     };
                     let gen = u32::try_from(num(f[3])?).map_err(|_| bad())?;
-                    ledger.attempts.push_back(Attempt {
+                    ledger.attempts.push_back(Record {
                         seq: num(f[0])?,
                         covers: num(f[1])?,
                         begun_ns: num(f[2])?,

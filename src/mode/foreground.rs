@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::{exited, not_ready, Abandon, Event, Launch, Outcome, Protocol, Verdict};
+use super::{exited, not_ready, Abandon, Change, Event, Launch, Protocol, Verdict};
 use crate::error::{self, Error};
 use crate::haproxy;
 use crate::pidfile;
@@ -31,7 +31,7 @@ use crate::state::{ForegroundGenerations, Gen, Generations};
 
 /// A new generation being started.
 #[derive(Debug)]
-struct Attempt {
+struct NewGeneration {
     gen: u32,
     first: bool,
     sentinel: i32,
@@ -49,7 +49,7 @@ struct Attempt {
 pub struct Foreground {
     launch: Launch,
     generations: ForegroundGenerations,
-    attempt: Option<Attempt>,
+    attempt: Option<NewGeneration>,
 }
 
 /// Did a generation that used `-x` fail because of the hand-over? haproxy says "Failed to get
@@ -186,7 +186,7 @@ impl Foreground {
 
     /// The attempt's haproxy ended before it was ready: retry once (without `-x`, or with the
     /// older generations in `-sf`), or fail.
-    fn haproxy_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Outcome {
+    fn haproxy_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Change {
         let code = error::status_code(status).unwrap_or(1);
         let owners = self.signal_targets();
         let retry = match &mut self.attempt {
@@ -224,24 +224,24 @@ impl Foreground {
             attempt.haproxy = None;
         }
         if !retry {
-            return Outcome::Attempt(exited(status));
+            return Change::Attempt(exited(status));
         }
         match self.spawn_haproxy() {
-            Ok(()) => Outcome::StartedOver,
-            Err(e) => Outcome::Attempt(Verdict::Failed {
+            Ok(()) => Change::StartedOver,
+            Err(e) => Change::Attempt(Verdict::Failed {
                 reason: e.to_string(),
                 code: e.exit_code(),
             }),
         }
     }
 
-    fn child_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Outcome {
+    fn child_ended(&mut self, pid: i32, status: &WaitStatus, alerts: &[String]) -> Change {
         if let Some(attempt) = &mut self.attempt {
             if attempt.sentinel == pid {
                 // Only haproxy's SIGUSR1 makes the sentinel exit 0.
                 return match status {
-                    WaitStatus::Exited(_, 0) => Outcome::Attempt(Verdict::Serving),
-                    _ => Outcome::Nothing,
+                    WaitStatus::Exited(_, 0) => Change::Attempt(Verdict::Serving),
+                    _ => Change::Nothing,
                 };
             }
             if attempt.haproxy == Some(pid) {
@@ -255,12 +255,12 @@ impl Foreground {
                     error::status_code(status).unwrap_or(1)
                 );
                 attempt.serving_ended = Some(*status);
-                return Outcome::Attempt(Verdict::Pending);
+                return Change::Attempt(Verdict::Pending);
             }
         }
         if self.generations.serving.map(|generation| generation.pid) == Some(pid) {
             self.generations.serving = None;
-            return Outcome::ServingEnded(*status);
+            return Change::ServingEnded(*status);
         }
         let draining = &mut self.generations.draining;
         let found = match draining.iter().position(|generation| generation.pid == pid) {
@@ -280,9 +280,9 @@ impl Foreground {
                 pid,
                 error::status_code(status).unwrap_or(1)
             );
-            return Outcome::StatusChanged;
+            return Change::StatusChanged;
         }
-        Outcome::Nothing
+        Change::Nothing
     }
 
     /// More than `--max-draining` generations draining: the oldest ones are stopped (SIGTERM to
@@ -364,7 +364,7 @@ impl Protocol for Foreground {
         }
         let with_handover = !first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists());
         let sentinel = haproxy::spawn_sentinel().map_err(|e| Error::Internal(format!("fork: {}", e)))?;
-        self.attempt = Some(Attempt {
+        self.attempt = Some(NewGeneration {
             gen,
             first,
             sentinel,
@@ -377,11 +377,11 @@ impl Protocol for Foreground {
         self.spawn_haproxy()
     }
 
-    fn on_event(&mut self, event: &Event, alerts: &[String]) -> Outcome {
+    fn on_event(&mut self, event: &Event, alerts: &[String]) -> Change {
         match event {
             Event::ChildEnded { pid, status } => self.child_ended(*pid, status, alerts),
-            Event::Deadline { ready_timeout } if self.attempt.is_some() => Outcome::Attempt(not_ready(*ready_timeout)),
-            Event::Deadline { .. } | Event::Line(_) | Event::MasterSaid { .. } => Outcome::Nothing,
+            Event::Deadline { ready_timeout } if self.attempt.is_some() => Change::Attempt(not_ready(*ready_timeout)),
+            Event::Deadline { .. } | Event::Line(_) | Event::MasterSaid { .. } => Change::Nothing,
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::{exited, not_ready, Abandon, Event, Launch, Outcome, Protocol, StillServing, Verdict};
+use super::{exited, not_ready, Abandon, Change, Event, Launch, Protocol, StillServing, Verdict};
 use crate::clock;
 use crate::error::Error;
 use crate::haproxy;
@@ -27,7 +27,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(500);
 
 /// A start (a new master) or a reload (SIGUSR2 to the serving master) in progress.
 #[derive(Debug)]
-struct Attempt {
+struct MasterRequest {
     /// Number, workers before, signal time, what the master said: what crosses the re-exec
     /// (whole) and what a timed-out reload leaves to watch for (`generations.late`).
     reload: MasterReload,
@@ -42,7 +42,7 @@ pub struct MasterWorker {
     launch: Launch,
     socket: MasterSocket,
     generations: MasterWorkerGenerations,
-    attempt: Option<Attempt>,
+    attempt: Option<MasterRequest>,
     next_drain_check_ns: u64,
     /// Logs of datagrams from other processes than the master.
     foreign_log: RateLimit,
@@ -62,7 +62,7 @@ const FOREIGN_LOG_BURST: u32 = 5;
 /// The verdict on a READY=1 of the master: `children` are its children then, None when they
 /// could not be read: the master's READY=1 is trusted then (a warning was logged), since an
 /// error reading /proc says nothing about haproxy.
-fn judge_ready(attempt: &Attempt, children: Option<&[i32]>) -> Verdict {
+fn judge_ready(attempt: &MasterRequest, children: Option<&[i32]>) -> Verdict {
     if attempt.first {
         return Verdict::Serving;
     }
@@ -102,7 +102,7 @@ impl MasterWorker {
 
     /// A READY=1 while a reload that timed out may still complete: it ends that reload. With a
     /// new worker (and no loading failure) the reload took effect late: its generation serves.
-    fn late_ready(&mut self, children: Option<&Vec<i32>>) -> Option<Outcome> {
+    fn late_ready(&mut self, children: Option<&Vec<i32>>) -> Option<Change> {
         let late = self.generations.late.take()?;
         let ms = clock::now_ns().saturating_sub(late.signalled_ns) / 1_000_000;
         let new: Option<Vec<i32>> = children.map(|children| {
@@ -122,7 +122,7 @@ impl MasterWorker {
                 }
                 None => self.workers_unknown = true,
             }
-            return Some(Outcome::LateReload {
+            return Some(Change::LateReload {
                 gen: late.gen,
                 took_effect,
                 ms,
@@ -153,7 +153,7 @@ impl MasterWorker {
             master.n = late.gen;
         }
         self.next_drain_check_ns = clock::deadline_after(DRAIN_POLL);
-        Some(Outcome::LateReload {
+        Some(Change::LateReload {
             gen: late.gen,
             took_effect,
             ms,
@@ -190,7 +190,7 @@ impl MasterWorker {
         }
         // A reload asked of the master before the exec goes on.
         let master = generations.master.map_or(0, |m| m.pid);
-        let attempt = generations.reload.take().map(|reload| Attempt {
+        let attempt = generations.reload.take().map(|reload| MasterRequest {
             reload,
             first: false,
             master,
@@ -204,7 +204,7 @@ impl MasterWorker {
         launch: Launch,
         socket: MasterSocket,
         generations: MasterWorkerGenerations,
-        attempt: Option<Attempt>,
+        attempt: Option<MasterRequest>,
     ) -> MasterWorker {
         MasterWorker {
             launch,
@@ -230,9 +230,9 @@ impl MasterWorker {
             .or_else(|| self.master_pid())
     }
 
-    fn master_said(&mut self, message: &str, children: Option<&Vec<i32>>) -> Outcome {
+    fn master_said(&mut self, message: &str, children: Option<&Vec<i32>>) -> Change {
         if notify::says(message, "STOPPING") {
-            return Outcome::Stopping;
+            return Change::Stopping;
         }
         if let Some(attempt) = &mut self.attempt {
             if !attempt.first && notify::says(message, "RELOADING") {
@@ -249,7 +249,7 @@ impl MasterWorker {
             }
         }
         if !notify::says(message, "READY") {
-            return Outcome::Nothing;
+            return Change::Nothing;
         }
         // A READY=1 that does not answer the attempt in progress may be the late one of a reload
         // that timed out.
@@ -259,7 +259,7 @@ impl MasterWorker {
         } else {
             self.late_ready(children)
         };
-        let late_took_effect = matches!(late, Some(Outcome::LateReload { took_effect: true, .. }));
+        let late_took_effect = matches!(late, Some(Change::LateReload { took_effect: true, .. }));
         match (&mut self.attempt, children) {
             (Some(attempt), children) if !attempt.first && !attempt.reload.master_began => {
                 // The late answer of an earlier reload (it timed out, or its RELOADING=1 came
@@ -284,23 +284,23 @@ impl MasterWorker {
                     }
                     None => self.workers_unknown = true,
                 }
-                late.unwrap_or(Outcome::StatusChanged)
+                late.unwrap_or(Change::StatusChanged)
             }
             (Some(attempt), children) => {
                 attempt.children_at_ready = children.cloned();
-                Outcome::Attempt(judge_ready(attempt, children.map(|c| c.as_slice())))
+                Change::Attempt(judge_ready(attempt, children.map(|c| c.as_slice())))
             }
-            (None, _) if late.is_some() => late.unwrap_or(Outcome::StatusChanged),
+            (None, _) if late.is_some() => late.unwrap_or(Change::StatusChanged),
             (None, Some(children)) => {
                 // A late answer to a reload that already timed out: learn the current workers.
                 let old = &self.generations.old_workers;
                 self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
                 self.workers_unknown = false;
-                Outcome::StatusChanged
+                Change::StatusChanged
             }
             (None, None) => {
                 self.workers_unknown = true;
-                Outcome::StatusChanged
+                Change::StatusChanged
             }
         }
     }
@@ -352,7 +352,7 @@ impl Protocol for MasterWorker {
             )
             .map_err(|e| Error::from_spawn(program, &e))?;
             info!("gen {}: started haproxy master pid {}", gen, pid);
-            self.attempt = Some(Attempt {
+            self.attempt = Some(MasterRequest {
                 reload: MasterReload {
                     gen,
                     workers_before: vec![],
@@ -387,7 +387,7 @@ impl Protocol for MasterWorker {
             "gen {}: asked master {} to reload (workers before: {:?})",
             gen, master, before
         );
-        self.attempt = Some(Attempt {
+        self.attempt = Some(MasterRequest {
             reload: MasterReload {
                 gen,
                 workers_before: before,
@@ -402,22 +402,22 @@ impl Protocol for MasterWorker {
         Ok(())
     }
 
-    fn on_event(&mut self, event: &Event, _alerts: &[String]) -> Outcome {
+    fn on_event(&mut self, event: &Event, _alerts: &[String]) -> Change {
         match event {
             Event::Line(line) => {
                 if line.contains("Loading failure") {
                     self.loading_failed();
                 }
-                Outcome::Nothing
+                Change::Nothing
             }
             Event::MasterSaid { message, children } => self.master_said(message, children.as_ref()),
             Event::ChildEnded { pid, status } => match &self.attempt {
-                Some(attempt) if attempt.first && attempt.master == *pid => Outcome::Attempt(exited(status)),
+                Some(attempt) if attempt.first && attempt.master == *pid => Change::Attempt(exited(status)),
                 _ if self.master_pid() == Some(*pid) => {
                     self.generations.master = None;
-                    Outcome::ServingEnded(*status)
+                    Change::ServingEnded(*status)
                 }
-                _ => Outcome::Nothing,
+                _ => Change::Nothing,
             },
             Event::Deadline { ready_timeout } if self.attempt.is_some() => {
                 // A master cannot be told to give a reload up: it may still complete it.
@@ -436,9 +436,9 @@ impl Protocol for MasterWorker {
                         ..attempt.reload.clone()
                     });
                 }
-                Outcome::Attempt(not_ready(*ready_timeout))
+                Change::Attempt(not_ready(*ready_timeout))
             }
-            Event::Deadline { .. } => Outcome::Nothing,
+            Event::Deadline { .. } => Change::Nothing,
         }
     }
 

@@ -5,7 +5,7 @@
 //! - `master_worker`: one haproxy master, its private notify socket, READY=1 and worker lists.
 //!
 //! A protocol turns events (a child ended, a line of haproxy's output, a message of the master,
-//! a deadline) into an `Outcome` for the attempt in progress or the serving generation. It takes
+//! a deadline) into an `Change` for the attempt in progress or the serving generation. It takes
 //! facts as input (the master's children are read when its READY=1 arrives, not while judging),
 //! so that its verdicts are tested in-process, without starting anything.
 //!
@@ -65,7 +65,7 @@ pub enum StillServing {
 
 /// What an event means to the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Change {
     /// Nothing the loop acts on.
     Nothing,
     /// What STATUS shows changed (a draining generation finished, workers came or went).
@@ -106,7 +106,7 @@ pub enum Abandon {
 }
 
 /// One haproxy mode. The loop calls `begin` to start a generation (the first start, or a reload
-/// with a generation serving), feeds it events until an `Outcome::Attempt` verdict other than
+/// with a generation serving), feeds it events until an `Change::Attempt` verdict other than
 /// `Pending`, then `commit` or `abandon`s the attempt.
 pub trait Protocol {
     /// "foreground" or "master-worker".
@@ -123,7 +123,7 @@ pub trait Protocol {
     fn begin(&mut self, gen: u32, first: bool) -> Result<(), Error>;
 
     /// What `event` means. `alerts`: the [ALERT] texts of the attempt in progress so far.
-    fn on_event(&mut self, event: &Event, alerts: &[String]) -> Outcome;
+    fn on_event(&mut self, event: &Event, alerts: &[String]) -> Change;
 
     /// A process whose end decides the attempt in progress: such ends are judged before the
     /// others that were reaped at the same time (the new generation's readiness comes before
@@ -141,7 +141,7 @@ pub trait Protocol {
     /// The processes to pass SIGTTOU/SIGTTIN on to, and to stop (SIGTERM/SIGUSR1).
     fn signal_targets(&self) -> Vec<i32>;
 
-    /// Whether haproxy says when it acts on a stop request (`Outcome::Stopping`). A graceful stop
+    /// Whether haproxy says when it acts on a stop request (`Change::Stopping`). A graceful stop
     /// is then re-sent until haproxy acted on it, and escalated when it never does (a master busy
     /// reloading drops signals); without it, the SIGUSR1 is sent once and the drain is awaited.
     fn acknowledges_stop(&self) -> bool;

@@ -25,7 +25,7 @@ use crate::clock::{self, now_ns};
 use crate::error::{status_code, Error};
 use crate::haproxy;
 use crate::ledger;
-use crate::mode::{Event, Outcome, Protocol, Verdict};
+use crate::mode::{Change, Event, Protocol, Verdict};
 use crate::notify::Systemd;
 use crate::procs;
 use crate::relay::Relay;
@@ -181,23 +181,23 @@ impl Supervisor {
             attempt.alerts = alerts;
         }
         match outcome {
-            Outcome::Nothing => {
+            Change::Nothing => {
                 if let Event::ChildEnded { pid, status } = event {
                     debug!("process {} ended (status {})", pid, status_code(&status).unwrap_or(1));
                 }
             }
-            Outcome::Attempt(Verdict::Pending) => {}
-            Outcome::StatusChanged => self.update_status(),
-            Outcome::StartedOver => {
+            Change::Attempt(Verdict::Pending) => {}
+            Change::StatusChanged => self.update_status(),
+            Change::StartedOver => {
                 if let Some(attempt) = self.attempt_mut() {
                     attempt.alerts.clear();
                 }
             }
-            Outcome::Attempt(Verdict::Serving) => self.attempt_succeeded(),
-            Outcome::Attempt(Verdict::Failed { reason, code }) => self.attempt_failed(reason, code),
-            Outcome::ServingEnded(status) => self.serving_ended(status),
-            Outcome::Stopping => info!("haproxy says it is stopping"),
-            Outcome::LateReload { gen, took_effect, ms } => self.late_reload(gen, took_effect, ms),
+            Change::Attempt(Verdict::Serving) => self.attempt_succeeded(),
+            Change::Attempt(Verdict::Failed { reason, code }) => self.attempt_failed(reason, code),
+            Change::ServingEnded(status) => self.serving_ended(status),
+            Change::Stopping => info!("haproxy says it is stopping"),
+            Change::LateReload { gen, took_effect, ms } => self.late_reload(gen, took_effect, ms),
         }
     }
 
@@ -302,7 +302,7 @@ impl Supervisor {
                 // Only whether haproxy acted on the stop (or came back from it) matters now.
                 let ready_again =
                     matches!(&event, Event::MasterSaid { message, .. } if crate::notify::says(message, "READY"));
-                if self.protocol.on_event(&event, &[]) == Outcome::Stopping {
+                if self.protocol.on_event(&event, &[]) == Change::Stopping {
                     self.stop_acknowledged();
                 } else if ready_again {
                     self.stop_undone();

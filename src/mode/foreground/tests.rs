@@ -41,7 +41,7 @@ fn attempt(first: bool, with_handover: bool) -> Foreground {
             pidfile_written: false,
         }
     };
-    let attempt = Attempt {
+    let attempt = NewGeneration {
         gen: 2,
         first,
         sentinel: SENTINEL,
@@ -62,7 +62,7 @@ fn attempt(first: bool, with_handover: bool) -> Foreground {
 fn the_sentinel_exiting_0_means_serving() {
     let mut p = attempt(false, false);
     assert!(p.decides_attempt(SENTINEL) && !p.decides_attempt(NEW));
-    assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Change::Attempt(Verdict::Serving));
     assert_eq!(p.commit(), NEW);
     assert_eq!(p.serving_pid(), Some(NEW));
     assert_eq!(p.draining(), vec![DRAINING, SERVING]);
@@ -76,8 +76,8 @@ fn a_sentinel_ending_otherwise_decides_nothing() {
         pid: SENTINEL,
         status: WaitStatus::Signaled(Pid::from_raw(SENTINEL), Signal::SIGKILL, false),
     };
-    assert_eq!(p.on_event(&killed, &[]), Outcome::Nothing);
-    assert_eq!(p.on_event(&exit(SENTINEL, 1), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&killed, &[]), Change::Nothing);
+    assert_eq!(p.on_event(&exit(SENTINEL, 1), &[]), Change::Nothing);
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn the_new_haproxy_exiting_fails_the_attempt_with_its_status() {
     let mut p = attempt(true, false);
     assert_eq!(
         p.on_event(&exit(NEW, 3), &[]),
-        Outcome::Attempt(Verdict::Failed {
+        Change::Attempt(Verdict::Failed {
             reason: "haproxy exited with status 3".into(),
             code: 3
         })
@@ -97,7 +97,7 @@ fn the_new_haproxy_exiting_fails_the_attempt_with_its_status() {
     };
     assert_eq!(
         p.on_event(&killed, &[]),
-        Outcome::Attempt(Verdict::Failed {
+        Change::Attempt(Verdict::Failed {
             reason: "haproxy exited with status 139".into(),
             code: 139
         })
@@ -111,7 +111,7 @@ fn a_failed_handover_is_retried_once_a_config_error_is_not() {
     let alerts = vec!["config : parsing [cfg:11] : unknown keyword 'garbage'".to_string()];
     assert_eq!(
         p.on_event(&exit(NEW, 1), &alerts),
-        Outcome::Attempt(Verdict::Failed {
+        Change::Attempt(Verdict::Failed {
             reason: "haproxy exited with status 1".into(),
             code: 1
         })
@@ -120,7 +120,7 @@ fn a_failed_handover_is_retried_once_a_config_error_is_not() {
     let mut p = attempt(false, true);
     let alerts = vec!["Failed to get the sockets from the old process!".to_string()];
     match p.on_event(&exit(NEW, 1), &alerts) {
-        Outcome::Attempt(Verdict::Failed { reason, code: 127 }) => assert!(reason.contains("not found"), "{}", reason),
+        Change::Attempt(Verdict::Failed { reason, code: 127 }) => assert!(reason.contains("not found"), "{}", reason),
         other => panic!("no retry: {:?}", other),
     }
     assert!(p.attempt.as_ref().map_or(false, |attempt| attempt.retried
@@ -132,7 +132,7 @@ fn a_failed_handover_is_retried_once_a_config_error_is_not() {
     }
     assert_eq!(
         p.on_event(&exit(NEW, 1), &alerts),
-        Outcome::Attempt(Verdict::Failed {
+        Change::Attempt(Verdict::Failed {
             reason: "haproxy exited with status 1".into(),
             code: 1
         })
@@ -144,7 +144,7 @@ fn a_failed_handover_is_retried_once_a_config_error_is_not() {
         vec!["Starting frontend fe: cannot bind socket (Cannot assign requested address) [192.0.2.1:80]".to_string()];
     assert_eq!(
         p.on_event(&exit(NEW, 1), &alerts),
-        Outcome::Attempt(Verdict::Failed {
+        Change::Attempt(Verdict::Failed {
             reason: "haproxy exited with status 1".into(),
             code: 1
         })
@@ -177,7 +177,7 @@ fn address_in_use_is_retried_once_only_when_our_own_generation_holds_it() {
         "Binding [h.cfg:3] for frontend fe: cannot bind socket (Address already in use) for [{}]",
         listener.local_addr().unwrap()
     )];
-    let status_1 = Outcome::Attempt(Verdict::Failed {
+    let status_1 = Change::Attempt(Verdict::Failed {
         reason: "haproxy exited with status 1".into(),
         code: 1,
     });
@@ -196,7 +196,7 @@ fn address_in_use_is_retried_once_only_when_our_own_generation_holds_it() {
         pid: std::process::id() as i32,
     });
     match p.on_event(&exit(NEW, 1), &alerts) {
-        Outcome::Attempt(Verdict::Failed { code: 127, .. }) => {}
+        Change::Attempt(Verdict::Failed { code: 127, .. }) => {}
         other => panic!("no retry: {:?}", other),
     }
     assert!(p
@@ -226,8 +226,8 @@ fn address_in_use_is_retried_once_only_when_our_own_generation_holds_it() {
 #[test]
 fn the_serving_generation_ending_during_a_reload_is_left_to_the_reload() {
     let mut p = attempt(false, false);
-    assert_eq!(p.on_event(&exit(SERVING, 0), &[]), Outcome::Attempt(Verdict::Pending));
-    assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.on_event(&exit(SERVING, 0), &[]), Change::Attempt(Verdict::Pending));
+    assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Change::Attempt(Verdict::Serving));
     p.commit();
     assert_eq!(p.draining(), vec![DRAINING], "the ended generation is not draining");
     // A failed reload returns the serving generation's end (the service is gone).
@@ -245,12 +245,12 @@ fn the_serving_generation_ending_during_a_reload_is_left_to_the_reload() {
 fn outside_an_attempt_the_serving_end_is_the_services_and_draining_ends_change_status() {
     let mut p = attempt(false, false);
     p.attempt = None;
-    assert_eq!(p.on_event(&exit(DRAINING, 0), &[]), Outcome::StatusChanged);
+    assert_eq!(p.on_event(&exit(DRAINING, 0), &[]), Change::StatusChanged);
     assert_eq!(
         p.on_event(&exit(SERVING, 2), &[]),
-        Outcome::ServingEnded(WaitStatus::Exited(Pid::from_raw(SERVING), 2))
+        Change::ServingEnded(WaitStatus::Exited(Pid::from_raw(SERVING), 2))
     );
-    assert_eq!(p.on_event(&exit(12345678, 0), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&exit(12345678, 0), &[]), Change::Nothing);
     assert_eq!(p.signal_targets(), Vec::<i32>::new());
 }
 
@@ -260,7 +260,7 @@ fn a_deadline_fails_the_attempt_with_69() {
     let timeout = std::time::Duration::from_millis(1500);
     assert_eq!(
         p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]),
-        Outcome::Attempt(Verdict::Failed {
+        Change::Attempt(Verdict::Failed {
             reason: "not ready after 1.5 s".into(),
             code: 69
         })
@@ -268,7 +268,7 @@ fn a_deadline_fails_the_attempt_with_69() {
     p.attempt = None;
     assert_eq!(
         p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]),
-        Outcome::Nothing
+        Change::Nothing
     );
 }
 
@@ -276,7 +276,7 @@ fn a_deadline_fails_the_attempt_with_69() {
 fn past_max_draining_the_oldest_draining_generation_is_stopped_and_reaped_as_usual() {
     let mut p = attempt(false, false);
     p.launch.max_draining = 1;
-    assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.on_event(&exit(SENTINEL, 0), &[]), Change::Attempt(Verdict::Serving));
     assert_eq!(p.commit(), NEW);
     // gen 1 (SERVING) now drains too: two, one more than the bound; gen 0 is the oldest.
     assert_eq!(p.draining(), vec![SERVING]);
@@ -290,7 +290,7 @@ fn past_max_draining_the_oldest_draining_generation_is_stopped_and_reaped_as_usu
         Generations::Foreground(fg) => assert_eq!(fg.stopped, vec![Gen { n: 0, pid: DRAINING }]),
         other => panic!("{:?}", other),
     }
-    assert_eq!(p.on_event(&exit(DRAINING, 143), &[]), Outcome::StatusChanged);
+    assert_eq!(p.on_event(&exit(DRAINING, 143), &[]), Change::StatusChanged);
     assert!(p.generations.stopped.is_empty());
     assert_eq!(p.signal_targets(), vec![NEW, SERVING]);
 }

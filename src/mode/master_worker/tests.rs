@@ -31,7 +31,7 @@ fn protocol(reload: bool) -> MasterWorker {
     }
     let workers_before = if reload { vec![W1] } else { vec![] };
     // A reload the master has begun (it said RELOADING=1 after the signal).
-    p.attempt = Some(Attempt {
+    p.attempt = Some(MasterRequest {
         reload: MasterReload {
             gen: 1 + reload as u32,
             workers_before,
@@ -66,14 +66,14 @@ fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
     // The earlier reload (timed out) ends now: its READY=1, its worker W2, its failure line.
     assert_eq!(
         p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]),
-        Outcome::Nothing
+        Change::Nothing
     );
-    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
+    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Change::StatusChanged);
     // Its RELOADING=1, dated before this reload's signal, does not begin this one either.
-    assert_eq!(p.on_event(&reloading(Some(999)), &[]), Outcome::Nothing);
-    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::StatusChanged);
+    assert_eq!(p.on_event(&reloading(Some(999)), &[]), Change::Nothing);
+    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Change::StatusChanged);
     // This reload's RELOADING=1: its READY=1 answers, and W2 is not its new worker.
-    assert_eq!(p.on_event(&reloading(Some(1000)), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&reloading(Some(1000)), &[]), Change::Nothing);
     assert_eq!(
         p.on_event(&ready(&[W1, W2]), &[]),
         failed("the master started no new worker")
@@ -89,7 +89,7 @@ fn a_late_ready_of_an_earlier_reload_is_not_this_ones() {
     p.on_event(&reloading(None), &[]);
     assert_eq!(
         p.on_event(&ready(&[W1, W2, W3]), &[]),
-        Outcome::Attempt(Verdict::Serving)
+        Change::Attempt(Verdict::Serving)
     );
 }
 
@@ -117,7 +117,7 @@ fn a_reload_in_progress_is_carried_across_the_reexec() {
     let mut q = MasterWorker::resume(launch, MasterSocket::bind().unwrap(), generations);
     assert!(q.generations.reload.is_none());
     q.on_event(&reloading(None), &[]);
-    assert_eq!(q.on_event(&ready(&[W1, W2]), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(q.on_event(&ready(&[W1, W2]), &[]), Change::Attempt(Verdict::Serving));
 }
 
 fn ready(children: &[i32]) -> Event {
@@ -127,8 +127,8 @@ fn ready(children: &[i32]) -> Event {
     }
 }
 
-fn failed(reason: &str) -> Outcome {
-    Outcome::Attempt(Verdict::Failed {
+fn failed(reason: &str) -> Change {
+    Change::Attempt(Verdict::Failed {
         reason: reason.into(),
         code: 1,
     })
@@ -137,7 +137,7 @@ fn failed(reason: &str) -> Outcome {
 #[test]
 fn ready_at_the_start_means_serving() {
     let mut p = protocol(false);
-    assert_eq!(p.on_event(&ready(&[W1]), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.on_event(&ready(&[W1]), &[]), Change::Attempt(Verdict::Serving));
     assert_eq!(p.commit(), MASTER);
     assert_eq!(
         p.serving_text().unwrap(),
@@ -149,7 +149,7 @@ fn ready_at_the_start_means_serving() {
 #[test]
 fn a_reload_serves_when_the_master_has_a_new_worker() {
     let mut p = protocol(true);
-    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.on_event(&ready(&[W1, W2]), &[]), Change::Attempt(Verdict::Serving));
     p.commit();
     assert_eq!(p.generations.workers, vec![W2]);
     assert_eq!(p.draining(), vec![W1]);
@@ -172,7 +172,7 @@ fn a_loading_failure_fails_the_reload_even_with_a_new_worker() {
     let mut p = protocol(true);
     assert_eq!(
         p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]),
-        Outcome::Nothing
+        Change::Nothing
     );
     assert_eq!(
         p.on_event(&ready(&[W1, W2]), &[]),
@@ -194,13 +194,13 @@ fn messages_without_ready_decide_nothing() {
         message: "RELOADING=1\n".into(),
         children: None,
     };
-    assert_eq!(p.on_event(&reloading, &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&reloading, &[]), Change::Nothing);
     assert_eq!(
         p.on_event(
             &Event::Line("[ALERT] (1) : config : bad".into()),
             &["config : bad".into()]
         ),
-        Outcome::Nothing
+        Change::Nothing
     );
 }
 
@@ -213,7 +213,7 @@ fn the_master_ending_fails_a_start_and_ends_a_running_service() {
     };
     assert_eq!(
         p.on_event(&end, &[]),
-        Outcome::Attempt(Verdict::Failed {
+        Change::Attempt(Verdict::Failed {
             reason: "haproxy exited with status 1".into(),
             code: 1
         })
@@ -228,7 +228,7 @@ fn the_master_ending_fails_a_start_and_ends_a_running_service() {
             },
             &[]
         ),
-        Outcome::ServingEnded(killed)
+        Change::ServingEnded(killed)
     );
     assert_eq!(p.serving_pid(), None);
 }
@@ -240,7 +240,7 @@ fn a_ready_whose_children_could_not_be_read_is_trusted_and_the_workers_learnt_la
         message: "READY=1\n".into(),
         children: None,
     };
-    assert_eq!(p.on_event(&said, &[]), Outcome::Attempt(Verdict::Serving));
+    assert_eq!(p.on_event(&said, &[]), Change::Attempt(Verdict::Serving));
     assert_eq!(p.commit(), MASTER);
     // Not "none" and not the old worker: unknown, until a drain check reads them.
     assert_eq!(
@@ -262,13 +262,13 @@ fn a_ready_whose_children_could_not_be_read_is_trusted_and_the_workers_learnt_la
     let mut p = protocol(true);
     assert_eq!(
         p.on_event(&Event::Line("[NOTICE]   (1) : Loading failure!".into()), &[]),
-        Outcome::Nothing
+        Change::Nothing
     );
     assert_eq!(p.on_event(&said, &[]), failed("haproxy reported a loading failure"));
     // A late READY=1 whose children are unknown: the next drain check learns them.
     let mut p = protocol(true);
     p.attempt = None;
-    assert_eq!(p.on_event(&said, &[]), Outcome::StatusChanged);
+    assert_eq!(p.on_event(&said, &[]), Change::StatusChanged);
     assert!(p.serving_text().unwrap().ends_with("workers unknown)"));
 }
 
@@ -305,12 +305,12 @@ fn the_master_saying_stopping_acknowledges_a_stop() {
         message: "STOPPING=1\n".into(),
         children: None,
     };
-    assert_eq!(p.on_event(&stopping, &[]), Outcome::Stopping);
+    assert_eq!(p.on_event(&stopping, &[]), Change::Stopping);
     let status = Event::MasterSaid {
         message: "STATUS=stopping\n".into(),
         children: None,
     };
-    assert_eq!(p.on_event(&status, &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&status, &[]), Change::Nothing);
 }
 
 #[test]
@@ -318,7 +318,7 @@ fn a_late_ready_updates_the_workers() {
     let mut p = protocol(true);
     p.attempt = None;
     p.generations.old_workers = vec![W1];
-    assert_eq!(p.on_event(&ready(&[W1, W3]), &[]), Outcome::StatusChanged);
+    assert_eq!(p.on_event(&ready(&[W1, W3]), &[]), Change::StatusChanged);
     assert_eq!(p.generations.workers, vec![W3]);
 }
 
@@ -330,7 +330,7 @@ fn a_deadline_fails_the_attempt_with_69() {
     };
     assert_eq!(
         p.on_event(&d, &[]),
-        Outcome::Attempt(Verdict::Failed {
+        Change::Attempt(Verdict::Failed {
             reason: "not ready after 2 s".into(),
             code: 69
         })
@@ -342,7 +342,7 @@ fn timed_out(p: &mut MasterWorker) {
     let timeout = Duration::from_millis(500);
     assert_eq!(
         p.on_event(&Event::Deadline { ready_timeout: timeout }, &[]),
-        Outcome::Attempt(not_ready(timeout))
+        Change::Attempt(not_ready(timeout))
     );
     assert!(
         p.may_still_complete(2),
@@ -352,9 +352,9 @@ fn timed_out(p: &mut MasterWorker) {
     assert_eq!(p.abandon(Abandon::ReloadFailed), None);
 }
 
-fn late(outcome: Outcome) -> (u32, bool) {
+fn late(outcome: Change) -> (u32, bool) {
     match outcome {
-        Outcome::LateReload { gen, took_effect, .. } => (gen, took_effect),
+        Change::LateReload { gen, took_effect, .. } => (gen, took_effect),
         other => panic!("not a late reload's end: {:?}", other),
     }
 }
@@ -376,7 +376,7 @@ fn a_reload_that_timed_out_and_completes_late_serves_and_is_told() {
     assert_eq!(p.draining(), vec![W1]);
     assert!(!p.may_still_complete(2));
     // A later READY=1 (2.6's master says it again from its wait mode) is no second answer.
-    assert_eq!(p.on_event(&ready(&[W2]), &[]), Outcome::StatusChanged);
+    assert_eq!(p.on_event(&ready(&[W2]), &[]), Change::StatusChanged);
     assert_eq!(
         p.serving_text().unwrap(),
         format!("gen 2 serving (master {}, workers {})", MASTER, W2)
@@ -396,7 +396,7 @@ fn a_reload_that_timed_out_and_ends_without_a_new_worker_or_with_a_loading_failu
     timed_out(&mut p);
     assert_eq!(
         p.on_event(&Event::Line("[WARNING] (1) : Loading failure!".into()), &[]),
-        Outcome::Nothing
+        Change::Nothing
     );
     assert_eq!(late(p.on_event(&ready(&[W1, W2]), &[])), (2, false));
     assert!(p.serving_text().unwrap().starts_with("gen 1 serving"));
@@ -407,7 +407,7 @@ fn a_late_answer_during_the_next_reload_ends_the_earlier_one_and_not_this_one() 
     let mut p = protocol(true);
     timed_out(&mut p);
     // The next reload (gen 3) is asked before the master answered the one that timed out.
-    p.attempt = Some(Attempt {
+    p.attempt = Some(MasterRequest {
         reload: MasterReload {
             gen: 3,
             workers_before: vec![W1],
@@ -425,10 +425,10 @@ fn a_late_answer_during_the_next_reload_ends_the_earlier_one_and_not_this_one() 
         format!("gen 2 serving (master {}, workers {})", MASTER, W2)
     );
     // gen 3's own answer: W2 is not its new worker, W3 is.
-    assert_eq!(p.on_event(&reloading(None), &[]), Outcome::Nothing);
+    assert_eq!(p.on_event(&reloading(None), &[]), Change::Nothing);
     assert_eq!(
         p.on_event(&ready(&[W1, W2, W3]), &[]),
-        Outcome::Attempt(Verdict::Serving)
+        Change::Attempt(Verdict::Serving)
     );
     assert_eq!(p.commit(), MASTER);
     assert_eq!(
