@@ -105,21 +105,11 @@ impl MasterWorker {
     fn late_ready(&mut self, children: Option<&Vec<i32>>) -> Option<Change> {
         let late = self.generations.late.take()?;
         let ms = clock::now_ns().saturating_sub(late.signalled_ns) / 1_000_000;
-        let new: Option<Vec<i32>> = children.map(|children| {
-            children
-                .iter()
-                .copied()
-                .filter(|w| !late.workers_before.contains(w))
-                .collect()
-        });
+        let new: Option<Vec<i32>> = children.map(|children| without(children, &late.workers_before));
         let took_effect = !late.loading_failed && new.as_ref().map_or(true, |new| !new.is_empty());
         if !took_effect {
             match children {
-                Some(children) => {
-                    let old = &self.generations.old_workers;
-                    self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
-                    self.workers_unknown = false;
-                }
+                Some(children) => self.learn_workers(children),
                 None => self.workers_unknown = true,
             }
             return Some(Change::LateReload {
@@ -277,9 +267,7 @@ impl MasterWorker {
                             }
                         }
                         if !late_took_effect {
-                            let old = &self.generations.old_workers;
-                            self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
-                            self.workers_unknown = false;
+                            self.learn_workers(children);
                         }
                     }
                     None => self.workers_unknown = true,
@@ -293,9 +281,7 @@ impl MasterWorker {
             (None, _) if late.is_some() => late.unwrap_or(Change::StatusChanged),
             (None, Some(children)) => {
                 // A late answer to a reload that already timed out: learn the current workers.
-                let old = &self.generations.old_workers;
-                self.generations.workers = children.iter().copied().filter(|w| !old.contains(w)).collect();
-                self.workers_unknown = false;
+                self.learn_workers(children);
                 Change::StatusChanged
             }
             (None, None) => {
@@ -466,11 +452,7 @@ impl Protocol for MasterWorker {
         old.dedup();
         match attempt.children_at_ready {
             Some(children) => {
-                let new: Vec<i32> = children
-                    .iter()
-                    .copied()
-                    .filter(|w| !attempt.reload.workers_before.contains(w))
-                    .collect();
+                let new = without(&children, &attempt.reload.workers_before);
                 self.generations.old_workers = old
                     .into_iter()
                     .filter(|w| children.contains(w) && !new.contains(w))
@@ -607,7 +589,7 @@ impl Protocol for MasterWorker {
                 return false;
             }
         };
-        self.learn_workers(&alive)
+        self.drain_checked(&alive)
     }
 
     fn generations(&self) -> Generations {
@@ -634,7 +616,7 @@ impl Protocol for MasterWorker {
 
 mod workers;
 
-use workers::{held_back, master_children_at_ready};
+use workers::{held_back, master_children_at_ready, without};
 
 #[cfg(test)]
 mod tests;

@@ -249,13 +249,13 @@ fn a_ready_whose_children_could_not_be_read_is_trusted_and_the_workers_learnt_la
     );
     assert_eq!(p.draining(), vec![W1]);
     assert!(p.next_tick_ns().is_some());
-    assert!(p.learn_workers(&[W1, W2]));
+    assert!(p.drain_checked(&[W1, W2]));
     assert_eq!(
         p.serving_text().unwrap(),
         format!("gen 2 serving (master {}, workers {})", MASTER, W2)
     );
     assert_eq!(p.draining(), vec![W1]);
-    assert!(p.learn_workers(&[W2]));
+    assert!(p.drain_checked(&[W2]));
     assert_eq!(p.draining(), Vec::<i32>::new());
     assert!(p.next_tick_ns().is_none());
     // A loading failure still fails the reload without a worker list.

@@ -1,13 +1,24 @@
-//! The master's workers as the kernel shows them: read when the master says READY=1 (a walk of
-//! /proc that fails is tried again, then given up on, never taken for an empty list) and at each
-//! drain check.
+//! The master's workers: the lists kept (serving, draining) and how they are learnt from the
+//! kernel, when the master says READY=1 (a walk of /proc that fails is tried again, then given up
+//! on, never taken for an empty list) and at each drain check.
 
 use super::{MasterWorker, WALK_TRIES};
 use crate::procs;
 
+/// The pids of `list` that are not in `exclude`, in `list`'s order.
+pub(super) fn without(list: &[i32], exclude: &[i32]) -> Vec<i32> {
+    list.iter().copied().filter(|pid| !exclude.contains(pid)).collect()
+}
+
 impl MasterWorker {
+    /// The master's children are known: its workers are those that are not draining.
+    pub(super) fn learn_workers(&mut self, children: &[i32]) {
+        self.generations.workers = without(children, &self.generations.old_workers);
+        self.workers_unknown = false;
+    }
+
     /// What a drain check found: the master's live children. True when STATUS changes.
-    pub(super) fn learn_workers(&mut self, alive: &[i32]) -> bool {
+    pub(super) fn drain_checked(&mut self, alive: &[i32]) -> bool {
         let before = self.generations.old_workers.len();
         self.generations.old_workers.retain(|w| alive.contains(w));
         self.generations.workers.retain(|w| alive.contains(w));
@@ -16,9 +27,7 @@ impl MasterWorker {
             info!("old workers still draining: {}", self.generations.old_workers.len());
         }
         if self.workers_unknown {
-            let old = &self.generations.old_workers;
-            self.generations.workers = alive.iter().copied().filter(|w| !old.contains(w)).collect();
-            self.workers_unknown = false;
+            self.learn_workers(alive);
             info!("workers of the serving generation: {:?}", self.generations.workers);
             changed = true;
         }
