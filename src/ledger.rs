@@ -9,7 +9,6 @@
 //! already counts it. See docs/DESIGN.md, "How `systemctl reload` learns the result".
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -333,35 +332,17 @@ pub fn prepare_dir(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Replaces the ledger file atomically: a fresh temporary file (O_EXCL|O_NOFOLLOW, 0600) beside
-/// it, then rename.
+/// Replaces the ledger file atomically (`pidfile::replace_file`, 0600, a temporary name of its
+/// pid: one left by a wrapper that died between create and rename is removed first).
 pub fn store(dir: &Path, ledger: &Ledger) -> std::io::Result<()> {
     prepare_dir(dir).map_err(|why| std::io::Error::new(std::io::ErrorKind::Other, why))?;
     let target = path(dir, ledger.pid);
     let tmp = dir.join(format!(".reload-{}.tmp", ledger.pid));
-    let open = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&tmp)
-    };
-    let mut f = match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Left by a wrapper that died between create and rename (same pid: ours or long gone).
-            std::fs::remove_file(&tmp)?;
-            open()?
-        }
-        other => other?,
-    };
-    let result = f
-        .write_all(ledger.encode().as_bytes())
-        .and_then(|_| std::fs::rename(&tmp, &target));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    result
+    crate::pidfile::replace_file(&target, &tmp, 0o600, ledger.encode().as_bytes())
 }
 
 /// After a failed `store`: empties the ledger file in place (truncating needs no space, and

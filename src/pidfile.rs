@@ -1,4 +1,5 @@
-//! The `-p` pid file: output for other tools, never the source of truth for whom to signal.
+//! The `-p` pid file: output for other tools, never the source of truth for whom to signal; and
+//! the atomic replace of a file it and the reload ledger are written with.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -89,9 +90,8 @@ fn random_suffix() -> String {
     b.iter().map(|x| format!("{:02x}", x)).collect()
 }
 
-/// Writes the pids atomically: a fresh temporary file beside the target (O_CREAT|O_EXCL|
-/// O_NOFOLLOW|O_NONBLOCK, unpredictable name), then rename. Refuses to replace anything that is
-/// not a regular file.
+/// Writes the pids atomically (`replace_file`, 0644, a temporary name nobody can predict).
+/// Refuses to replace anything that is not a regular file.
 pub fn write(path: &Path, pids: &[i32]) -> std::io::Result<()> {
     replaceable(path)?;
     let mut text = String::new();
@@ -104,18 +104,25 @@ pub fn write(path: &Path, pids: &[i32]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{}.{}.tmp", name, random_suffix()));
+    replace_file(path, &tmp, 0o644, text.as_bytes())
+}
+
+/// Replaces `target` atomically with `bytes`: `tmp` created fresh beside it (O_CREAT|O_EXCL|
+/// O_NOFOLLOW|O_NONBLOCK|O_NOCTTY, `mode`), written, synced, renamed over `target`; removed
+/// again when anything fails. For the pid file and the reload ledger.
+pub fn replace_file(target: &Path, tmp: &Path, mode: u32, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(mode)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(&tmp)?;
+        .open(tmp)?;
     let result = f
-        .write_all(text.as_bytes())
+        .write_all(bytes)
         .and_then(|_| f.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, path));
+        .and_then(|_| std::fs::rename(tmp, target));
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     result
 }
