@@ -104,7 +104,7 @@ impl Supervisor {
         self.systemd.reloading(&status);
         let begun_here = self.protocol.reloads_before_reexec();
         if begun_here {
-            self.begin_attempt(t0, false);
+            self.begin_reload(t0);
         }
         if let Some(partial) = self.relay.take_partial() {
             crate::log::write(crate::log::haproxy_line_priority(&partial), format_args!("{}", partial));
@@ -124,7 +124,7 @@ impl Supervisor {
             ),
         }
         if !begun_here {
-            self.begin_attempt(t0, false);
+            self.begin_reload(t0);
         }
     }
 
@@ -151,7 +151,18 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn begin_attempt(&mut self, started_ns: u64, first: bool) {
+    /// The first start: gen 1, no ledger entry; a failure ends the wrapper.
+    pub(super) fn begin_start(&mut self, started_ns: u64) {
+        self.begin_attempt(started_ns, true)
+    }
+
+    /// A reload (asked for at `started_ns`): a ledger entry; a failure leaves the serving
+    /// generation serving.
+    pub(super) fn begin_reload(&mut self, started_ns: u64) {
+        self.begin_attempt(started_ns, false)
+    }
+
+    fn begin_attempt(&mut self, started_ns: u64, first: bool) {
         if !first {
             // Messages from before this reload must not be taken for its answer.
             self.on_messages();

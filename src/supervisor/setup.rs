@@ -136,7 +136,7 @@ impl Supervisor {
         }
         let ledger = ledger::Recorder::open(&opts.run_dir);
         let mut s = Supervisor::new(opts, protocol, exe, relay, signals, ledger);
-        s.begin_attempt(now_ns(), true);
+        s.begin_start(now_ns());
         Ok(s)
     }
 
@@ -201,7 +201,7 @@ impl Supervisor {
             Some(_) => {}
             None => {
                 if let Phase::Running = s.phase {
-                    s.begin_attempt(carried.reload_started_ns, false);
+                    s.begin_reload(carried.reload_started_ns);
                 }
             }
         }
