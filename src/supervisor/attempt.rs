@@ -151,7 +151,7 @@ impl Supervisor {
         }
     }
 
-    /// The first start: gen 1, no ledger entry; a failure ends the wrapper.
+    /// The first start: no ledger entry; a failure ends the wrapper.
     pub(super) fn begin_start(&mut self, started_ns: u64) {
         self.begin_attempt(started_ns, true)
     }
