@@ -90,10 +90,19 @@ fn looks_like_wrapper(pid: i32) -> bool {
 /// Is `pid` this program's `--wait-reload` client (another `systemctl reload` waiting), rather
 /// than a wrapper? Its command line says so.
 fn is_client(pid: i32) -> bool {
-    let cmdline = match std::fs::read(format!("/proc/{}/cmdline", pid)) {
-        Ok(c) => c,
-        Err(_) => return false,
-    };
+    // Between an exec's switch to the new program and the setting of its arguments, cmdline reads
+    // empty (a client that has just started, a wrapper re-executing itself): look again briefly.
+    let mut cmdline = Vec::new();
+    for _ in 0..CMDLINE_TRIES {
+        match std::fs::read(format!("/proc/{}/cmdline", pid)) {
+            Ok(c) if !c.is_empty() => {
+                cmdline = c;
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return false,
+        }
+    }
     use std::os::unix::ffi::OsStrExt;
     let args: Vec<std::ffi::OsString> = cmdline
         .split(|b| *b == 0)
@@ -103,6 +112,9 @@ fn is_client(pid: i32) -> bool {
         .collect();
     matches!(crate::cli::parse(args), Ok(crate::cli::Command::WaitReload(_)))
 }
+
+/// How many times (1 ms apart) an empty /proc/PID/cmdline is read again.
+const CMDLINE_TRIES: u32 = 50;
 
 /// A ledger missing while the wrapper has already read the reload signal (so it counted it, and
 /// wrote the ledger or failed to) is waited for this long: the time an older wrapper without a

@@ -255,14 +255,13 @@ fn a_client_given_another_clients_pid_says_so_at_once() {
     t.signal(Signal::SIGUSR2);
     let waiting = client(&t, &[]);
     let other = waiting.id() as i32;
+    // The program and its arguments: /proc shows the new program a moment before its arguments.
     poll_until(T, || {
-        if exe_of(other).map_or(false, |e| e == std::path::Path::new(WRAPPER)) {
-            Some(())
-        } else {
-            None
-        }
+        let cmdline = std::fs::read(format!("/proc/{other}/cmdline")).unwrap_or_default();
+        let runs = exe_of(other).map_or(false, |e| e == std::path::Path::new(WRAPPER));
+        (runs && String::from_utf8_lossy(&cmdline).contains("--wait-reload")).then_some(())
     })
-    .expect("the first client runs the wrapper program");
+    .expect("the first client runs the wrapper program as --wait-reload");
     let out = finish(client_for(&t, other, &["--timeout", "5"]), T);
     assert_eq!(code(&out), 69, "{}", text(&out));
     assert!(
