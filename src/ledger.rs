@@ -342,7 +342,7 @@ pub fn store(dir: &Path, ledger: &Ledger) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    crate::pidfile::replace_file(&target, &tmp, 0o600, ledger.encode().as_bytes())
+    crate::pidfile::replace_file(&target, &tmp, 0o600, ledger.encode().as_bytes(), false)
 }
 
 /// After a failed `store`: empties the ledger file in place (truncating needs no space, and

@@ -104,13 +104,14 @@ pub fn write(path: &Path, pids: &[i32]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{}.{}.tmp", name, random_suffix()));
-    replace_file(path, &tmp, 0o644, text.as_bytes())
+    replace_file(path, &tmp, 0o644, text.as_bytes(), true)
 }
 
 /// Replaces `target` atomically with `bytes`: `tmp` created fresh beside it (O_CREAT|O_EXCL|
-/// O_NOFOLLOW|O_NONBLOCK|O_NOCTTY, `mode`), written, synced, renamed over `target`; removed
-/// again when anything fails. For the pid file and the reload ledger.
-pub fn replace_file(target: &Path, tmp: &Path, mode: u32, bytes: &[u8]) -> std::io::Result<()> {
+/// O_NOFOLLOW|O_NONBLOCK|O_NOCTTY, `mode`), written, synced when `sync`, renamed over `target`;
+/// removed again when anything fails. For the pid file (synced) and the reload ledger (not: it is
+/// written on every reload, and only the running wrapper and its clients read it).
+pub fn replace_file(target: &Path, tmp: &Path, mode: u32, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -119,7 +120,7 @@ pub fn replace_file(target: &Path, tmp: &Path, mode: u32, bytes: &[u8]) -> std::
         .open(tmp)?;
     let result = f
         .write_all(bytes)
-        .and_then(|_| f.sync_all())
+        .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
         .and_then(|_| std::fs::rename(tmp, target));
     if result.is_err() {
         let _ = std::fs::remove_file(tmp);
