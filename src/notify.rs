@@ -88,19 +88,22 @@ fn enqueue(pending: &mut VecDeque<Pending>, text: String, kind: Kind, now_ns: u6
     None
 }
 
+/// A unix datagram socket of the wrapper's own (close-on-exec, non-blocking).
+fn datagram_socket() -> nix::Result<OwnedFd> {
+    let raw = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 impl Systemd {
     pub fn new() -> Systemd {
         let target = notify_socket_value(std::env::var_os("NOTIFY_SOCKET")).and_then(|value| {
-            let opened = notify_address(&value).and_then(|addr| {
-                let raw = socket::socket(
-                    AddressFamily::Unix,
-                    SockType::Datagram,
-                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                    None,
-                )?;
-                // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
-                Ok((unsafe { OwnedFd::from_raw_fd(raw) }, addr))
-            });
+            let opened = notify_address(&value).and_then(|addr| Ok((datagram_socket()?, addr)));
             match opened {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -272,14 +275,8 @@ pub struct MasterSocket {
 impl MasterSocket {
     /// A new socket in the abstract namespace, with SO_PASSCRED so each message carries its sender.
     pub fn bind() -> nix::Result<MasterSocket> {
-        let raw = socket::socket(
-            AddressFamily::Unix,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
-        // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = datagram_socket()?;
+        let raw = fd.as_raw_fd();
         socket::setsockopt(raw, socket::sockopt::PassCred, &true)?;
         let nonce = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_nsec())

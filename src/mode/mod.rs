@@ -94,6 +94,24 @@ pub struct Launch {
     pub max_draining: u32,
 }
 
+#[cfg(test)]
+impl Launch {
+    /// For the modes' unit tests: haproxy's arguments `args`, a program that does not exist
+    /// (nothing is started), the default `--max-draining`.
+    pub fn for_tests(args: &[&str]) -> Launch {
+        let args = match crate::cli::parse(args.iter().copied()).unwrap() {
+            crate::cli::Command::Supervise(_, h) => h,
+            _ => unreachable!(),
+        };
+        Launch {
+            program: PathBuf::from("/nonexistent/haproxy"),
+            args,
+            relay_write: 2,
+            max_draining: 50,
+        }
+    }
+}
+
 /// Why an attempt is given up (`Protocol::abandon`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abandon {

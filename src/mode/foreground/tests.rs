@@ -1,9 +1,7 @@
 //! Unit tests of `foreground` (in a file of their own to keep the module short).
 
 use super::*;
-use crate::cli;
 use nix::unistd::Pid;
-use std::path::PathBuf;
 
 const SENTINEL: i32 = 4_000_001;
 const NEW: i32 = 4_000_002;
@@ -20,17 +18,7 @@ fn exit(pid: i32, code: i32) -> Event {
 /// A foreground protocol in the middle of a start (no serving generation) or of a reload of
 /// gen 2 (gen 1 serving, gen 0 draining), with made-up pids: nothing is started.
 fn attempt(first: bool, with_handover: bool) -> Foreground {
-    let hargs = match cli::parse(["-f", "h.cfg", "-x", "/nonexistent/admin.sock"]).unwrap() {
-        cli::Command::Supervise(_, h) => h,
-        _ => unreachable!(),
-    };
-    let program = PathBuf::from("/nonexistent/haproxy");
-    let launch = Launch {
-        program,
-        args: hargs,
-        relay_write: 2,
-        max_draining: 50,
-    };
+    let launch = Launch::for_tests(&["-f", "h.cfg", "-x", "/nonexistent/admin.sock"]);
     let generations = if first {
         ForegroundGenerations::default()
     } else {

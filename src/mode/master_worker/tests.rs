@@ -1,9 +1,7 @@
 //! Unit tests of `master_worker` (in a file of their own to keep the module short).
 
 use super::*;
-use crate::cli;
 use nix::unistd::Pid;
-use std::path::PathBuf;
 
 const MASTER: i32 = 4_100_001;
 const W1: i32 = 4_100_011;
@@ -13,17 +11,7 @@ const W3: i32 = 4_100_013;
 /// A master-worker protocol with a made-up master: serving gen 1 (worker W1) and, when
 /// `reload`, reloading to gen 2; else starting gen 1. Nothing is started.
 fn protocol(reload: bool) -> MasterWorker {
-    let hargs = match cli::parse(["-Ws", "-f", "h.cfg"]).unwrap() {
-        cli::Command::Supervise(_, h) => h,
-        _ => unreachable!(),
-    };
-    let program = PathBuf::from("/nonexistent/haproxy");
-    let launch = Launch {
-        program,
-        args: hargs,
-        relay_write: 2,
-        max_draining: 50,
-    };
+    let launch = Launch::for_tests(&["-Ws", "-f", "h.cfg"]);
     let mut p = MasterWorker::fresh(launch, MasterSocket::bind().unwrap());
     if reload {
         p.generations.master = Some(Gen { n: 1, pid: MASTER });
