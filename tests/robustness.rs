@@ -782,12 +782,26 @@ mod run_dir {
             "{}",
             said(&out)
         );
-        fs::remove_file(t.path("run")).unwrap();
-        fs::create_dir(t.path("run")).unwrap();
-        fs::set_permissions(t.path("run"), fs::Permissions::from_mode(0o777)).unwrap();
+        // The client answered at once; the reload goes on (and writes the ledger as it ends): let
+        // it end before the run directory changes under it.
+        t.notify().wait_count("READY=1", 2, T, Msg::is_ready);
+        // The others-writable directory takes the file's place in one step (RENAME_EXCHANGE): the
+        // wrapper never sees it with the mode mkdir gave it.
+        fs::create_dir(t.path("run.new")).unwrap();
+        fs::set_permissions(t.path("run.new"), fs::Permissions::from_mode(0o777)).unwrap();
+        nix::fcntl::renameat2(
+            None,
+            &t.path("run.new"),
+            None,
+            &t.path("run"),
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .unwrap();
+        fs::remove_file(t.path("run.new")).unwrap();
         let out = reload(&t);
         assert_eq!(out.status.code(), Some(74), "{}", said(&out));
         assert!(said(&out).contains("is writable by others"), "{}", said(&out));
+        t.notify().wait_count("READY=1", 3, T, Msg::is_ready);
         fs::set_permissions(t.path("run"), fs::Permissions::from_mode(0o700)).unwrap();
         let out = reload(&t);
         assert_eq!(out.status.code(), Some(0), "{}", said(&out));
