@@ -318,8 +318,9 @@ impl Supervisor {
             self.protocol.serving_text().unwrap_or_default(),
             self.protocol.draining()
         );
-        self.update_status();
+        // The ledger first: a client that saw STATUS say so and asks again finds it recorded.
         self.ledger.set_late(gen, ledger::Late::Served { ms });
+        self.update_status();
     }
 
     /// The attempt failed. A first start ends the wrapper with `code`; a reload leaves the
