@@ -11,6 +11,7 @@ mod error;
 mod fuzz;
 mod haproxy;
 mod ledger;
+mod listeners;
 mod mode;
 mod notify;
 mod pidfile;

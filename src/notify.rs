@@ -40,6 +40,17 @@ pub struct Systemd {
     warned_full: bool,
 }
 
+/// What became of a descriptor sent to systemd's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Yes,
+    /// No NOTIFY_SOCKET: no store to put it in.
+    NoStore,
+    /// systemd's socket is full: try again later.
+    Later,
+    Failed(String),
+}
+
 /// What a message is, for what may replace it while it waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -119,6 +130,55 @@ impl Systemd {
             next_retry_ns: None,
             warned_full: false,
         }
+    }
+
+    /// No notify socket: every message is skipped (unit tests).
+    #[cfg(test)]
+    pub fn disabled() -> Systemd {
+        Systemd {
+            target: None,
+            last_status: String::new(),
+            pending: VecDeque::new(),
+            next_retry_ns: None,
+            warned_full: false,
+        }
+    }
+
+    /// Puts `fd` in systemd's file-descriptor store as `name`, with `FDPOLL=0`: haproxy pausing a
+    /// listener (SIGTTOU, a bind retry) hangs it up for a moment, and systemd would otherwise drop
+    /// it from the store then. Never blocks: a full notify socket is `Stored::Later`.
+    pub fn store_fd(&mut self, fd: RawFd, name: &str) -> Stored {
+        let (sock, addr) = match &self.target {
+            Some(t) => t,
+            None => return Stored::NoStore,
+        };
+        let name = format!("FDNAME={}", name);
+        let text = message(&[
+            NotifyState::Custom("FDSTORE=1"),
+            NotifyState::Custom(&name),
+            NotifyState::Custom("FDPOLL=0"),
+        ]);
+        let fds = [fd];
+        match socket::sendmsg(
+            sock.as_raw_fd(),
+            &[std::io::IoSlice::new(text.as_bytes())],
+            &[socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            Some(addr),
+        ) {
+            Ok(_) => Stored::Yes,
+            Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => Stored::Later,
+            Err(e) => Stored::Failed(e.to_string()),
+        }
+    }
+
+    /// Removes what the store holds as `name`.
+    pub fn remove_stored(&mut self, name: &str) {
+        let name = format!("FDNAME={}", name);
+        self.send(
+            &[NotifyState::Custom("FDSTOREREMOVE=1"), NotifyState::Custom(&name)],
+            Kind::State,
+        );
     }
 
     fn send(&mut self, fields: &[NotifyState], kind: Kind) {

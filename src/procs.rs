@@ -197,7 +197,7 @@ pub struct Listener {
 
 /// The address of a /proc/net/tcp(6) line: hex of the address in 32-bit words of host order, a
 /// colon, the port in hex.
-fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
     let (ip, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let mut bytes = Vec::with_capacity(16);
@@ -254,21 +254,32 @@ pub fn listeners(pid: i32) -> Vec<Listener> {
 
 /// The inodes of the sockets `pid` has open (its /proc/PID/fd links "socket:[INODE]").
 pub fn socket_inodes(pid: i32) -> Vec<u64> {
-    let fds = match fs::read_dir(format!("/proc/{}/fd", pid)) {
-        Ok(fds) => fds,
-        Err(_) => return Vec::new(),
-    };
-    fds.flatten()
+    socket_fds(pid).into_iter().map(|(_, inode)| inode).collect()
+}
+
+/// The sockets `pid` has open: its descriptor numbers and the sockets' inodes; empty when /proc
+/// cannot tell.
+pub fn socket_fds(pid: i32) -> Vec<(i32, u64)> {
+    read_socket_fds(pid).unwrap_or_default()
+}
+
+/// The sockets `pid` has open, or why its descriptors cannot be read.
+pub fn read_socket_fds(pid: i32) -> io::Result<Vec<(i32, u64)>> {
+    let fds = fs::read_dir(format!("/proc/{}/fd", pid))?;
+    Ok(fds
+        .flatten()
         .filter_map(|fd| {
+            let number = fd.file_name().to_str()?.parse().ok()?;
             let target = fs::read_link(fd.path()).ok()?;
-            target
+            let inode = target
                 .to_str()?
                 .strip_prefix("socket:[")?
                 .strip_suffix(']')?
                 .parse()
-                .ok()
+                .ok()?;
+            Some((number, inode))
         })
-        .collect()
+        .collect())
 }
 
 /// Would binding `wanted` conflict with a socket listening on `held`? The same port, and the same
