@@ -19,7 +19,7 @@ const PRIVATE_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
 
 /// The argument list of one foreground generation: our options first (so a user's `--` still
 /// ends the list), then the user's.
-pub fn foreground_args(base: &[OsString], sf: &[i32], handover: Option<&Path>) -> Vec<OsString> {
+pub fn foreground_args(base: &[OsString], sf: &[i32], handover: Option<&std::ffi::OsStr>) -> Vec<OsString> {
     let mut out: Vec<OsString> = Vec::new();
     let mut rest = base;
     if let Some(first) = base.first() {
@@ -30,7 +30,7 @@ pub fn foreground_args(base: &[OsString], sf: &[i32], handover: Option<&Path>) -
     }
     if let Some(sock) = handover {
         out.push("-x".into());
-        out.push(sock.as_os_str().to_owned());
+        out.push(sock.to_owned());
     }
     if !sf.is_empty() {
         out.push("-sf".into());
@@ -42,8 +42,14 @@ pub fn foreground_args(base: &[OsString], sf: &[i32], handover: Option<&Path>) -
 
 /// Starts haproxy with an empty signal mask, default dispositions, none of the wrapper's private
 /// environment (but `notify_socket` when given), stdin from /dev/null and stdout/stderr into the
-/// relay pipe.
-pub fn spawn(program: &Path, args: &[OsString], relay_w: RawFd, notify_socket: Option<&str>) -> std::io::Result<i32> {
+/// relay pipe. `keep_fd` (the listener hand-over's end) is inherited as it is numbered here.
+pub fn spawn(
+    program: &Path,
+    args: &[OsString],
+    relay_w: RawFd,
+    notify_socket: Option<&str>,
+    keep_fd: Option<RawFd>,
+) -> std::io::Result<i32> {
     let mut cmd = Command::new(program);
     cmd.args(args);
     for k in PRIVATE_ENV {
@@ -68,7 +74,13 @@ pub fn spawn(program: &Path, args: &[OsString], relay_w: RawFd, notify_socket: O
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from_raw_fd(out))
             .stderr(Stdio::from_raw_fd(err));
-        cmd.pre_exec(signals::reset_for_child);
+        cmd.pre_exec(move || {
+            if let Some(fd) = keep_fd {
+                // fcntl is async-signal-safe; this clears close-on-exec in the child only.
+                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            }
+            signals::reset_for_child()
+        });
     }
     let child = cmd.spawn()?;
     // The child is reaped by the supervisor's waitpid(-1); dropping the handle neither waits nor kills.
@@ -177,7 +189,7 @@ mod tests {
             os(&["-db", "-sf", "7", "-f", "a.cfg", "--", "b.cfg"])
         );
         assert_eq!(
-            foreground_args(&base, &[7, 100, 200], Some(Path::new("/run/a.sock"))),
+            foreground_args(&base, &[7, 100, 200], Some(std::ffi::OsStr::new("/run/a.sock"))),
             os(&[
                 "-db",
                 "-x",

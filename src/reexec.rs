@@ -14,6 +14,7 @@ use crate::cli;
 use crate::ledger::Ledger;
 use crate::state::{
     Carried, CarriedAttempt, ForegroundGenerations, Gen, Generations, LastReload, MasterReload, MasterWorkerGenerations,
+    Restarts,
 };
 
 pub const ENV: &str = "HAPROXY_SYSTEMD_WRAPPER_STATE";
@@ -111,11 +112,32 @@ pub fn encode(state: &Carried) -> String {
         let seq = a.ledger_seq.map_or("-".to_string(), |s| s.to_string());
         out.push(format!("attempt={}:{}:{}:{}", a.gen, a.started_ns, a.deadline_ns, seq));
     }
+    if !state.held.is_empty() {
+        let held: Vec<String> = state
+            .held
+            .iter()
+            .map(|(fd, inode, stored)| format!("{}:{}:{}", fd, inode, *stored as u8))
+            .collect();
+        out.push(format!("held={}", held.join(",")));
+    }
+    let r = &state.restarts;
+    if r.total > 0 {
+        out.push(format!(
+            "restarts={}:{}:{}",
+            r.total,
+            pids_u64(&r.recent_ns),
+            hex(r.last.as_deref().unwrap_or("").as_bytes())
+        ));
+    }
     if let Some(l) = &state.ledger {
         // At most MAX_WRITTEN bytes (Ledger::fit), twice that in hex.
         out.push(format!("ledger={}", hex(l.encode().as_bytes())));
     }
     out.join(";")
+}
+
+fn pids_u64(v: &[u64]) -> String {
+    v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
 }
 
 fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, String> {
@@ -152,6 +174,8 @@ pub fn decode(s: &str) -> Result<Carried, String> {
         generations: Generations::Foreground(ForegroundGenerations::default()),
         attempt: None,
         ledger: None,
+        held: vec![],
+        restarts: Restarts::default(),
     };
     let mut version = None;
     let mut serving = None;
@@ -238,6 +262,31 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                 });
             }
             "pidfile_written" => fg.pidfile_written = v == "1",
+            "held" => {
+                for entry in v.split(',').filter(|e| !e.is_empty()) {
+                    let f: Vec<&str> = entry.split(':').collect();
+                    if f.len() != 3 {
+                        return Err(format!("held: bad entry '{}'", entry));
+                    }
+                    state.held.push((num(k, f[0])?, num(k, f[1])?, f[2] == "1"));
+                }
+            }
+            "restarts" => {
+                let f: Vec<&str> = v.split(':').collect();
+                if f.len() != 3 {
+                    return Err(format!("restarts: bad value '{}'", v));
+                }
+                let last = String::from_utf8_lossy(&unhex(f[2])?).into_owned();
+                state.restarts = Restarts {
+                    total: num(k, f[0])?,
+                    recent_ns: f[1]
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| num(k, s))
+                        .collect::<Result<_, _>>()?,
+                    last: if last.is_empty() { None } else { Some(last) },
+                };
+            }
             // A ledger that does not parse is a bug, not a reason to stop the service: the new
             // image falls back to the file (Recorder::resume).
             "ledger" => {

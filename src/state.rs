@@ -110,12 +110,27 @@ pub struct Carried {
     /// The reload ledger (the in-memory one is authoritative: its file may be stale when the
     /// run directory is full or gone). None from a wrapper that did not carry it.
     pub ledger: Option<crate::ledger::Ledger>,
+    /// The listening sockets the wrapper holds (src/listeners.rs): descriptor, inode, stored.
+    pub held: Vec<(RawFd, u64, bool)>,
+    pub restarts: Restarts,
+}
+
+/// The generations the wrapper started itself because nothing served any more (a crash).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restarts {
+    /// How many, in the service's life.
+    pub total: u32,
+    /// CLOCK_MONOTONIC ns of the recent ones (within the window that bounds them).
+    pub recent_ns: Vec<u64>,
+    /// What ended, the last time ("gen 3: haproxy pid 1234 ended with status 137").
+    pub last: Option<String>,
 }
 
 impl Carried {
     /// The descriptors that must survive the exec.
     pub fn descriptors(&self) -> Vec<RawFd> {
         let mut fds = vec![self.relay_read, self.relay_write];
+        fds.extend(self.held.iter().map(|(fd, _, _)| *fd));
         if let Generations::MasterWorker(mw) = &self.generations {
             fds.push(mw.socket_fd);
         }

@@ -25,6 +25,7 @@ use nix::sys::wait::WaitStatus;
 use super::{exited, not_ready, Abandon, Change, Event, Launch, Protocol, Verdict};
 use crate::error::{self, Error};
 use crate::haproxy;
+use crate::listeners::HandoverArg;
 use crate::pidfile;
 use crate::procs;
 use crate::state::{ForegroundGenerations, Gen, Generations};
@@ -38,6 +39,8 @@ struct NewGeneration {
     /// The new haproxy (None until it is started).
     haproxy: Option<i32>,
     with_handover: bool,
+    /// The wrapper's own hand-over (once: a retry goes without it).
+    ours: Option<HandoverArg>,
     /// The generations still running are in the new haproxy's `-sf` (it may pause them).
     old_in_sf: bool,
     /// The one retry was used.
@@ -145,32 +148,35 @@ impl Foreground {
         let mut with_handover = false;
         let mut gen = 0;
         let mut old_in_sf = false;
+        let mut ours = None;
         if let Some(attempt) = &self.attempt {
             sf.push(attempt.sentinel);
             with_handover = attempt.with_handover;
             gen = attempt.gen;
             old_in_sf = attempt.old_in_sf;
+            ours = attempt.ours.clone();
         }
         if old_in_sf {
             sf.extend(self.signal_targets());
         }
-        let handover = if with_handover {
-            self.launch.args.handover_socket.as_deref()
-        } else {
-            None
+        let handover = match (&ours, with_handover) {
+            (Some(ours), true) => Some(ours.value.as_os_str()),
+            (None, true) => self.launch.args.handover_socket.as_deref().map(|p| p.as_os_str()),
+            (_, false) => None,
         };
+        let keep_fd = ours.as_ref().filter(|_| with_handover).map(|o| o.fd);
         let argv = haproxy::foreground_args(&self.launch.args.base, &sf, handover);
         let program = &self.launch.program;
-        let pid = haproxy::spawn(program, &argv, self.launch.relay_write, None)
+        let pid = haproxy::spawn(program, &argv, self.launch.relay_write, None, keep_fd)
             .map_err(|e| Error::from_spawn(program, &e))?;
         info!(
             "gen {}: started haproxy pid {}{}{}",
             gen,
             pid,
-            if handover.is_some() {
-                " with listener hand-over"
-            } else {
-                ""
+            match (handover.is_some(), keep_fd.is_some()) {
+                (true, true) => " with the listening sockets the wrapper holds",
+                (true, false) => " with listener hand-over",
+                _ => "",
             },
             if sf.len() > 1 {
                 format!(", old pids {:?}", &sf[1..])
@@ -222,6 +228,10 @@ impl Foreground {
         if let (true, Some(attempt)) = (retry, &mut self.attempt) {
             attempt.retried = true;
             attempt.haproxy = None;
+            // The wrapper's hand-over serves one haproxy: its end is closed by now.
+            if attempt.ours.take().is_some() {
+                attempt.with_handover = false;
+            }
         }
         if !retry {
             return Change::Attempt(exited(status));
@@ -356,13 +366,14 @@ impl Protocol for Foreground {
         Vec::new()
     }
 
-    fn begin(&mut self, gen: u32, first: bool) -> Result<(), Error> {
+    fn begin(&mut self, gen: u32, first: bool, handover: Option<&HandoverArg>) -> Result<(), Error> {
         if first {
             if let Some(path) = &self.launch.args.pidfile {
                 note_old_pidfile(path);
             }
         }
-        let with_handover = !first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists());
+        let with_handover = handover.is_some()
+            || (!first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists()));
         let sentinel = haproxy::spawn_sentinel().map_err(|e| Error::Internal(format!("fork: {}", e)))?;
         self.attempt = Some(NewGeneration {
             gen,
@@ -370,6 +381,7 @@ impl Protocol for Foreground {
             sentinel,
             haproxy: None,
             with_handover,
+            ours: handover.cloned(),
             old_in_sf: false,
             retried: false,
             serving_ended: None,
@@ -446,6 +458,16 @@ impl Protocol for Foreground {
 
     fn serving_pid(&self) -> Option<i32> {
         self.generations.serving.map(|generation| generation.pid)
+    }
+
+    fn takes_handover_on_reload(&self) -> bool {
+        // Without a stats socket of the user's, the wrapper's copies make the reload a hand-over
+        // too (no connection queued on an old socket is lost when it closes).
+        self.launch.args.handover_socket.is_none()
+    }
+
+    fn listener_pids(&self) -> Vec<i32> {
+        self.serving_pid().into_iter().collect()
     }
 
     fn serving_text(&self) -> Option<String> {

@@ -17,6 +17,7 @@ use super::{exited, not_ready, Abandon, Change, Event, Launch, Protocol, StillSe
 use crate::clock;
 use crate::error::Error;
 use crate::haproxy;
+use crate::listeners::HandoverArg;
 use crate::log::RateLimit;
 use crate::notify::{self, MasterSocket};
 use crate::procs;
@@ -327,17 +328,34 @@ impl Protocol for MasterWorker {
         events
     }
 
-    fn begin(&mut self, gen: u32, first: bool) -> Result<(), Error> {
+    fn begin(&mut self, gen: u32, first: bool, handover: Option<&HandoverArg>) -> Result<(), Error> {
         if first {
             let program = &self.launch.program;
+            // haproxy's master (< 3.1) or its new worker (>= 3.1) takes the held sockets over.
+            let mut args: Vec<std::ffi::OsString> = Vec::new();
+            if let Some(h) = handover {
+                args.push("-x".into());
+                args.push(h.value.clone());
+            }
+            args.extend(self.launch.args.base.iter().cloned());
             let pid = haproxy::spawn(
                 program,
-                &self.launch.args.base,
+                &args,
                 self.launch.relay_write,
                 Some(&self.socket.address),
+                handover.map(|h| h.fd),
             )
             .map_err(|e| Error::from_spawn(program, &e))?;
-            info!("gen {}: started haproxy master pid {}", gen, pid);
+            info!(
+                "gen {}: started haproxy master pid {}{}",
+                gen,
+                pid,
+                if handover.is_some() {
+                    " with the listening sockets the wrapper holds"
+                } else {
+                    ""
+                }
+            );
             self.attempt = Some(MasterRequest {
                 reload: MasterReload {
                     gen,
@@ -490,6 +508,17 @@ impl Protocol for MasterWorker {
 
     fn serving_pid(&self) -> Option<i32> {
         self.master_pid()
+    }
+
+    fn listener_pids(&self) -> Vec<i32> {
+        if !self.generations.workers.is_empty() {
+            return self.generations.workers.clone();
+        }
+        // Workers unknown: whatever the master has forked that is not draining.
+        self.master_pid()
+            .and_then(|m| procs::children_of(m).ok())
+            .map(|children| without(&children, &self.generations.old_workers))
+            .unwrap_or_default()
     }
 
     fn still_serving(&mut self) -> StillServing {

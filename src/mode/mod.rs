@@ -19,6 +19,7 @@ use nix::sys::wait::WaitStatus;
 
 use crate::cli::{HaproxyArgs, Mode};
 use crate::error::{self, Error};
+use crate::listeners::HandoverArg;
 use crate::state::Generations;
 
 pub mod foreground;
@@ -137,8 +138,20 @@ pub trait Protocol {
     fn read_messages(&mut self) -> Vec<Event>;
 
     /// Starts generation `gen`: the first start, or a reload (foreground: a new haproxy; master-
-    /// worker: SIGUSR2 to the master). An error is the attempt's failure.
-    fn begin(&mut self, gen: u32, first: bool) -> Result<(), Error>;
+    /// worker: SIGUSR2 to the master). `handover`: the wrapper's own `-x` with the listening
+    /// sockets it holds, for a haproxy it starts (src/listeners.rs). An error is the attempt's
+    /// failure.
+    fn begin(&mut self, gen: u32, first: bool, handover: Option<&HandoverArg>) -> Result<(), Error>;
+
+    /// Whether a reload's new haproxy takes the wrapper's hand-over (foreground mode without a
+    /// `-x` of the user's); a first start always does when the wrapper holds sockets.
+    fn takes_handover_on_reload(&self) -> bool {
+        false
+    }
+
+    /// The serving generation's processes that accept (foreground: its haproxy; master-worker:
+    /// its workers): the listening sockets the wrapper holds are theirs.
+    fn listener_pids(&self) -> Vec<i32>;
 
     /// What `event` means. `alerts`: the [ALERT] texts of the attempt in progress so far.
     fn on_event(&mut self, event: &Event, alerts: &[String]) -> Change;

@@ -18,6 +18,12 @@ fn sample(generations: Generations) -> Carried {
         generations,
         attempt: None,
         ledger: None,
+        held: vec![(7, 123456, true), (8, 654321, false)],
+        restarts: Restarts {
+            total: 3,
+            recent_ns: vec![11, 22],
+            last: Some("gen 3: haproxy pid 1234 ended with status 137".into()),
+        },
     }
 }
 
@@ -228,6 +234,18 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
                 },
             );
             Some(crate::ledger::Ledger::parse(&l.encode()).unwrap())
+        },
+        held: (0..rng.below(4))
+            .map(|_| (rng.below(1024) as i32, rng.number(), rng.one_in(2)))
+            .collect(),
+        restarts: if rng.one_in(2) {
+            Restarts::default()
+        } else {
+            Restarts {
+                total: 1 + rng.below(100) as u32,
+                recent_ns: (0..rng.below(5)).map(|_| rng.number()).collect(),
+                last: if rng.one_in(2) { None } else { Some(format!("x{}", rng.text(30))) },
+            }
         },
     }
 }

@@ -12,6 +12,7 @@ use crate::clock::{self, now_ns};
 use crate::error::status_code;
 use crate::haproxy;
 use crate::ledger;
+use crate::listeners::Handover;
 use crate::mode::{Abandon, StillServing};
 use crate::procs;
 use crate::reexec;
@@ -88,6 +89,8 @@ impl Supervisor {
                 _ => None,
             },
             ledger: Some(self.ledger.ledger.clone()),
+            held: self.held.carry(),
+            restarts: self.restarts.clone(),
         }
     }
 
@@ -189,7 +192,31 @@ impl Supervisor {
         } else {
             Phase::Reloading(attempt)
         };
-        match self.protocol.begin(gen, first) {
+        // A haproxy the wrapper starts takes over the listening sockets it holds (a restart, or
+        // systemd handed them back), and so does a reload that has no hand-over of its own.
+        let handover = if !self.held.is_empty() && (first || self.protocol.takes_handover_on_reload()) {
+            match Handover::new() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    warning!(
+                        "gen {}: no hand-over of the {} listening sockets the wrapper holds (socketpair: {}): it binds its own",
+                        gen,
+                        self.held.len(),
+                        e
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let arg = handover.as_ref().and_then(|h| h.arg());
+        let begun = self.protocol.begin(gen, first, arg.as_ref());
+        self.handover = handover.map(|mut h| {
+            h.started();
+            h
+        });
+        match begun {
             // A reload announced itself with RELOADING=1 before the re-exec.
             Ok(()) if first => {
                 let status = self.status_with(&phase_text("starting", gen, self.protocol.name()));
@@ -201,6 +228,8 @@ impl Supervisor {
     }
 
     pub(super) fn take_attempt(&mut self) -> Option<Attempt> {
+        // A hand-over not asked for by now never will be.
+        self.handover = None;
         match std::mem::replace(&mut self.phase, Phase::Running) {
             Phase::Starting(attempt) | Phase::Reloading(attempt) => Some(attempt),
             other => {
@@ -290,6 +319,9 @@ impl Supervisor {
                 self.protocol.draining()
             );
         }
+        // Before READY=1: a listener the new configuration dropped is closed (it refuses) by
+        // the time the reload is said done.
+        self.hold_listeners();
         let status = self.status_with("");
         self.systemd.ready(&status);
         // Only now the ledger: once its client says so, systemd has been told the same.
@@ -318,6 +350,7 @@ impl Supervisor {
             self.protocol.serving_text().unwrap_or_default(),
             self.protocol.draining()
         );
+        self.hold_listeners();
         // The ledger first: a client that saw STATUS say so and asks again finds it recorded.
         self.ledger.set_late(gen, ledger::Late::Served { ms });
         self.update_status();
@@ -370,12 +403,14 @@ impl Supervisor {
             ledger::Late::No
         };
         let nothing_serves = left == StillServing::No;
+        // Nothing serves: the wrapper starts a generation itself (bounded), or stops.
+        let restart = nothing_serves && self.restart_allowed();
         let mut reasons = vec![reason.clone()];
         reasons.extend(attempt.alerts.iter().cloned());
         // The ledger's answer: after READY=1 and STATUS say the same, or before a stop begins.
         let record = |this: &mut Supervisor| {
             if let Some(seq) = attempt.carried.ledger_seq {
-                if nothing_serves {
+                if nothing_serves && !restart {
                     // A --wait-reload client reads the failure and, with it, that nothing serves.
                     this.ledger.stopping();
                 }
@@ -397,18 +432,28 @@ impl Supervisor {
                 // worker failed): say so, and stop with a failure status so that Restart= brings
                 // the service back.
                 error!("reload failed after {} ms and haproxy stopped the previous generation too, nothing serves: {}", ms, reason);
-                self.exit_code = Some(code.max(1));
                 record(self);
-                self.begin_stop(StopHow::Terminate);
+                self.restart_or_stop(
+                    format!("haproxy stopped every generation after the failed reload to gen {}", attempt.carried.gen),
+                    code.max(1),
+                );
                 return;
             }
             StillServing::No => error!("reload failed after {} ms: {}", ms, reason),
         }
         if let Some(status) = serving_ended {
-            error!("the serving haproxy ended during the failed reload: stopping");
-            self.exit_code = Some(status_code(&status).unwrap_or(1));
             record(self);
-            self.begin_stop(StopHow::Terminate);
+            let code = status_code(&status).unwrap_or(1);
+            self.restart_or_stop(
+                format!("the serving haproxy ended during the failed reload (status {})", code),
+                code,
+            );
+            return;
+        }
+        if nothing_serves {
+            // The serving generation ended during the reload (master-worker: the master).
+            record(self);
+            self.restart_or_stop(format!("nothing serves after the failed reload to gen {}", attempt.carried.gen), code.max(1));
             return;
         }
         let status = self.status_with("");

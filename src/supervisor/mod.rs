@@ -25,12 +25,13 @@ use crate::clock::{self, now_ns};
 use crate::error::{status_code, Error};
 use crate::haproxy;
 use crate::ledger;
+use crate::listeners::{Handover, Held};
 use crate::mode::{Change, Event, Protocol, Verdict};
 use crate::notify::Systemd;
 use crate::procs;
 use crate::relay::Relay;
 use crate::signals::{self, Action};
-use crate::state::LastReload;
+use crate::state::{LastReload, Restarts};
 
 use attempt::Attempt;
 use status::{phase_text, status_line, StatusView};
@@ -72,7 +73,19 @@ pub struct Supervisor {
     serving_status: Option<WaitStatus>,
     /// The error to end with once everything is stopped (the carried state was unusable).
     fatal: Option<Error>,
+    /// The serving generation's listening sockets, held open (src/listeners.rs).
+    held: Held,
+    /// The hand-over of `held` to the haproxy the attempt in progress started, until it asks.
+    handover: Option<Handover>,
+    /// Generations started because nothing served any more (see `restart_or_stop`).
+    restarts: Restarts,
 }
+
+/// At most this many restarts of haproxy by the wrapper itself within `RESTART_WINDOW` (as
+/// systemd's default start limit, 5 in 10 s, but over a minute): past that, the wrapper stops
+/// and systemd's `Restart=` and start limit take over.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Waits (at most 50 ms: these signals are an administrator's, and rare) until `pid` no longer
 /// has `sig` pending.
@@ -100,17 +113,30 @@ impl Supervisor {
                 PollFd::new(self.relay.r, PollFlags::POLLIN),
                 PollFd::new(self.reload_signals.as_raw_fd(), PollFlags::POLLIN),
             ];
-            if let Some(fd) = self.protocol.message_fd() {
+            let messages_at = self.protocol.message_fd().map(|fd| {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
-            }
+                fds.len() - 1
+            });
+            let handover_at = self.handover.as_ref().map(|h| {
+                fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::Error::EINTR) => {}
                 Err(e) => error!("poll: {}", e),
             }
             // Order matters: haproxy's lines first (they explain what follows), then the
             // protocol's messages, then signals (SIGCHLD included).
-            let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).map_or(false, |r| !r.is_empty());
-            let (output_ready, messages_ready) = (ready(1), ready(3));
+            let ready = |i: Option<usize>| {
+                i.and_then(|i| fds.get(i))
+                    .and_then(|f| f.revents())
+                    .map_or(false, |r| !r.is_empty())
+            };
+            let (output_ready, messages_ready, handover_ready) = (ready(Some(1)), ready(messages_at), ready(handover_at));
+            if handover_ready {
+                // haproxy waits for its sockets before it binds: before anything else.
+                self.serve_handover();
+            }
             if output_ready {
                 self.relay_output();
             }
@@ -258,6 +284,11 @@ impl Supervisor {
         if self.protocol.on_tick(now) {
             self.update_status();
         }
+        if self.held.unstored() && self.systemd.next_retry_ns().map_or(true, |t| now >= t) {
+            for problem in self.held.store_pending(&mut self.systemd) {
+                warning!("{}", problem);
+            }
+        }
         self.settle_when_due(now);
         let timed_out = match &self.phase {
             Phase::Starting(attempt) | Phase::Reloading(attempt) => {
@@ -349,12 +380,97 @@ impl Supervisor {
             self.serving_status = Some(status);
             return;
         }
-        error!(
-            "the serving haproxy (pid {}) ended unexpectedly with status {}: stopping",
-            pid, code
+        let what = format!(
+            "the serving {} ended unexpectedly with status {}",
+            self.protocol.serving_label(pid),
+            code
         );
-        self.exit_code = Some(code);
-        self.begin_stop(StopHow::Terminate);
+        if let Phase::Reloading(_) = self.phase {
+            // The reload cannot take effect now: it fails, and nothing serves (attempt_failed).
+            self.attempt_failed(format!("{} during the reload", what), code);
+            return;
+        }
+        self.restart_or_stop(what, code);
+    }
+
+    /// May the wrapper start a generation itself now that nothing serves? At most MAX_RESTARTS
+    /// within RESTART_WINDOW.
+    fn restart_allowed(&mut self) -> bool {
+        let now = now_ns();
+        let window = clock::nanos(RESTART_WINDOW);
+        self.restarts
+            .recent_ns
+            .retain(|&t| now.saturating_sub(t) < window);
+        self.restarts.recent_ns.len() < MAX_RESTARTS
+    }
+
+    /// Nothing serves any more (`what` ended): a new generation at once, on the listening sockets
+    /// the wrapper holds (connections wait in their queues meanwhile, none is refused); after
+    /// MAX_RESTARTS within RESTART_WINDOW, a stop with `code` instead, for systemd's Restart=.
+    pub(super) fn restart_or_stop(&mut self, what: String, code: u8) {
+        if !self.restart_allowed() {
+            error!(
+                "{}: stopping, after {} restarts within {} s (systemd's Restart= takes over)",
+                what,
+                MAX_RESTARTS,
+                RESTART_WINDOW.as_secs()
+            );
+            self.exit_code = Some(code);
+            self.begin_stop(StopHow::Terminate);
+            return;
+        }
+        let now = now_ns();
+        self.restarts.recent_ns.push(now);
+        self.restarts.total += 1;
+        self.restarts.last = Some(what.clone());
+        let on = if self.held.is_empty() {
+            " (no listening socket held: it binds its own)".to_string()
+        } else {
+            format!(" on the {} listening sockets the wrapper holds", self.held.len())
+        };
+        error!(
+            "{}: starting gen {} at once{} (restart {} of at most {} within {} s)",
+            what,
+            self.next_gen,
+            on,
+            self.restarts.recent_ns.len(),
+            MAX_RESTARTS,
+            RESTART_WINDOW.as_secs()
+        );
+        self.begin_start(now);
+    }
+
+    // ---- the listening sockets ----
+
+    /// haproxy asks for the held sockets (or closed its end): answer once.
+    fn serve_handover(&mut self) {
+        let handover = match self.handover.take() {
+            Some(h) => h,
+            None => return,
+        };
+        match handover.serve(&self.held) {
+            Ok(n) => info!("handed {} listening sockets over to haproxy: {}", n, self.held.summary()),
+            Err(e) => warning!("listener hand-over to haproxy: {}", e),
+        }
+    }
+
+    /// Holds what the serving generation listens on, and only that (src/listeners.rs).
+    fn hold_listeners(&mut self) {
+        let pids = self.protocol.listener_pids();
+        let synced = self.held.sync(&pids, &mut self.systemd);
+        for problem in &synced.problems {
+            warning!("{}", problem);
+        }
+        if !synced.added.is_empty() || !synced.closed.is_empty() {
+            let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+            info!(
+                "holding {} listening sockets of pids {:?} (new: {}; closed, no longer listened on: {})",
+                self.held.len(),
+                pids,
+                list(&synced.added),
+                list(&synced.closed)
+            );
+        }
     }
 
     // ---- STATUS= ----
@@ -367,6 +483,7 @@ impl Supervisor {
             serving: self.protocol.serving_text(),
             draining: &draining,
             last: &self.last_reload,
+            restarts: &self.restarts,
         })
     }
 

@@ -11,13 +11,14 @@ use crate::clock::now_ns;
 use crate::error::Error;
 use crate::haproxy;
 use crate::ledger;
+use crate::listeners::Held;
 use crate::mode::{self, Launch, Protocol};
 use crate::notify::{self, Systemd};
 use crate::procs;
 use crate::reexec;
 use crate::relay::Relay;
 use crate::signals;
-use crate::state::{Carried, LastReload};
+use crate::state::{Carried, LastReload, Restarts};
 
 type SignalFds = (nix::sys::signalfd::SignalFd, nix::sys::signalfd::SignalFd);
 
@@ -64,6 +65,7 @@ impl Supervisor {
         relay: Relay,
         signalfds: SignalFds,
         ledger: ledger::Recorder,
+        held: Held,
     ) -> Supervisor {
         let (signals, reload_signals) = signalfds;
         Supervisor {
@@ -86,6 +88,9 @@ impl Supervisor {
             exit_code: None,
             serving_status: None,
             fatal: None,
+            held,
+            handover: None,
+            restarts: Restarts::default(),
         }
     }
 
@@ -100,6 +105,18 @@ impl Supervisor {
         // come back to the wrapper so nothing it started outlives it.
         if unsafe { nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
             warning!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
+        }
+        // What the service listened on before systemd started it again (its fd store).
+        let (held, notes) = Held::from_systemd();
+        for note in notes {
+            warning!("{}", note);
+        }
+        if !held.is_empty() {
+            notice!(
+                "systemd handed back {} listening sockets: {}; gen 1 takes them over",
+                held.len(),
+                held.summary()
+            );
         }
         close_inherited_on_exec();
         let signals = signals::signalfds().map_err(|e| internal("signalfd", e))?;
@@ -135,7 +152,7 @@ impl Supervisor {
             }
         }
         let ledger = ledger::Recorder::open(&opts.run_dir);
-        let mut s = Supervisor::new(opts, protocol, exe, relay, signals, ledger);
+        let mut s = Supervisor::new(opts, protocol, exe, relay, signals, ledger, held);
         s.begin_start(now_ns());
         Ok(s)
     }
@@ -183,7 +200,12 @@ impl Supervisor {
         let protocol = mode::protocol(launch, Some(carried.generations.clone()), me).map_err(unplaced)?;
         // The ledger as the previous image had it in memory, not as its file may (not) say.
         let ledger = ledger::Recorder::resume(&opts.run_dir, carried.ledger.clone());
-        let mut s = Supervisor::new(opts, protocol, carried.exe.clone(), relay, signals, ledger);
+        let (held, notes) = Held::from_carried(&carried.held);
+        for note in notes {
+            warning!("{}", note);
+        }
+        let mut s = Supervisor::new(opts, protocol, carried.exe.clone(), relay, signals, ledger, held);
+        s.restarts = carried.restarts.clone();
         s.next_gen = carried.next_gen;
         s.reloads = carried.reloads;
         s.last_reload = carried.last_reload.clone();
@@ -227,7 +249,7 @@ impl Supervisor {
         };
         let protocol = mode::protocol(launch, None, std::process::id() as i32)?;
         let ledger = ledger::Recorder::resume(&opts.run_dir, None);
-        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, ledger);
+        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, ledger, Held::default());
         match procs::children_of(s.wrapper_pid) {
             Ok(orphans) if orphans.is_empty() => {}
             Ok(orphans) => warning!("stopping pids {:?}: the state carried across the re-exec does not say what they are", orphans),

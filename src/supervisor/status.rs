@@ -1,7 +1,7 @@
 //! The one-line STATUS= text (its shapes are in docs/DESIGN.md; tests match them).
 
 use crate::mode::pid_list;
-use crate::state::LastReload;
+use crate::state::{LastReload, Restarts};
 
 /// What the service is doing, for the STATUS= line.
 pub struct StatusView<'a> {
@@ -13,6 +13,7 @@ pub struct StatusView<'a> {
     pub serving: Option<String>,
     pub draining: &'a [i32],
     pub last: &'a LastReload,
+    pub restarts: &'a Restarts,
 }
 
 /// "starting gen 1 (foreground)", "reloading gen 4 (master-worker)".
@@ -34,6 +35,10 @@ pub fn status_line(v: &StatusView) -> String {
             0 => "draining: none".to_string(),
             n => format!("draining: {} ({})", n, pid_list(v.draining)),
         });
+        // Before the last reload: its reason may be long, and the line is cut.
+        if let (n @ 1..=u32::MAX, Some(last)) = (v.restarts.total, &v.restarts.last) {
+            parts.push(format!("restarted after a crash: {} (last: {})", n, last));
+        }
         parts.push(match v.last {
             LastReload::None => "last reload: none".to_string(),
             LastReload::Ok { ms } => format!("last reload: ok in {} ms", ms),
@@ -66,6 +71,7 @@ mod tests {
             serving: Some("gen 3 serving (pid 1234)".into()),
             draining: &[1200, 1201],
             last: &ok,
+            restarts: &Restarts::default(),
         };
         assert_eq!(
             status_line(&fg),
@@ -77,6 +83,7 @@ mod tests {
             serving: Some("gen 3 serving (master 1234, workers 1300 1301)".into()),
             draining: &[],
             last: &failed,
+            restarts: &Restarts::default(),
         };
         assert_eq!(
             status_line(&mw),
@@ -89,6 +96,7 @@ mod tests {
             serving: Some("gen 4 serving (master 1234, workers 1400)".into()),
             draining: &[1300],
             last: &late,
+            restarts: &Restarts::default(),
         };
         assert_eq!(
             status_line(&mw),
@@ -102,6 +110,7 @@ mod tests {
             serving: None,
             draining: &[],
             last: &none,
+            restarts: &Restarts::default(),
         };
         assert_eq!(status_line(&start), "starting gen 1 (foreground)");
         let reloading = phase_text("reloading", 4, "foreground");
@@ -111,10 +120,29 @@ mod tests {
             serving: Some("gen 3 serving (pid 9)".into()),
             draining: &[],
             last: &none,
+            restarts: &Restarts::default(),
         };
         assert_eq!(
             status_line(&rel),
             "reloading gen 4 (foreground); gen 3 serving (pid 9); draining: none; last reload: none"
+        );
+        let restarted = Restarts {
+            total: 2,
+            recent_ns: vec![1, 2],
+            last: Some("the serving haproxy pid 77 ended unexpectedly with status 137".into()),
+        };
+        let fg = StatusView {
+            mode: "foreground",
+            phase: "",
+            serving: Some("gen 5 serving (pid 80)".into()),
+            draining: &[],
+            last: &ok,
+            restarts: &restarted,
+        };
+        assert_eq!(
+            status_line(&fg),
+            "foreground; gen 5 serving (pid 80); draining: none; restarted after a crash: 2 (last: the serving \
+             haproxy pid 77 ended unexpectedly with status 137); last reload: ok in 85 ms"
         );
         // Fifty draining generations: the count survives the cut at 1000 bytes.
         let many: Vec<i32> = (4_000_000..4_000_050).collect();
@@ -125,6 +153,7 @@ mod tests {
             serving,
             draining: &many,
             last: &ok,
+            restarts: &Restarts::default(),
         };
         let line = status_line(&fg);
         assert!(

@@ -35,6 +35,7 @@ fn attempt(first: bool, with_handover: bool) -> Foreground {
         sentinel: SENTINEL,
         haproxy: Some(NEW),
         with_handover,
+        ours: None,
         old_in_sf: false,
         retried: false,
         serving_ended: None,
