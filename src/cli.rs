@@ -22,6 +22,11 @@ Wrapper options (before haproxy's arguments):
                          a reload past that stops the oldest (SIGTERM)
                          (default 50; master-worker: haproxy's
                          mworker-max-reloads)
+  --max-restarts N       when the serving haproxy (or master) dies, start it
+                         again at once, on the listening sockets the wrapper
+                         holds, at most N times within 60 s; past that, or
+                         with 0, exit with its status for systemd's Restart=
+                         (default 5)
   --run-dir DIR          where the reload ledger is kept, root-only (default
                          /run/haproxy-systemd-wrapper, the unit's RuntimeDirectory)
   --help                 print this help and exit
@@ -82,7 +87,13 @@ pub struct Options {
     pub run_dir: PathBuf,
     /// `--max-draining N` as given (None: DEFAULT_MAX_DRAINING). Foreground mode only.
     pub max_draining: Option<u32>,
+    /// `--max-restarts N`: restarts of a dead serving generation by the wrapper within a minute.
+    pub max_restarts: u32,
 }
+
+/// How many times a minute the wrapper starts a dead serving generation again unless
+/// `--max-restarts` says otherwise (systemd's own default start limit is 5 in 10 s).
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
 
 /// Foreground mode: how many old generations may drain at once unless `--max-draining` says
 /// otherwise (haproxy's own `mworker-max-reloads` default, from 3.3).
@@ -127,6 +138,7 @@ where
         stop_timeout: Duration::from_secs(20),
         run_dir: PathBuf::from(crate::ledger::DEFAULT_RUN_DIR),
         max_draining: None,
+        max_restarts: DEFAULT_MAX_RESTARTS,
     };
     let mut wait_reload: Option<i32> = None;
     let mut timeout: Option<Duration> = None;
@@ -164,6 +176,13 @@ where
             }
             Some(Long("max-draining")) => {
                 opts.max_draining = Some(generations("--max-draining", parser.value().map_err(usage)?)?);
+            }
+            Some(Long("max-restarts")) => {
+                let v = parser.value().map_err(usage)?;
+                let s = v.to_string_lossy();
+                opts.max_restarts = s.parse::<u32>().map_err(|_| {
+                    Error::Usage(format!("--max-restarts takes a whole number of restarts, not '{}'", s))
+                })?;
             }
             Some(Long("run-dir")) => {
                 let v = parser.value().map_err(usage)?;

@@ -232,7 +232,8 @@ both_modes! {
     fn watchdog_only_while_haproxy_lives(mode) {
         let mut t = Ctx::new("wdlives");
         let cfg = t.write("h.cfg", "");
-        let args = t.fake_args(mode, &cfg, &[]);
+        // --max-restarts 0: haproxy stays dead (the wrapper would start it again at once).
+        let args = t.fake_args_with_options(mode, &cfg, &["--max-restarts", "0"]);
         let cmd = t.command_with_watchdog(&args, 200_000);
         t.spawn(cmd);
         t.wait_ready(T);

@@ -11,7 +11,9 @@
 mod util;
 
 use std::fs;
+use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -261,9 +263,17 @@ both_modes! {
 }
 
 both_modes! {
-    /// kill -9 of the serving haproxy (foreground process / master): the wrapper exits 137.
+    /// kill -9 of the serving haproxy (foreground process / master) with `--max-restarts 0`:
+    /// the wrapper exits 137.
     fn kill9_of_serving_haproxy_exits_137(mode) {
-        let (mut t, _cfg) = start("real-kill9", mode, "config-1");
+        require_haproxy();
+        let mut t = Ctx::new("real-kill9");
+        let cfg = t.write("haproxy.cfg", &config(&t, mode, "config-1", ""));
+        let mut a = args(&t, mode, &cfg);
+        a.splice(0..0, ["--max-restarts".to_string(), "0".to_string()]);
+        t.start(&a);
+        t.wait_ready(T_REAL);
+        t.track_haproxy(REAL_HAPROXY);
         let direct: Vec<i32> = children_of(t.pid)
             .into_iter()
             .filter(|p| exe_of(p.pid).map_or(false, |e| e == Path::new(REAL_HAPROXY)))
@@ -411,4 +421,193 @@ fn a_stderr_nobody_reads_never_blocks_the_wrapper() {
     // Full again: a SIGTERM is acted on at once.
     reload(&mut t, 7);
     stop_and_check_nothing_left(&mut t);
+}
+
+// ---- The listening sockets outlive every haproxy (src/listeners.rs) ----
+
+/// The inode of the TCP socket listening on 127.0.0.1:port, from /proc/net/tcp.
+fn listening_inode(port: u16) -> Option<u64> {
+    let table = fs::read_to_string("/proc/self/net/tcp").ok()?;
+    let local = format!("0100007F:{:04X}", port);
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")).then(|| f.get(9)?.parse().ok())?
+    })
+}
+
+/// The haproxy processes that accept: the foreground haproxy, or the master's workers.
+fn accepting(t: &Ctx, mode: Mode) -> Vec<i32> {
+    let direct: Vec<i32> = children_of(t.pid)
+        .into_iter()
+        .filter(|p| exe_of(p.pid).map_or(false, |e| e == Path::new(REAL_HAPROXY)))
+        .map(|p| p.pid)
+        .collect();
+    match mode {
+        Mode::Foreground => direct,
+        Mode::MasterWorker => direct.iter().flat_map(|m| children_of(*m)).map(|p| p.pid).collect(),
+    }
+}
+
+both_modes! {
+    /// kill -9 of what serves (the foreground haproxy; the worker, then the master): the wrapper
+    /// starts haproxy again at once on the listening sockets it holds, and a client opening new
+    /// connections all along sees no refusal and no timeout; STATUS says it happened.
+    fn a_killed_haproxy_is_started_again_and_no_connection_is_refused(mode) {
+        let (mut t, _cfg) = start("real-crash", mode, "config-1");
+        let load = Load::start(t.port, 2);
+        poll_until(T, || (load.ok() >= 20).then_some(())).expect("no answer under load");
+        let mut readies = 1;
+        let rounds: u64 = if mode == Mode::MasterWorker { 2 } else { 1 };
+        for round in 0..rounds {
+            let victim = if mode == Mode::MasterWorker && round == 0 {
+                *accepting(&t, mode).last().expect("no worker")
+            } else {
+                children_of(t.pid)
+                    .into_iter()
+                    .find(|p| exe_of(p.pid).map_or(false, |e| e == Path::new(REAL_HAPROXY)))
+                    .expect("no haproxy child")
+                    .pid
+            };
+            kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+            readies += 1;
+            t.notify().wait_count("READY=1 after the restart", readies, T_REAL, |m| m.is_ready());
+            let before = load.ok();
+            poll_until(T, || (load.ok() >= before + 50).then_some(())).expect("no answers after the restart");
+        }
+        let r = load.stop();
+        // None refused, none timed out. A connection the killed haproxy had accepted dies with it
+        // (reset, or closed unanswered): at most one per load thread and kill.
+        let refused_or_slow = r
+            .errors
+            .iter()
+            .filter(|e| e.contains("refused") || e.contains("timed out") || e.contains("os error 11"))
+            .count();
+        assert_eq!(refused_or_slow, 0, "{} of {} failed: {:?}\n{}", r.fail, r.ok + r.fail, r.errors, t.log());
+        assert!(r.fail <= 2 * rounds, "{} of {} failed: {:?}\n{}", r.fail, r.ok + r.fail, r.errors, t.log());
+        assert!(t.try_exit().is_none(), "the wrapper exited:\n{}", t.log());
+        let status = t.notify().last_status().unwrap_or_default();
+        assert!(
+            status.contains(&format!("restarted after a crash: {rounds} (last: the serving ")),
+            "STATUS: {status}"
+        );
+        let log = t.log();
+        assert!(log.contains("ended unexpectedly with status 137: starting gen"), "{log}");
+        assert!(log.contains("with the listening sockets the wrapper holds"), "{log}");
+        get_tag(&t, "config-1");
+        stop_and_check_nothing_left(&mut t);
+    }
+}
+
+both_modes! {
+    /// The listening sockets go to systemd's store (FDSTORE=1, named, FDPOLL=0). With the wrapper
+    /// and haproxy gone and only the store's copies left (the test's), a new connection waits in
+    /// the queue; a wrapper started with them in LISTEN_FDS hands them to its haproxy, which
+    /// answers that connection on the very same socket.
+    fn the_listening_sockets_go_to_the_fd_store_and_come_back_from_it(mode) {
+        require_haproxy();
+        let t0 = Ctx::new("real-store");
+        t0.notify().keep_fds();
+        let text = config(&t0, mode, "config-1", "");
+        let (mut t, _cfg) = start_with(t0, mode, &text);
+        let inode = listening_inode(t.port).expect("no listener");
+        let name = format!("haproxy-listener-{inode}");
+        let stored = |m: &Msg| m.has("FDSTORE=1") && m.has("FDPOLL=0") && m.get("FDNAME").is_some() && m.fds.len() == 1;
+        let want = if mode == Mode::Foreground { 2 } else { 1 }; // foreground: the admin socket too
+        t.notify().wait_count("FDSTORE=1", want, T, stored);
+        let store: Vec<(String, Arc<OwnedFd>)> = t
+            .notify()
+            .messages()
+            .iter()
+            .filter(|m| stored(m))
+            .map(|m| (m.get("FDNAME").unwrap().to_string(), m.fds[0].clone()))
+            .collect();
+        assert!(store.iter().any(|(n, _)| *n == name), "no FDSTORE=1 for {name}: {}", t.notify().dump());
+        stop_and_expect_0(&mut t, T_REAL);
+        assert_eq!(listening_inode(t.port), Some(inode), "the store's copy keeps the socket listening");
+        let port = t.port;
+        let queued = std::thread::spawn(move || http_get(port, "/"));
+        // As systemd starts the service again: the store in LISTEN_FDS from fd 3, LISTEN_PID the
+        // wrapper's own (a shell exports its pid, then execs the wrapper in place).
+        t.wrapper = None;
+        let cfg = t.p("haproxy.cfg");
+        let a = args(&t, mode, &cfg);
+        let base = t.command(&a);
+        let mut sh = std::process::Command::new("/bin/sh");
+        sh.arg("-c")
+            .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"")
+            .args(std::iter::once(base.get_program()).chain(base.get_args()));
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        let names: Vec<&str> = store.iter().map(|(n, _)| n.as_str()).collect();
+        sh.env("LISTEN_FDS", store.len().to_string()).env("LISTEN_FDNAMES", names.join(":"));
+        let log = fs::File::options().append(true).open(t.log_path()).unwrap();
+        sh.stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let raw: Vec<i32> = store.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        // SAFETY: dup2 is async-signal-safe; the copies land on 3, 4, ... in the child only.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            sh.pre_exec(move || {
+                for (i, fd) in raw.iter().enumerate() {
+                    nix::unistd::dup2(*fd, 3 + i as i32).map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+        t.spawn(sh);
+        t.notify().wait_count("READY=1 of the second wrapper", 2, T_REAL, |m| m.is_ready());
+        let log = t.log();
+        assert!(log.contains(&format!("systemd handed back {} listening sockets", store.len())), "{log}");
+        let answer = queued.join().unwrap().expect("the connection made while nothing ran");
+        assert_eq!((answer.status(), answer.body.trim()), (200, "config-1"));
+        drop(store);
+        t.notify().close_fds();
+        assert_eq!(listening_inode(t.port), Some(inode), "haproxy listens on another socket");
+        let holders: Vec<i32> = accepting(&t, mode)
+            .into_iter()
+            .filter(|p| fs::read_dir(format!("/proc/{p}/fd")).unwrap().flatten().any(|e| {
+                fs::read_link(e.path()).map_or(false, |l| l.to_string_lossy() == format!("socket:[{inode}]"))
+            }))
+            .collect();
+        assert!(!holders.is_empty(), "no haproxy holds socket {inode}");
+        t.track_haproxy(REAL_HAPROXY);
+        stop_and_expect_0(&mut t, T_REAL);
+        let left: Vec<i32> = t.seen.iter().copied().filter(|p| alive(*p)).collect();
+        assert!(left.is_empty(), "haproxy processes left: {left:?}");
+    }
+}
+
+both_modes! {
+    /// A listener the new configuration drops is closed by the time the reload is said done (a
+    /// client is refused, not left waiting on a socket nobody accepts from), and removed from
+    /// systemd's store.
+    fn a_listener_the_configuration_drops_is_closed_when_the_reload_is_done(mode) {
+        let extra_port = free_port();
+        require_haproxy();
+        let t0 = Ctx::new("real-drop");
+        let extra = format!("frontend extra\n    bind 127.0.0.1:{extra_port}\n");
+        let text = format!("{}{extra}", config(&t0, mode, "config-1", ""));
+        let (mut t, _cfg) = start_with(t0, mode, &text);
+        let extra_inode = listening_inode(extra_port).expect("extra frontend not listening");
+        let name = format!("haproxy-listener-{extra_inode}");
+        t.notify().wait_count("FDSTORE=1 of the extra listener", 1, T, |m| m.get("FDNAME") == Some(name.as_str()));
+        t.replace("haproxy.cfg", &config(&t, mode, "config-2", ""));
+        assert_reload_ok(&t.reload(T_REAL));
+        let refused = std::net::TcpStream::connect(("127.0.0.1", extra_port)).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{}", t.log());
+        t.notify().sync();
+        assert_eq!(
+            t.notify().count(|m| m.has("FDSTOREREMOVE=1") && m.get("FDNAME") == Some(name.as_str())),
+            1,
+            "{}",
+            t.notify().dump()
+        );
+        get_tag(&t, "config-2");
+        stop_and_check_nothing_left(&mut t);
+    }
 }

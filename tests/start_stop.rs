@@ -153,14 +153,44 @@ both_modes! {
 }
 
 both_modes! {
-    /// The serving haproxy killed by SIGKILL: the wrapper exits 128+9.
+    /// The serving haproxy killed by SIGKILL with `--max-restarts 0`: the wrapper exits 128+9.
     fn haproxy_killed_by_sigkill_exits_137(mode) {
         let mut t = Ctx::new("kill9");
-        t.start_fake_ready(mode, "");
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args_with_options(mode, &cfg, &["--max-restarts", "0"]);
+        t.start(&args);
+        t.wait_ready(T);
         let fake = first_fake(&t, mode);
         kill(Pid::from_raw(fake), Signal::SIGKILL).unwrap();
         let st = t.wait_exit(T);
         assert_eq!(st.code(), Some(137), "{}", describe_status(&st));
+        assert!(t.log().contains("--max-restarts 0"), "{}", t.log());
+    }
+}
+
+both_modes! {
+    /// The serving haproxy killed again and again: the wrapper starts it again at once, at most
+    /// `--max-restarts` times within 60 s (same wrapper, a READY=1 each time, STATUS counting
+    /// them); the next death ends the wrapper with its status, for systemd's Restart=.
+    fn restarts_are_bounded_by_max_restarts(mode) {
+        let mut t = Ctx::new("restarts");
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args_with_options(mode, &cfg, &["--max-restarts", "2"]);
+        t.start(&args);
+        t.wait_ready(T);
+        for n in 1..=2 {
+            let serving = *t.ready_pids(mode.role()).last().expect("no ready fake");
+            kill(Pid::from_raw(serving), Signal::SIGKILL).unwrap();
+            t.wait_events("fake ready after the restart", n + 1, T, |e| e.what == "ready" && e.role == mode.role());
+            t.notify().wait_count("READY=1 after the restart", n + 1, T, |m| m.is_ready());
+            let status = t.notify().last_status().unwrap_or_default();
+            assert!(status.contains(&format!("restarted after a crash: {n} (last: the serving ")), "STATUS: {status}");
+        }
+        let serving = *t.ready_pids(mode.role()).last().expect("no ready fake");
+        kill(Pid::from_raw(serving), Signal::SIGKILL).unwrap();
+        let st = t.wait_exit(T);
+        assert_eq!(st.code(), Some(137), "{}", describe_status(&st));
+        assert!(t.log().contains("stopping, after 2 restarts within 60 s"), "{}", t.log());
     }
 }
 

@@ -81,10 +81,8 @@ pub struct Supervisor {
     restarts: Restarts,
 }
 
-/// At most this many restarts of haproxy by the wrapper itself within `RESTART_WINDOW` (as
-/// systemd's default start limit, 5 in 10 s, but over a minute): past that, the wrapper stops
-/// and systemd's `Restart=` and start limit take over.
-const MAX_RESTARTS: usize = 5;
+/// At most `--max-restarts` restarts of haproxy by the wrapper itself within this window: past
+/// that, the wrapper stops and systemd's `Restart=` and start limit take over.
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Waits (at most 50 ms: these signals are an administrator's, and rare) until `pid` no longer
@@ -393,28 +391,31 @@ impl Supervisor {
         self.restart_or_stop(what, code);
     }
 
-    /// May the wrapper start a generation itself now that nothing serves? At most MAX_RESTARTS
-    /// within RESTART_WINDOW.
+    /// May the wrapper start a generation itself now that nothing serves? At most
+    /// `--max-restarts` within RESTART_WINDOW.
     fn restart_allowed(&mut self) -> bool {
         let now = now_ns();
         let window = clock::nanos(RESTART_WINDOW);
         self.restarts
             .recent_ns
             .retain(|&t| now.saturating_sub(t) < window);
-        self.restarts.recent_ns.len() < MAX_RESTARTS
+        self.restarts.recent_ns.len() < self.opts.max_restarts as usize
     }
 
     /// Nothing serves any more (`what` ended): a new generation at once, on the listening sockets
     /// the wrapper holds (connections wait in their queues meanwhile, none is refused); after
-    /// MAX_RESTARTS within RESTART_WINDOW, a stop with `code` instead, for systemd's Restart=.
+    /// `--max-restarts` within RESTART_WINDOW, a stop with `code` instead, for systemd's Restart=.
     pub(super) fn restart_or_stop(&mut self, what: String, code: u8) {
         if !self.restart_allowed() {
-            error!(
-                "{}: stopping, after {} restarts within {} s (systemd's Restart= takes over)",
-                what,
-                MAX_RESTARTS,
-                RESTART_WINDOW.as_secs()
-            );
+            match self.opts.max_restarts {
+                0 => error!("{}: stopping (--max-restarts 0: systemd's Restart= takes over)", what),
+                n => error!(
+                    "{}: stopping, after {} restarts within {} s (--max-restarts; systemd's Restart= takes over)",
+                    what,
+                    n,
+                    RESTART_WINDOW.as_secs()
+                ),
+            }
             self.exit_code = Some(code);
             self.begin_stop(StopHow::Terminate);
             return;
@@ -434,7 +435,7 @@ impl Supervisor {
             self.next_gen,
             on,
             self.restarts.recent_ns.len(),
-            MAX_RESTARTS,
+            self.opts.max_restarts,
             RESTART_WINDOW.as_secs()
         );
         self.begin_start(now);

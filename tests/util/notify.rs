@@ -9,6 +9,8 @@ pub struct Msg {
     pub text: String,
     /// CLOCK_MONOTONIC (us) when the test received it.
     pub recv_usec: u64,
+    /// Descriptors that came with it (FDSTORE=1): the test's copies, closed with the message.
+    pub fds: Vec<Arc<OwnedFd>>,
 }
 
 impl Msg {
@@ -43,6 +45,9 @@ struct NotifyShared {
     sync_sent: AtomicU64,
     cond: Condvar,
     stop: AtomicBool,
+    /// Keep the descriptors datagrams bring (`Notify::keep_fds`); else they are closed at once, so
+    /// that no test's listener stays open in the test process.
+    keep_fds: AtomicBool,
 }
 
 /// A test-owned `NOTIFY_SOCKET`: AF_UNIX SOCK_DGRAM bound in the test's dir, SO_PASSCRED set; a
@@ -63,28 +68,37 @@ impl Notify {
         let thread = thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             while !sh.stop.load(Ordering::SeqCst) {
-                let (n, pid) = {
+                let (n, pid, fds) = {
                     let mut iov = [IoSliceMut::new(&mut buf)];
-                    // Room for one SCM_CREDENTIALS (ucred: 12 bytes) with its header; recvmsg uses the capacity.
-                    let mut cmsg: Vec<u8> = Vec::with_capacity(64);
-                    match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+                    // Room for one SCM_CREDENTIALS (ucred: 12 bytes) and up to 64 descriptors,
+                    // with their headers; recvmsg uses the capacity.
+                    let mut cmsg: Vec<u8> = Vec::with_capacity(64 + 64 * 4);
+                    match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                         Ok(m) => {
                             let mut pid = -1;
+                            let mut fds = Vec::new();
                             for c in m.cmsgs() {
-                                if let ControlMessageOwned::ScmCredentials(cr) = c {
-                                    pid = cr.pid();
+                                match c {
+                                    ControlMessageOwned::ScmCredentials(cr) => pid = cr.pid(),
+                                    ControlMessageOwned::ScmRights(v) => {
+                                        // SAFETY: the kernel just installed these for this process.
+                                        fds.extend(v.into_iter().map(|fd| Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
+                                    }
+                                    _ => {}
                                 }
                             }
-                            (m.bytes, pid)
+                            (m.bytes, pid, fds)
                         }
                         Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
                         Err(e) => panic!("recvmsg on notify socket: {e}"),
                     }
                 };
+                let fds = if sh.keep_fds.load(Ordering::SeqCst) { fds } else { Vec::new() };
                 let msg = Msg {
                     pid,
                     text: String::from_utf8_lossy(&buf[..n]).into_owned(),
                     recv_usec: monotonic_usec(),
+                    fds,
                 };
                 if let Some(n) = msg.text.strip_prefix(SYNC_PREFIX) {
                     *sh.synced.lock().unwrap() = n.trim().parse().unwrap_or(0);
@@ -118,6 +132,18 @@ impl Notify {
                 "notify socket: sync marker {n} not received within {T:?}"
             );
             synced = self.shared.sync_cond.wait_timeout(synced, deadline - now).unwrap().0;
+        }
+    }
+
+    /// From now on, the descriptors that come with datagrams (FDSTORE=1) are kept with them.
+    pub fn keep_fds(&self) {
+        self.shared.keep_fds.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes the descriptors kept so far (the test's copies of what the wrapper stored).
+    pub fn close_fds(&self) {
+        for m in self.shared.msgs.lock().unwrap().iter_mut() {
+            m.fds.clear();
         }
     }
 

@@ -599,6 +599,9 @@ check "back to master-worker: restart exits 0" timeout 60 systemctl restart $UNI
 check "StatusText: master-worker" expect_match StatusText "$(status_text)" "^master-worker; "
 fi
 
+# ---- flows never-refuse-mw, never-refuse-fg: no connection refused (tests/e2e/guest/never_refuse.sh) ----
+. /e2e/guest/never_refuse.sh
+
 # ---- flow 9: purge ----
 if wanted 9; then
 begin 9 "apt-get purge: the distribution's unit is back"
