@@ -164,7 +164,7 @@ fn listening_in(pid: i32) -> Vec<(u64, String)> {
         out.extend(
             read_unix_listeners(io::BufReader::new(file))
                 .into_iter()
-                .map(|(inode, path)| (inode, format!("unix {}", path))),
+                .map(|(inode, path)| (inode, format!("unix {}", bound_path(&path)))),
         );
     }
     out
@@ -335,16 +335,34 @@ impl Held {
             }
         }
         out.kept = self.sockets.len();
-        for (inode, what, pid, fd) in wanted {
+        // Where pidfd_getfd(2) is refused (a container's seccomp filter, no CAP_SYS_PTRACE over a
+        // haproxy that changed user), haproxy's own stats sockets may hand the sockets out
+        // (`expose-fd listeners`): asked once, and only then.
+        let mut from_haproxy: Option<Vec<(u64, OwnedFd)>> = None;
+        for (inode, what, pid, fd) in wanted.iter().cloned() {
             if self.sockets.iter().any(|s| s.inode == inode) {
                 continue;
             }
             let copy = match copy_fd(pid, fd) {
                 Ok(copy) => copy,
                 Err(e) => {
-                    out.problems
-                        .push(format!("cannot copy {} from pid {} (fd {}): {}", what, pid, fd, e));
-                    continue;
+                    let offered = from_haproxy.get_or_insert_with(|| {
+                        let paths: Vec<&str> = wanted
+                            .iter()
+                            .filter_map(|w| w.1.strip_prefix("unix "))
+                            .collect();
+                        ask_haproxy(&paths, &mut out.problems)
+                    });
+                    match offered.iter().position(|(i, _)| *i == inode) {
+                        Some(at) => offered.swap_remove(at).1,
+                        None => {
+                            out.problems.push(format!(
+                                "cannot copy {} from pid {} (fd {}): {}; no stats socket with \"expose-fd listeners\" offered it",
+                                what, pid, fd, e
+                            ));
+                            continue;
+                        }
+                    }
                 }
             };
             // The descriptor number may have been reused since /proc was read.
@@ -379,6 +397,81 @@ impl Held {
     pub fn unstored(&self) -> bool {
         self.sockets.iter().any(|s| !s.stored)
     }
+}
+
+/// The path a unix listener was bound to, as it is named now: haproxy binds `PATH.PID.tmp` and
+/// renames it over PATH, and /proc/net/unix keeps the first name.
+pub fn bound_path(listed: &str) -> &str {
+    if let Some(rest) = listed.strip_suffix(".tmp") {
+        if let Some((path, pid)) = rest.rsplit_once('.') {
+            if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+                return path;
+            }
+        }
+    }
+    listed
+}
+
+/// haproxy's listening sockets as its stats sockets hand them out (`_getsocks`, which needs
+/// `expose-fd listeners`), with their inodes: from the first of `paths` that answers.
+fn ask_haproxy(paths: &[&str], problems: &mut Vec<String>) -> Vec<(u64, OwnedFd)> {
+    let mut why = Vec::new();
+    for listed in paths {
+        let path = bound_path(listed);
+        match fetch_sockets(path) {
+            Ok(fds) => {
+                return fds
+                    .into_iter()
+                    .filter_map(|fd| Some((inode_of(fd.as_raw_fd()).ok()?, fd)))
+                    .collect()
+            }
+            Err(e) => why.push(format!("{}: {}", path, e)),
+        }
+    }
+    if !why.is_empty() {
+        problems.push(format!("no stats socket handed the listeners out ({})", why.join("; ")));
+    }
+    Vec::new()
+}
+
+/// The client side of haproxy's `_getsocks` (what `haproxy -x` does): the count, then batches of
+/// descriptors, each acknowledged.
+fn fetch_sockets(path: &str) -> Result<Vec<OwnedFd>, String> {
+    use std::io::Write;
+    let stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| e.to_string())?;
+    let c = stream.as_raw_fd();
+    timeouts(c).map_err(|e| e.to_string())?;
+    (&stream).write_all(b"_getsocks\n").map_err(|e| e.to_string())?;
+    let mut count = [0u8; 4];
+    match socket::recv(c, &mut count, MsgFlags::MSG_WAITALL) {
+        Ok(4) => {}
+        Ok(n) => return Err(format!("{} bytes instead of a count", n)),
+        Err(e) => return Err(e.to_string()),
+    }
+    let count = i32::from_ne_bytes(count);
+    if !(1..=65536).contains(&count) {
+        return Err(format!("no sockets offered (count {})", count));
+    }
+    let mut got: Vec<OwnedFd> = Vec::new();
+    let mut buf = vec![0u8; MAX_SEND_FD * (1 + 255 + 1 + 16 + 4)];
+    while got.len() < count as usize {
+        let mut space = nix::cmsg_space!([RawFd; MAX_SEND_FD]);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let msg = socket::recvmsg::<()>(c, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|e| e.to_string())?;
+        let before = got.len();
+        for cmsg in msg.cmsgs() {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                // SAFETY: the kernel just installed these descriptors for us.
+                got.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        if msg.bytes == 0 || got.len() == before {
+            return Err(format!("{} of {} sockets came", got.len(), count));
+        }
+        socket::send(c, &(got.len() as i32).to_ne_bytes(), MsgFlags::MSG_NOSIGNAL).map_err(|e| e.to_string())?;
+    }
+    Ok(got)
 }
 
 /// Puts one socket in systemd's store; whether it is done with (stored, or no store to put it in).
@@ -554,6 +647,14 @@ mod tests {
             read_udp_listeners(table.as_bytes(), (400, 500)),
             vec![(502, "127.0.0.1:40000".parse().unwrap())]
         );
+    }
+
+    #[test]
+    fn a_unix_listener_is_named_as_haproxy_renamed_it() {
+        assert_eq!(bound_path("/run/haproxy/admin.sock.338.tmp"), "/run/haproxy/admin.sock");
+        assert_eq!(bound_path("/run/haproxy/admin.sock"), "/run/haproxy/admin.sock");
+        assert_eq!(bound_path("/run/a.tmp"), "/run/a.tmp");
+        assert_eq!(bound_path("/run/a.x.tmp"), "/run/a.x.tmp");
     }
 
     #[test]
