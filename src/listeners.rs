@@ -63,6 +63,8 @@ pub struct Synced {
     pub kept: usize,
     /// What could not be copied or read, for a warning.
     pub problems: Vec<String>,
+    /// How sockets were taken otherwise, for the log.
+    pub notes: Vec<String>,
 }
 
 /// The inode of an open descriptor.
@@ -354,7 +356,13 @@ impl Held {
                         ask_haproxy(&paths, &mut out.problems)
                     });
                     match offered.iter().position(|(i, _)| *i == inode) {
-                        Some(at) => offered.swap_remove(at).1,
+                        Some(at) => {
+                            out.notes.push(format!(
+                                "pidfd_getfd of pid {} fd {}: {}; {} came from haproxy's stats socket instead",
+                                pid, fd, e, what
+                            ));
+                            offered.swap_remove(at).1
+                        }
                         None => {
                             out.problems.push(format!(
                                 "cannot copy {} from pid {} (fd {}): {}; no stats socket with \"expose-fd listeners\" offered it",
@@ -469,7 +477,9 @@ fn fetch_sockets(path: &str) -> Result<Vec<OwnedFd>, String> {
         if msg.bytes == 0 || got.len() == before {
             return Err(format!("{} of {} sockets came", got.len(), count));
         }
-        socket::send(c, &(got.len() as i32).to_ne_bytes(), MsgFlags::MSG_NOSIGNAL).map_err(|e| e.to_string())?;
+        // The acknowledgement haproxy waits for after each full batch (after the last one it may
+        // have closed the connection already, as its own receiver expects).
+        let _ = socket::send(c, &(got.len() as i32).to_ne_bytes(), MsgFlags::MSG_NOSIGNAL);
     }
     Ok(got)
 }

@@ -611,3 +611,76 @@ both_modes! {
         stop_and_check_nothing_left(&mut t);
     }
 }
+
+/// Installs, in the calling process (a child about to exec), a seccomp filter that refuses
+/// pidfd_getfd(2) with EPERM, as a container's filter does (systemd-nspawn's, Docker's default).
+/// Only async-signal-safe calls: it runs between fork and exec.
+fn refuse_pidfd_getfd() -> std::io::Result<()> {
+    use nix::libc::*;
+    let insn = |code: u32, jt: u8, jf: u8, k: u32| sock_filter { code: code as u16, jt, jf, k };
+    let filter = [
+        // seccomp_data.nr is at offset 0
+        insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),
+        insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, SYS_pidfd_getfd as u32),
+        insn(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ERRNO | EPERM as u32),
+        insn(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW),
+    ];
+    let prog = sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut sock_filter };
+    // SAFETY: prctl with a filter program that outlives the call.
+    unsafe {
+        if prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER as c_ulong, &prog as *const sock_fprog) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+both_modes! {
+    /// Where pidfd_getfd(2) is refused (a seccomp filter), the wrapper gets the listening sockets
+    /// from haproxy's stats socket (`expose-fd listeners`) instead, and a killed haproxy still
+    /// refuses no connection.
+    fn where_pidfd_getfd_is_refused_the_stats_socket_hands_the_listeners_out(mode) {
+        require_haproxy();
+        let mut t = Ctx::new("real-seccomp");
+        let stats = format!("global\n    stats socket {} mode 600 level admin expose-fd listeners\n", t.p("admin.sock"));
+        let text = config(&t, mode, "config-1", "").replacen("global\n", &stats, 1);
+        let text = if mode == Mode::Foreground { config(&t, mode, "config-1", "") } else { text };
+        let cfg = t.write("haproxy.cfg", &text);
+        let a = args(&t, mode, &cfg);
+        let mut cmd = t.command(&a);
+        // SAFETY: refuse_pidfd_getfd only makes async-signal-safe calls.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(refuse_pidfd_getfd);
+        }
+        t.spawn(cmd);
+        t.wait_ready(T_REAL);
+        t.track_haproxy(REAL_HAPROXY);
+        let inode = listening_inode(t.port).expect("no listener");
+        let name = format!("haproxy-listener-{inode}");
+        let stored = t.notify().wait_for(T, |m| m.iter().any(|m| m.get("FDNAME") == Some(name.as_str())));
+        assert!(stored, "no FDSTORE=1 for {name}:\n{}\n{}", t.notify().dump(), t.log());
+        let log = t.log();
+        assert!(log.contains("Operation not permitted (os error 1); tcp 127.0.0.1:"), "pidfd_getfd was not refused:\n{log}");
+        assert!(log.contains("came from haproxy's stats socket instead"), "{log}");
+        let load = Load::start(t.port, 2);
+        poll_until(T, || (load.ok() >= 20).then_some(())).expect("no answer under load");
+        let victim = children_of(t.pid)
+            .into_iter()
+            .find(|p| exe_of(p.pid).map_or(false, |e| e == Path::new(REAL_HAPROXY)))
+            .expect("no haproxy child")
+            .pid;
+        kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+        t.notify().wait_count("READY=1 after the restart", 2, T_REAL, |m| m.is_ready());
+        let before = load.ok();
+        poll_until(T, || (load.ok() >= before + 50).then_some(())).expect("no answers after the restart");
+        let r = load.stop();
+        let refused = r.errors.iter().filter(|e| e.contains("refused")).count();
+        assert_eq!(refused, 0, "{:?}\n{}", r.errors, t.log());
+        assert!(r.fail <= 2, "{:?}\n{}", r.errors, t.log());
+        assert!(t.log().contains("with the listening sockets the wrapper holds"), "{}", t.log());
+        stop_and_check_nothing_left(&mut t);
+    }
+}

@@ -462,6 +462,9 @@ impl Supervisor {
         for problem in &synced.problems {
             warning!("{}", problem);
         }
+        for note in &synced.notes {
+            info!("{}", note);
+        }
         if !synced.added.is_empty() || !synced.closed.is_empty() {
             let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
             info!(
