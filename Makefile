@@ -220,8 +220,8 @@ test-e2e: deb
 	tests/e2e/run.sh $(E2E_SUITES)
 
 ## ---- benchmark (bench) ----
-# `make bench` runs two parts (BENCH_PARTS, default "local systemd"); exits 1 when a target of either
-# is missed unless BENCH_ALLOW_MISS=1. Both refresh their results section of BENCHMARKS.md.
+# `make bench` runs three parts (BENCH_PARTS, default "local systemd refusals"); exits 1 when a target
+# of any is missed unless BENCH_ALLOW_MISS=1. Each refreshes its results section of BENCHMARKS.md.
 #  - local (`make bench-local`): the wrapper (master-worker and foreground) against native
 #    `haproxy -Ws`, same config and load, on 127.0.0.1; no systemd, no root (apart from installing
 #    haproxy/wrk when missing). Quick run: `make bench-local BENCH_ROUNDS=1 BENCH_RELOADS=10`.
@@ -229,6 +229,10 @@ test-e2e: deb
 #    Debian 13 guest (systemd-nspawn, like test-e2e), the distribution's unit against the .deb's drop-in,
 #    with and without its configuration check; builds the .deb (make deb). Quick run:
 #    `make bench-systemd BENCH_SD_ROUNDS=1 BENCH_SD_RELOADS=3`.
+#  - refusals (`make bench-refusals`, root): refused connections and the longest delay a client saw
+#    (a new connection every 10 ms) through reloads, crashes, restarts and an upgrade, Debian's unit
+#    against the drop-in in both modes, in a Debian 13 guest; builds the .deb. Quick run:
+#    `make bench-refusals BENCH_RF_RUNS=1`.
 # Settings (environment or make command line): see BENCHMARKS.md.
 # `make soak` (not part of `make test`): 1000 reloads in each wrapper mode under load; see BENCHMARKS.md.
 PYTHON ?= python3
@@ -236,10 +240,11 @@ BENCH_VARS := BENCH_ROUNDS BENCH_RELOADS BENCH_KINDS BENCH_WRK_CONNS BENCH_WRK_D
               BENCH_ALLOW_MISS BENCH_RESULTS BENCH_JSON BENCH_HAPROXY BENCH_WRK BENCH_WRAPPER \
               BENCH_SD_ROUNDS BENCH_SD_RELOADS BENCH_SD_VARIANTS BENCH_SD_BACKENDS BENCH_SD_SERVERS \
               BENCH_SD_CERTS BENCH_SD_TRACE BENCH_SD_SUITE BENCH_SD_DEB BENCH_SD_KEEP BENCH_CERT_CACHE \
+              BENCH_RF_RUNS BENCH_RF_SUITE BENCH_RF_DEB BENCH_RF_KEEP \
               SOAK_RELOADS SOAK_EVERY SOAK_KINDS
 export $(BENCH_VARS)
-BENCH_PARTS ?= local systemd
-.PHONY: bench bench-local bench-systemd bench-deps bench-sd-deps bench-test bench-trace soak
+BENCH_PARTS ?= local systemd refusals
+.PHONY: bench bench-local bench-systemd bench-refusals bench-deps bench-sd-deps bench-test bench-trace soak
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 && { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 \
 		|| tests/install-deps.sh
@@ -255,11 +260,12 @@ bench-test:
 bench_comma := ,
 bench_build := $(if $(BENCH_KINDS),$(if $(filter wrapper-%,$(subst $(bench_comma), ,$(BENCH_KINDS))),build),build)
 bench_prereqs := bench-test $(if $(filter local,$(BENCH_PARTS)),$(bench_build) bench-deps) \
-                 $(if $(filter systemd,$(BENCH_PARTS)),deb bench-sd-deps)
+                 $(if $(filter systemd refusals,$(BENCH_PARTS)),deb bench-sd-deps)
 bench: $(bench_prereqs)
 	@rc=0; \
 	$(if $(filter local,$(BENCH_PARTS)),$(PYTHON) bench/bench.py || rc=1;) \
 	$(if $(filter systemd,$(BENCH_PARTS)),$(PYTHON) bench/systemd_bench.py || rc=1;) \
+	$(if $(filter refusals,$(BENCH_PARTS)),$(PYTHON) bench/refusal_bench.py || rc=1;) \
 	exit $$rc
 
 bench-local: $(bench_build) bench-deps bench-test
@@ -267,6 +273,9 @@ bench-local: $(bench_build) bench-deps bench-test
 
 bench-systemd: deb bench-sd-deps bench-test
 	$(PYTHON) bench/systemd_bench.py
+
+bench-refusals: deb bench-sd-deps bench-test
+	$(PYTHON) bench/refusal_bench.py
 
 soak: build bench-deps bench-test
 	$(PYTHON) bench/soak.py

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Refused connections through a service's life under a real systemd: Debian's own haproxy.service
+against the wrapper's drop-in from the .deb, in master-worker and in foreground mode.
+
+    python3 bench/refusal_bench.py            (root; `make bench-refusals` builds the .deb first)
+
+Boots a Debian guest (BENCH_RF_SUITE, default trixie) with systemd-nspawn as tests/e2e/run.sh does
+(same cached root, same lock) and runs bench/guest/refusal_bench.py there: each event (a good
+reload, a reload whose bind fails, SIGKILL of the serving haproxy or worker, of the master, of the
+main process, `systemctl restart`, a package upgrade) BENCH_RF_RUNS times (default 3) under a client
+opening a new connection every 10 ms with a 3 s timeout (tests/e2e/guest/prober.py).
+
+Report: per setup and event, refused and timed-out connections (totals and per run), resets (a
+connection that a killed haproxy held), and the longest delay an answered client saw; written between
+the bench:refusals markers of BENCHMARKS.md. Targets: the wrapper refuses and times out nothing in
+every event, except a failing bind in master-worker mode (haproxy's master pauses its workers'
+listeners: reported, not a target; the man page says so). Exit 1 on a miss unless
+BENCH_ALLOW_MISS=1, 2 on a setup error.
+"""
+
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import bench  # noqa: E402
+import systemd_bench as sd  # noqa: E402
+
+RUNS = bench.env_int("BENCH_RF_RUNS", 3)
+SUITE = os.environ.get("BENCH_RF_SUITE") or "trixie"
+BEGIN = "<!-- bench:refusals:begin (written by bench/refusal_bench.py; edit outside these markers) -->"
+END = "<!-- bench:refusals:end -->"
+SETUPS = [("debian", "Debian's haproxy.service"), ("wrapper-mw", "wrapper, master-worker (-Ws)"),
+          ("wrapper-fg", "wrapper, foreground (-x)")]
+EVENTS = ["good reload", "failing bind", "SIGKILL of haproxy/worker", "SIGKILL of the master",
+          "SIGKILL of the main process", "systemctl restart", "package upgrade"]
+# What the wrapper cannot change: haproxy's master pauses its serving workers' listeners while it
+# retries a bind that fails (the man page's LISTENING SOCKETS).
+EXEMPT = {("wrapper-mw", "failing bind")}
+
+
+def cell(rows):
+    if not rows:
+        return "—"
+    refused = [r["refused"] for r in rows]
+    timed = sum(r["timed_out"] for r in rows)
+    reset = sum(r["reset"] for r in rows)
+    text = "%d (%s)" % (sum(refused), " ".join(map(str, refused)))
+    if timed:
+        text += ", %d timed out" % timed
+    if reset:
+        text += ", %d reset" % reset
+    return text + "; %d ms" % max(r["max_ms"] for r in rows)
+
+
+def report(res, started, elapsed, commit):
+    by = {}
+    for r in res["results"]:
+        by.setdefault((r["variant"], r["event"]), []).append(r)
+    lines = [
+        "Run: %s UTC, %.0f s, `make bench-refusals`; commit %s." % (started.strftime("%Y-%m-%d %H:%M"), elapsed, commit),
+        "Guest: %s (systemd-nspawn, 2 CPUs shared with the host). A client opens a new connection every 10 ms "
+        "(3 s timeout) through each event, %d runs per event; each cell: refused connections in total (per run), "
+        "timed out and reset ones when any, and the longest an answered client waited. For Debian's unit the main "
+        "process is haproxy's master (one row)." % (res.get("versions", "?"), RUNS),
+        "",
+        "| event | " + " | ".join(label for _, label in SETUPS) + " |",
+        "|---|" + "---|" * len(SETUPS),
+    ]
+    for e in EVENTS:
+        lines.append("| %s | %s |" % (e, " | ".join(cell(by.get((v, e), [])) for v, _ in SETUPS)))
+    lines.append("")
+    checks = []
+    for v, label in SETUPS[1:]:
+        for e in EVENTS:
+            rows = by.get((v, e), [])
+            if not rows or (v, e) in EXEMPT:
+                continue
+            bad = sum(r["refused"] + r["timed_out"] + r["other"] for r in rows)
+            checks.append((bad == 0, "%s, %s: no connection refused or timed out: %d in %d runs" % (label, e, bad, len(rows))))
+    expected = sum(1 for v, _ in SETUPS for e in EVENTS
+                   if not (e == "package upgrade" and v == "debian") and not (e == "SIGKILL of the master" and v != "wrapper-mw"))
+    checks.append((len(by) == expected, "every setup ran every event: %d of %d" % (len(by), expected)))
+    for ok, what in checks:
+        lines.append("- %s %s" % ("PASS" if ok else "MISS", what))
+    for e in res.get("errors", []):
+        lines.append("- ERROR %s" % e)
+    mw = by.get(("wrapper-mw", "failing bind"), [])
+    if mw:
+        lines.append("- not a target: wrapper, master-worker, failing bind: %d refused in %d runs: haproxy's master "
+                     "pauses its serving workers' listeners while it retries the bind, as with Debian's unit; "
+                     "foreground mode refuses none" % (sum(r["refused"] for r in mw), len(mw)))
+    return "\n".join(lines), checks
+
+
+def main():
+    if os.geteuid() != 0:
+        sd.log("must run as root (systemd-nspawn)")
+        return 2
+    for tool in ("systemd-nspawn", "mmdebstrap", "unshare", "timeout"):
+        if shutil.which(tool) is None:
+            sd.log("%s not found; install the test dependencies: tests/install-deps.sh" % tool)
+            return 2
+    deb = os.environ.get("BENCH_RF_DEB") or sd.newest_deb()
+    if not deb or not os.path.isfile(deb):
+        sd.log("no package: run `make deb` (or set BENCH_RF_DEB)")
+        return 2
+    sd.SUITE = SUITE
+    env = dict(os.environ, E2E_CACHE=sd.E2E_CACHE)
+    p = subprocess.run([os.path.join(ROOT, "tests", "e2e", "build-root.sh"), SUITE], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        sd.log("could not build the %s root:\n%s" % (SUITE, p.stderr[-3000:]))
+        return 2
+    root = p.stdout.strip()
+    lockf = open(sd.LOCK, "w")
+    sd.log("waiting for %s (another guest may run)" % sd.LOCK)
+    fcntl.flock(lockf, fcntl.LOCK_EX)
+    rundir = tempfile.mkdtemp(prefix="hsw-bench-refusals.")
+    keep = os.environ.get("BENCH_RF_KEEP", "") not in ("", "0")
+    try:
+        os.makedirs(os.path.join(rundir, "out"))
+        os.makedirs(os.path.join(rundir, "deb"))
+        shutil.copy(deb, os.path.join(rundir, "deb"))
+        os.makedirs(os.path.join(rundir, "guest"))
+        shutil.copy(os.path.join(HERE, "guest", "refusal_bench.py"), os.path.join(rundir, "guest"))
+        shutil.copy(os.path.join(ROOT, "tests", "e2e", "guest", "prober.py"), os.path.join(rundir, "guest"))
+        with open(os.path.join(rundir, "settings.json"), "w") as f:
+            json.dump({"runs": RUNS}, f)
+        with open(os.path.join(HERE, "guest", "bench-run.service")) as f:
+            unit = f.read().replace("@GUEST_TIMEOUT@", str(max(60, sd.TIMEOUT - 60)))
+        unit = unit.replace("/bench/guest/reload_bench.py", "/bench/guest/refusal_bench.py")
+        with open(os.path.join(rundir, "bench-run.service"), "w") as f:
+            f.write(unit)
+        started = datetime.datetime.now(datetime.timezone.utc)
+        sd.log("guest %s, package %s, %d runs per event; run dir %s" % (SUITE, os.path.basename(deb), RUNS, rundir))
+        t0 = time.monotonic()
+        _trace, _err, rc = sd.run_guest(root, rundir)
+        elapsed = time.monotonic() - t0
+        try:
+            with open(os.path.join(rundir, "out", "result.json")) as f:
+                res = json.load(f)
+        except (OSError, ValueError) as e:
+            keep = True
+            sd.log("the guest left no result (nspawn exit %s: %s); console: %s/console.log" % (rc, e, rundir))
+            return 1
+        commit = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip() or "?"
+        text, checks = report(res, started, elapsed, commit)
+        print()
+        print(text)
+        bench.write_block(sd.RESULTS_FILE, BEGIN, END, "Latest results: refused connections", text)
+        missed = [c for c in checks if not c[0]] + res.get("errors", [])
+        if missed:
+            keep = True
+            print("\n%d target(s) missed or error(s)%s; guest output in %s" % (
+                len(missed), " (BENCH_ALLOW_MISS=1: exit 0)" if sd.ALLOW_MISS else "", rundir))
+            return 0 if sd.ALLOW_MISS else 1
+        return 0
+    finally:
+        if keep:
+            sd.log("run directory kept: %s" % rundir)
+        else:
+            shutil.rmtree(rundir, ignore_errors=True)
+        lockf.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
