@@ -5,7 +5,7 @@ against the wrapper's drop-in from the .deb, in master-worker and in foreground 
     python3 bench/refusal_bench.py            (root; `make bench-refusals` builds the .deb first)
 
 Boots a Debian guest (BENCH_RF_SUITE, default trixie) with systemd-nspawn as tests/e2e/run.sh does
-(same cached root, same lock) and runs bench/guest/refusal_bench.py there: each event (a good
+(same cached root, same lock) and runs bench/guest/refusal_events.py there: each event (a good
 reload, a reload whose bind fails, SIGKILL of the serving haproxy or worker, of the master, of the
 main process, `systemctl restart`, a package upgrade) BENCH_RF_RUNS times (default 3) under a client
 opening a new connection every 10 ms with a 3 s timeout (tests/e2e/guest/prober.py).
@@ -45,6 +45,11 @@ EVENTS = ["good reload", "failing bind", "SIGKILL of haproxy/worker", "SIGKILL o
 # What the wrapper cannot change: haproxy's master pauses its serving workers' listeners while it
 # retries a bind that fails (the man page's LISTENING SOCKETS).
 EXEMPT = {("wrapper-mw", "failing bind")}
+
+
+def log(msg):
+    sys.stderr.write("bench-refusals: %s\n" % msg)
+    sys.stderr.flush()
 
 
 def cell(rows):
@@ -103,25 +108,25 @@ def report(res, started, elapsed, commit):
 
 def main():
     if os.geteuid() != 0:
-        sd.log("must run as root (systemd-nspawn)")
+        log("must run as root (systemd-nspawn)")
         return 2
     for tool in ("systemd-nspawn", "mmdebstrap", "unshare", "timeout"):
         if shutil.which(tool) is None:
-            sd.log("%s not found; install the test dependencies: tests/install-deps.sh" % tool)
+            log("%s not found; install the test dependencies: tests/install-deps.sh" % tool)
             return 2
     deb = os.environ.get("BENCH_RF_DEB") or sd.newest_deb()
     if not deb or not os.path.isfile(deb):
-        sd.log("no package: run `make deb` (or set BENCH_RF_DEB)")
+        log("no package: run `make deb` (or set BENCH_RF_DEB)")
         return 2
     sd.SUITE = SUITE
     env = dict(os.environ, E2E_CACHE=sd.E2E_CACHE)
     p = subprocess.run([os.path.join(ROOT, "tests", "e2e", "build-root.sh"), SUITE], capture_output=True, text=True, env=env)
     if p.returncode != 0:
-        sd.log("could not build the %s root:\n%s" % (SUITE, p.stderr[-3000:]))
+        log("could not build the %s root:\n%s" % (SUITE, p.stderr[-3000:]))
         return 2
     root = p.stdout.strip()
     lockf = open(sd.LOCK, "w")
-    sd.log("waiting for %s (another guest may run)" % sd.LOCK)
+    log("waiting for %s (another guest may run)" % sd.LOCK)
     fcntl.flock(lockf, fcntl.LOCK_EX)
     rundir = tempfile.mkdtemp(prefix="hsw-bench-refusals.")
     keep = os.environ.get("BENCH_RF_KEEP", "") not in ("", "0")
@@ -130,17 +135,17 @@ def main():
         os.makedirs(os.path.join(rundir, "deb"))
         shutil.copy(deb, os.path.join(rundir, "deb"))
         os.makedirs(os.path.join(rundir, "guest"))
-        shutil.copy(os.path.join(HERE, "guest", "refusal_bench.py"), os.path.join(rundir, "guest"))
+        shutil.copy(os.path.join(HERE, "guest", "refusal_events.py"), os.path.join(rundir, "guest"))
         shutil.copy(os.path.join(ROOT, "tests", "e2e", "guest", "prober.py"), os.path.join(rundir, "guest"))
         with open(os.path.join(rundir, "settings.json"), "w") as f:
             json.dump({"runs": RUNS}, f)
         with open(os.path.join(HERE, "guest", "bench-run.service")) as f:
             unit = f.read().replace("@GUEST_TIMEOUT@", str(max(60, sd.TIMEOUT - 60)))
-        unit = unit.replace("/bench/guest/reload_bench.py", "/bench/guest/refusal_bench.py")
+        unit = unit.replace("/bench/guest/reload_bench.py", "/bench/guest/refusal_events.py")
         with open(os.path.join(rundir, "bench-run.service"), "w") as f:
             f.write(unit)
         started = datetime.datetime.now(datetime.timezone.utc)
-        sd.log("guest %s, package %s, %d runs per event; run dir %s" % (SUITE, os.path.basename(deb), RUNS, rundir))
+        log("guest %s, package %s, %d runs per event; run dir %s" % (SUITE, os.path.basename(deb), RUNS, rundir))
         t0 = time.monotonic()
         _trace, _err, rc = sd.run_guest(root, rundir)
         elapsed = time.monotonic() - t0
@@ -149,7 +154,7 @@ def main():
                 res = json.load(f)
         except (OSError, ValueError) as e:
             keep = True
-            sd.log("the guest left no result (nspawn exit %s: %s); console: %s/console.log" % (rc, e, rundir))
+            log("the guest left no result (nspawn exit %s: %s); console: %s/console.log" % (rc, e, rundir))
             return 1
         commit = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip() or "?"
         text, checks = report(res, started, elapsed, commit)
@@ -165,7 +170,7 @@ def main():
         return 0
     finally:
         if keep:
-            sd.log("run directory kept: %s" % rundir)
+            log("run directory kept: %s" % rundir)
         else:
             shutil.rmtree(rundir, ignore_errors=True)
         lockf.close()

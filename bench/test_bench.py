@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 import soak  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest"))
+import refusal_bench  # noqa: E402
 import reload_bench  # noqa: E402
 import systemd_bench  # noqa: E402
 
@@ -273,6 +274,48 @@ ProtectSystem=full
 """
 DROPIN_WAIT = DROPIN_NOW.replace("ExecReload=/bin/kill -USR2 $MAINPID\n", "ExecReload=/bin/kill -USR2 $MAINPID\n"
                                  "ExecReload=/usr/sbin/haproxy-systemd-wrapper --wait-reload $MAINPID\n")
+
+
+def refusal_row(variant, event, refused=0, timed_out=0, reset=0, max_ms=40, run=1):
+    return {"variant": variant, "event": event, "run": run, "ok": 100, "refused": refused,
+            "timed_out": timed_out, "reset": reset, "other": 0, "max_ms": max_ms}
+
+
+def refusal_results(bad=None):
+    bad = bad or {}
+    rows = []
+    for v, _ in refusal_bench.SETUPS:
+        for e in refusal_bench.EVENTS:
+            if (e == "package upgrade" and v == "debian") or (e == "SIGKILL of the master" and v != "wrapper-mw"):
+                continue
+            rows.append(refusal_row(v, e, refused=bad.get((v, e), 0)))
+    return {"results": rows, "errors": [], "versions": "test"}
+
+
+class RefusalBench(unittest.TestCase):
+    def report(self, res):
+        import datetime
+        return refusal_bench.report(res, datetime.datetime(2026, 1, 1), 10, "abc test")
+
+    def test_everything_zero_passes(self):
+        text, checks = self.report(refusal_results({("debian", "systemctl restart"): 6}))
+        self.assertTrue(all(ok for ok, _ in checks), checks)
+        self.assertIn("| systemctl restart | 6 (6); 40 ms | 0 (0); 40 ms | 0 (0); 40 ms |", text)
+        self.assertIn("| package upgrade | — |", text)
+
+    def test_a_refusal_of_the_wrapper_is_a_miss_but_the_master_workers_failing_bind_is_not(self):
+        bad = {("wrapper-fg", "SIGKILL of haproxy/worker"): 3, ("wrapper-mw", "failing bind"): 205}
+        text, checks = self.report(refusal_results(bad))
+        missed = [what for ok, what in checks if not ok]
+        self.assertEqual(len(missed), 1, missed)
+        self.assertIn("foreground (-x), SIGKILL of haproxy/worker", missed[0])
+        self.assertIn("not a target: wrapper, master-worker, failing bind: 205 refused", text)
+
+    def test_a_missing_event_is_a_miss(self):
+        res = refusal_results()
+        res["results"] = [r for r in res["results"] if r["event"] != "systemctl restart"]
+        _, checks = self.report(res)
+        self.assertIn(False, [ok for ok, _ in checks])
 
 
 class GuestVariants(unittest.TestCase):

@@ -69,7 +69,9 @@ pub struct Synced {
 
 /// The inode of an open descriptor.
 fn inode_of(fd: RawFd) -> io::Result<u64> {
-    nix::sys::stat::fstat(fd).map(|st| st.st_ino as u64).map_err(io::Error::from)
+    nix::sys::stat::fstat(fd)
+        .map(|st| st.st_ino as u64)
+        .map_err(io::Error::from)
 }
 
 /// What the sockets with these inodes are, as this process's network namespace lists them
@@ -286,7 +288,11 @@ impl Held {
 
     /// "tcp 127.0.0.1:80, unix /run/haproxy/admin.sock", for the log.
     pub fn summary(&self) -> String {
-        self.sockets.iter().map(|s| s.what.as_str()).collect::<Vec<_>>().join(", ")
+        self.sockets
+            .iter()
+            .map(|s| s.what.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Holds what the serving generation (`pids`: the processes that accept) listens on, and
@@ -307,7 +313,8 @@ impl Held {
             let fds = match procs::read_socket_fds(pid) {
                 Ok(fds) => fds,
                 Err(e) => {
-                    out.problems.push(format!("cannot read the descriptors of pid {}: {}", pid, e));
+                    out.problems
+                        .push(format!("cannot read the descriptors of pid {}: {}", pid, e));
                     continue;
                 }
             };
@@ -349,10 +356,7 @@ impl Held {
                 Ok(copy) => copy,
                 Err(e) => {
                     let offered = from_haproxy.get_or_insert_with(|| {
-                        let paths: Vec<&str> = wanted
-                            .iter()
-                            .filter_map(|w| w.1.strip_prefix("unix "))
-                            .collect();
+                        let paths: Vec<&str> = wanted.iter().filter_map(|w| w.1.strip_prefix("unix ")).collect();
                         ask_haproxy(&paths, &mut out.problems)
                     });
                     match offered.iter().position(|(i, _)| *i == inode) {
@@ -704,13 +708,22 @@ mod tests {
         let mut systemd = Systemd::disabled();
         let mut held = Held::default();
         let synced = held.sync(&[pid], &mut systemd);
-        assert_eq!(synced.added, vec![format!("tcp {}", addr)], "problems: {:?}", synced.problems);
+        assert_eq!(
+            synced.added,
+            vec![format!("tcp {}", addr)],
+            "problems: {:?}",
+            synced.problems
+        );
         let again = held.sync(&[pid], &mut systemd);
         assert_eq!((again.added.len(), again.kept), (0, 1), "{:?}", again);
         // Only the wrapper's copy is left: a connection still completes (queued on it).
         serving.kill().unwrap();
         serving.wait().unwrap();
-        assert!(std::net::TcpStream::connect(addr).is_ok(), "the held copy keeps {} listening", addr);
+        assert!(
+            std::net::TcpStream::connect(addr).is_ok(),
+            "the held copy keeps {} listening",
+            addr
+        );
         // A generation that does not listen there: the copy is closed, the address refuses.
         let after = held.sync(&[other.id() as i32], &mut systemd);
         assert_eq!(after.closed, vec![format!("tcp {}", addr)], "{:?}", after);

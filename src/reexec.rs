@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use crate::cli;
 use crate::ledger::Ledger;
 use crate::state::{
-    Carried, CarriedAttempt, ForegroundGenerations, Gen, Generations, LastReload, MasterReload, MasterWorkerGenerations,
-    Restarts,
+    Carried, CarriedAttempt, ForegroundGenerations, Gen, Generations, LastReload, MasterReload,
+    MasterWorkerGenerations, Restarts,
 };
 
 pub const ENV: &str = "HAPROXY_SYSTEMD_WRAPPER_STATE";

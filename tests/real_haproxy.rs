@@ -617,7 +617,12 @@ both_modes! {
 /// Only async-signal-safe calls: it runs between fork and exec.
 fn refuse_pidfd_getfd() -> std::io::Result<()> {
     use nix::libc::*;
-    let insn = |code: u32, jt: u8, jf: u8, k: u32| sock_filter { code: code as u16, jt, jf, k };
+    let insn = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
     let filter = [
         // seccomp_data.nr is at offset 0
         insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),
@@ -625,11 +630,18 @@ fn refuse_pidfd_getfd() -> std::io::Result<()> {
         insn(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ERRNO | EPERM as u32),
         insn(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW),
     ];
-    let prog = sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut sock_filter };
+    let prog = sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut sock_filter,
+    };
     // SAFETY: prctl with a filter program that outlives the call.
     unsafe {
         if prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER as c_ulong, &prog as *const sock_fprog) != 0
+            || prctl(
+                PR_SET_SECCOMP,
+                SECCOMP_MODE_FILTER as c_ulong,
+                &prog as *const sock_fprog,
+            ) != 0
         {
             return Err(std::io::Error::last_os_error());
         }

@@ -557,7 +557,17 @@ mod real_exit_on_failure {
         let cfg = t.write("haproxy.cfg", &config(""));
         // --max-restarts 0: the wrapper does not start haproxy again itself (this test is about
         // the reload's verdict when haproxy stopped everything).
-        t.start(&["--haproxy", REAL_HAPROXY, "--stop-timeout", "2", "--max-restarts", "0", "-Ws", "-f", &cfg]);
+        t.start(&[
+            "--haproxy",
+            REAL_HAPROXY,
+            "--stop-timeout",
+            "2",
+            "--max-restarts",
+            "0",
+            "-Ws",
+            "-f",
+            &cfg,
+        ]);
         t.wait_ready(T_REAL);
         t.track_haproxy(REAL_HAPROXY);
         t.replace("haproxy.cfg", &config(&format!("    chroot {}\n", t.p("no-such-dir"))));

@@ -372,8 +372,8 @@ impl Protocol for Foreground {
                 note_old_pidfile(path);
             }
         }
-        let with_handover = handover.is_some()
-            || (!first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists()));
+        let with_handover =
+            handover.is_some() || (!first && self.launch.args.handover_socket.as_ref().map_or(false, |p| p.exists()));
         let sentinel = haproxy::spawn_sentinel().map_err(|e| Error::Internal(format!("fork: {}", e)))?;
         self.attempt = Some(NewGeneration {
             gen,

@@ -244,7 +244,11 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
             Restarts {
                 total: 1 + rng.below(100) as u32,
                 recent_ns: (0..rng.below(5)).map(|_| rng.number()).collect(),
-                last: if rng.one_in(2) { None } else { Some(format!("x{}", rng.text(30))) },
+                last: if rng.one_in(2) {
+                    None
+                } else {
+                    Some(format!("x{}", rng.text(30)))
+                },
             }
         },
     }

@@ -453,7 +453,10 @@ impl Supervisor {
         if nothing_serves {
             // The serving generation ended during the reload (master-worker: the master).
             record(self);
-            self.restart_or_stop(format!("nothing serves after the failed reload to gen {}", attempt.carried.gen), code.max(1));
+            self.restart_or_stop(
+                format!("nothing serves after the failed reload to gen {}", attempt.carried.gen),
+                code.max(1),
+            );
             return;
         }
         let status = self.status_with("");

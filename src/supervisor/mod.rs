@@ -130,7 +130,8 @@ impl Supervisor {
                     .and_then(|f| f.revents())
                     .map_or(false, |r| !r.is_empty())
             };
-            let (output_ready, messages_ready, handover_ready) = (ready(Some(1)), ready(messages_at), ready(handover_at));
+            let (output_ready, messages_ready, handover_ready) =
+                (ready(Some(1)), ready(messages_at), ready(handover_at));
             if handover_ready {
                 // haproxy waits for its sockets before it binds: before anything else.
                 self.serve_handover();
@@ -396,9 +397,7 @@ impl Supervisor {
     fn restart_allowed(&mut self) -> bool {
         let now = now_ns();
         let window = clock::nanos(RESTART_WINDOW);
-        self.restarts
-            .recent_ns
-            .retain(|&t| now.saturating_sub(t) < window);
+        self.restarts.recent_ns.retain(|&t| now.saturating_sub(t) < window);
         self.restarts.recent_ns.len() < self.opts.max_restarts as usize
     }
 
@@ -450,7 +449,11 @@ impl Supervisor {
             None => return,
         };
         match handover.serve(&self.held) {
-            Ok(n) => info!("handed {} listening sockets over to haproxy: {}", n, self.held.summary()),
+            Ok(n) => info!(
+                "handed {} listening sockets over to haproxy: {}",
+                n,
+                self.held.summary()
+            ),
             Err(e) => warning!("listener hand-over to haproxy: {}", e),
         }
     }

@@ -249,7 +249,15 @@ impl Supervisor {
         };
         let protocol = mode::protocol(launch, None, std::process::id() as i32)?;
         let ledger = ledger::Recorder::resume(&opts.run_dir, None);
-        let mut s = Supervisor::new(opts, protocol, procs::own_program(), relay, signals, ledger, Held::default());
+        let mut s = Supervisor::new(
+            opts,
+            protocol,
+            procs::own_program(),
+            relay,
+            signals,
+            ledger,
+            Held::default(),
+        );
         match procs::children_of(s.wrapper_pid) {
             Ok(orphans) if orphans.is_empty() => {}
             Ok(orphans) => warning!("stopping pids {:?}: the state carried across the re-exec does not say what they are", orphans),

@@ -82,7 +82,9 @@ impl Notify {
                                     ControlMessageOwned::ScmCredentials(cr) => pid = cr.pid(),
                                     ControlMessageOwned::ScmRights(v) => {
                                         // SAFETY: the kernel just installed these for this process.
-                                        fds.extend(v.into_iter().map(|fd| Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
+                                        fds.extend(
+                                            v.into_iter().map(|fd| Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })),
+                                        )
                                     }
                                     _ => {}
                                 }
@@ -93,7 +95,11 @@ impl Notify {
                         Err(e) => panic!("recvmsg on notify socket: {e}"),
                     }
                 };
-                let fds = if sh.keep_fds.load(Ordering::SeqCst) { fds } else { Vec::new() };
+                let fds = if sh.keep_fds.load(Ordering::SeqCst) {
+                    fds
+                } else {
+                    Vec::new()
+                };
                 let msg = Msg {
                     pid,
                     text: String::from_utf8_lossy(&buf[..n]).into_owned(),

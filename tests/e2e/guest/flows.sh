@@ -439,14 +439,32 @@ fi
 
 # ---- flow 6: haproxy killed ----
 if wanted 6; then
-begin 6 "kill -9 of the haproxy processes: systemd restarts the service"
+begin 6 "kill -9 of the haproxy processes: the wrapper starts haproxy again; past --max-restarts, systemd restarts the service"
 if need_active; then
 pid0=$(mainpid); restarts0=$(prop NRestarts); victims=$(haproxy_pids)
 say "       killing haproxy pids $victims (wrapper $pid0)"
 kill -9 $victims
+gone() { local p; for p in $victims; do kill -0 "$p" 2>/dev/null && return 1; done; return 0; }
+again() { gone && [ "$(prop ActiveState)" = active ] && serves && [[ $(status_text) == *"restarted after a crash: $1 "* ]]; }
+check "serving again within 15 s, StatusText: restarted after a crash: 1" wait_for 15 again 1
+check "by the wrapper itself: same MainPID, NRestarts unchanged" expect "MainPID NRestarts" "$(mainpid) $(prop NRestarts)" "$pid0 $restarts0"
+check "one generation" wait_one_generation 2
+# Four more within the minute: the wrapper's bound (--max-restarts, 5); the sixth ends the wrapper.
+for n in 2 3 4 5; do
+    victims=$(haproxy_pids); kill -9 $victims
+    check "kill $n: serving again, restarted after a crash: $n" wait_for 15 again $n
+    wait_one_generation 2 >/dev/null
+done
+victims=$(haproxy_pids); kill -9 $victims
 restarted() { [ "$(prop NRestarts)" -gt "$restarts0" ] && [ "$(prop ActiveState)" = active ] && serves; }
-check "restarted and serving within 15 s" wait_for 15 restarted
+check "kill 6 within a minute: the wrapper stops, systemd restarts the service, serving within 15 s" wait_for 15 restarted
 check "new MainPID is the wrapper" eval 'main_is_wrapper && [ "$(mainpid)" != "$pid0" ] || { WHY="${WHY:-MainPID still $pid0}"; false; }'
+bounded() {
+    journalctl --sync
+    journalctl -u $UNIT --no-pager --after-cursor="$FLOW_CURSOR" | grep -q "stopping, after 5 restarts within 60 s" && return 0
+    WHY="no 'stopping, after 5 restarts within 60 s' in the journal"; return 1
+}
+check "the journal says why the wrapper stopped" bounded
 check "one generation" wait_one_generation 2
 fi
 fi
