@@ -20,7 +20,6 @@
 
 use std::ffi::OsString;
 use std::io::{self, BufRead};
-use std::net::SocketAddr;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -69,6 +68,8 @@ pub struct Synced {
 
 /// The inode of an open descriptor.
 fn inode_of(fd: RawFd) -> io::Result<u64> {
+    // st_ino is 32 bits on some targets.
+    #[allow(clippy::unnecessary_cast)]
     nix::sys::stat::fstat(fd)
         .map(|st| st.st_ino as u64)
         .map_err(io::Error::from)
@@ -90,34 +91,6 @@ fn describe(inodes: &[u64]) -> Vec<String> {
         .collect()
 }
 
-/// The unconnected UDP sockets of a /proc/net/udp(6) table bound to a port outside `ephemeral`
-/// (the kernel's ip_local_port_range: a port there is a client's, haproxy's own log or resolver
-/// socket): inode and address.
-pub fn read_udp_listeners<R: BufRead>(table: R, ephemeral: (u16, u16)) -> Vec<(u64, SocketAddr)> {
-    let mut out = Vec::new();
-    for line in table.lines().skip(1).flatten() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (local, remote, inode) = match (fields.get(1), fields.get(2), fields.get(9)) {
-            (Some(l), Some(r), Some(i)) => (l, r, i),
-            _ => continue,
-        };
-        let (local, remote, inode) = match (
-            procs::parse_proc_addr(local),
-            procs::parse_proc_addr(remote),
-            inode.parse::<u64>(),
-        ) {
-            (Some(l), Some(r), Ok(i)) => (l, r, i),
-            _ => continue,
-        };
-        let unconnected = remote.port() == 0 && remote.ip().is_unspecified();
-        let port = local.port();
-        if unconnected && port != 0 && !(ephemeral.0..=ephemeral.1).contains(&port) {
-            out.push((inode, local));
-        }
-    }
-    out
-}
-
 /// The listening unix stream sockets with a path in a /proc/net/unix table (the `__SO_ACCEPTCON`
 /// flag; abstract ones, `@name`, cannot be handed over): inode and path.
 pub fn read_unix_listeners<R: BufRead>(table: R) -> Vec<(u64, String)> {
@@ -137,33 +110,17 @@ pub fn read_unix_listeners<R: BufRead>(table: R) -> Vec<(u64, String)> {
     out
 }
 
-/// The kernel's ephemeral port range (ip_local_port_range), its default when unreadable.
-fn ephemeral_ports() -> (u16, u16) {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32768, 60999))
-}
-
 /// Every listening socket of `pid`'s network namespace: inode and what it is.
 fn listening_in(pid: i32) -> Vec<(u64, String)> {
     let mut out: Vec<(u64, String)> = procs::listeners(pid)
         .into_iter()
         .map(|l| (l.inode, format!("tcp {}", l.addr)))
         .collect();
-    let ephemeral = ephemeral_ports();
-    for table in ["udp", "udp6"] {
-        if let Ok(file) = std::fs::File::open(format!("/proc/{}/net/{}", pid, table)) {
-            out.extend(
-                read_udp_listeners(io::BufReader::new(file), ephemeral)
-                    .into_iter()
-                    .map(|(inode, addr)| (inode, format!("udp {}", addr))),
-            );
-        }
-    }
+    out.extend(
+        procs::udp_listeners(pid)
+            .into_iter()
+            .map(|(inode, addr)| (inode, format!("udp {}", addr))),
+    );
     if let Ok(file) = std::fs::File::open(format!("/proc/{}/net/unix", pid)) {
         out.extend(
             read_unix_listeners(io::BufReader::new(file))
@@ -654,11 +611,11 @@ mod tests {
   2: 0100007F:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 502 2 0000000000000000 0\n\
   3: 0100007F:1F90 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 503 2 0000000000000000 0\n\
   garbage\n";
-        let found = read_udp_listeners(table.as_bytes(), (32768, 60999));
+        let found = procs::read_udp_listeners(table.as_bytes(), (32768, 60999));
         assert_eq!(found, vec![(501, "0.0.0.0:443".parse().unwrap())]);
         // A port inside the range is a client's.
         assert_eq!(
-            read_udp_listeners(table.as_bytes(), (400, 500)),
+            procs::read_udp_listeners(table.as_bytes(), (400, 500)),
             vec![(502, "127.0.0.1:40000".parse().unwrap())]
         );
     }

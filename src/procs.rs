@@ -296,16 +296,64 @@ pub fn bind_conflicts(wanted: SocketAddr, held: SocketAddr) -> bool {
     wanted.port() == held.port() && (a == b || a.is_unspecified() || b.is_unspecified())
 }
 
-/// Does `pid` still hold a listening TCP socket (its own, or one it shares with a newer haproxy
+/// The unconnected UDP sockets of a /proc/net/udp(6) table bound to a port outside `ephemeral`
+/// (the kernel's ip_local_port_range: a port there is a client's, haproxy's own log or resolver
+/// socket): inode and address.
+pub fn read_udp_listeners<R: std::io::BufRead>(table: R, ephemeral: (u16, u16)) -> Vec<(u64, SocketAddr)> {
+    let mut out = Vec::new();
+    for line in table.lines().skip(1).flatten() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, inode) = match (fields.get(1), fields.get(2), fields.get(9)) {
+            (Some(l), Some(r), Some(i)) => (l, r, i),
+            _ => continue,
+        };
+        let (local, remote, inode) = match (parse_proc_addr(local), parse_proc_addr(remote), inode.parse::<u64>()) {
+            (Some(l), Some(r), Ok(i)) => (l, r, i),
+            _ => continue,
+        };
+        let unconnected = remote.port() == 0 && remote.ip().is_unspecified();
+        let port = local.port();
+        if unconnected && port != 0 && !(ephemeral.0..=ephemeral.1).contains(&port) {
+            out.push((inode, local));
+        }
+    }
+    out
+}
+
+/// The kernel's ephemeral port range (ip_local_port_range), its default when unreadable.
+pub fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// The unconnected UDP sockets (IPv4 and IPv6) of `pid`'s network namespace bound outside the
+/// ephemeral port range (QUIC listeners): inode and address; empty when /proc cannot tell.
+pub fn udp_listeners(pid: i32) -> Vec<(u64, SocketAddr)> {
+    let ephemeral = ephemeral_ports();
+    let mut out = Vec::new();
+    for table in ["udp", "udp6"] {
+        if let Ok(file) = fs::File::open(format!("/proc/{}/net/{}", pid, table)) {
+            out.extend(read_udp_listeners(std::io::BufReader::new(file), ephemeral));
+        }
+    }
+    out
+}
+
+/// Does `pid` still hold a listening TCP socket or a QUIC one (its own, or one it shares with a newer haproxy
 /// through `-x`)? False when it is gone or /proc cannot tell: nobody waits on a guess.
 pub fn holds_listener(pid: i32) -> bool {
-    let listening = listeners(pid);
+    let mut listening: Vec<u64> = listeners(pid).iter().map(|l| l.inode).collect();
+    // QUIC: a UDP socket that receives a new client's first datagram is a listener too.
+    listening.extend(udp_listeners(pid).iter().map(|(inode, _)| *inode));
     if listening.is_empty() {
         return false;
     }
-    socket_inodes(pid)
-        .iter()
-        .any(|inode| listening.iter().any(|l| l.inode == *inode))
+    socket_inodes(pid).iter().any(|inode| listening.contains(inode))
 }
 
 #[cfg(test)]

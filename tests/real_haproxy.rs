@@ -612,43 +612,6 @@ both_modes! {
     }
 }
 
-/// Installs, in the calling process (a child about to exec), a seccomp filter that refuses
-/// pidfd_getfd(2) with EPERM, as a container's filter does (systemd-nspawn's, Docker's default).
-/// Only async-signal-safe calls: it runs between fork and exec.
-fn refuse_pidfd_getfd() -> std::io::Result<()> {
-    use nix::libc::*;
-    let insn = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    };
-    let filter = [
-        // seccomp_data.nr is at offset 0
-        insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),
-        insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, SYS_pidfd_getfd as u32),
-        insn(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ERRNO | EPERM as u32),
-        insn(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW),
-    ];
-    let prog = sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut sock_filter,
-    };
-    // SAFETY: prctl with a filter program that outlives the call.
-    unsafe {
-        if prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || prctl(
-                PR_SET_SECCOMP,
-                SECCOMP_MODE_FILTER as c_ulong,
-                &prog as *const sock_fprog,
-            ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 both_modes! {
     /// Where pidfd_getfd(2) is refused (a seccomp filter), the wrapper gets the listening sockets
     /// from haproxy's stats socket (`expose-fd listeners`) instead, and a killed haproxy still

@@ -120,13 +120,46 @@ both_modes! {
     }
 }
 
-/// Foreground without `-x` and with `noreuseport`: the new generation can bind only once the old
-/// one lets go, which is what haproxy's pause of its `-sf` pids is for; the wrapper retries with
-/// the old generation in `-sf`, and the reload succeeds.
+/// Foreground without `-x` and with `noreuseport`, the wrapper holding no socket (pidfd_getfd
+/// refused by a seccomp filter, a stats socket without `expose-fd listeners`): the new generation
+/// can bind only once the old one lets go, which is what haproxy's pause of its `-sf` pids is for;
+/// the wrapper retries with the old generation in `-sf`, and the reload succeeds.
 #[test]
 fn noreuseport_without_handover_still_reloads() {
     let mode = Mode::Foreground;
     let mut t = Ctx::new("truth-noreuseport");
+    let text = |t: &Ctx, tag: &str| config(t, mode, tag, "    noreuseport\n", "").replace(" expose-fd listeners", "");
+    let cfg = t.write("haproxy.cfg", &text(&t, "one"));
+    let mut cmd = t.command(&["--haproxy", REAL_HAPROXY, "-f", &cfg]);
+    // SAFETY: refuse_pidfd_getfd only makes async-signal-safe calls.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(refuse_pidfd_getfd);
+    }
+    t.spawn(cmd);
+    t.wait_ready(T_REAL);
+    t.track_haproxy(REAL_HAPROXY);
+    assert_eq!(wait_http_200(t.port, T_REAL).body.trim(), "one");
+    for tag in ["two", "three"] {
+        t.replace("haproxy.cfg", &text(&t, tag));
+        let out = systemctl_reload(&mut t);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert_eq!(body(&t), tag);
+    }
+    let log = t.log();
+    assert!(
+        log.contains("no stats socket with \"expose-fd listeners\" offered it"),
+        "{log}"
+    );
+    assert!(log.contains("could not bind an address our generation holds (noreuseport); retrying once with the older generations in -sf"), "{log}");
+}
+
+/// Foreground without `-x` and with `noreuseport`: each reload's new generation takes over the
+/// sockets the wrapper holds, so it does not need the old one to let go: no retry.
+#[test]
+fn noreuseport_reloads_on_the_sockets_the_wrapper_holds() {
+    let mode = Mode::Foreground;
+    let mut t = Ctx::new("truth-noreuseport-held");
     let cfg = config(&t, mode, "one", "    noreuseport\n", "");
     start(&mut t, mode, &cfg, false, "one");
     for tag in ["two", "three"] {
@@ -135,7 +168,13 @@ fn noreuseport_without_handover_still_reloads() {
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
         assert_eq!(body(&t), tag);
     }
-    assert!(t.log().contains("could not bind an address our generation holds (noreuseport); retrying once with the older generations in -sf"), "{}", t.log());
+    let log = t.log();
+    assert_eq!(
+        log.matches("with the listening sockets the wrapper holds").count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("retrying once"), "{log}");
 }
 
 both_modes! {
