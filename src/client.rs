@@ -46,6 +46,8 @@ pub enum Answer<'a> {
         ms: u64,
         reasons: &'a [String],
         late: Late,
+        /// Nothing served after it, and the wrapper started haproxy again.
+        restarted: bool,
     },
     /// The wrapper is stopping and no attempt answers us.
     Stopping,
@@ -57,13 +59,14 @@ pub fn answer(ledger: &Ledger, target: Target) -> Answer<'_> {
         Target::Covers(n) => a.covers >= n,
         Target::BegunAfter(t) => a.begun_ns > t,
     });
-    match ours.map(|a| (a.gen, &a.outcome, a.late)) {
-        Some((gen, Outcome::Ok { ms }, _)) => Answer::Served { gen, ms: *ms },
-        Some((gen, Outcome::Failed { ms, reasons }, late)) => Answer::Failed {
+    match ours.map(|a| (a.gen, &a.outcome, a.late, a.restarted)) {
+        Some((gen, Outcome::Ok { ms }, _, _)) => Answer::Served { gen, ms: *ms },
+        Some((gen, Outcome::Failed { ms, reasons }, late, restarted)) => Answer::Failed {
             gen,
             ms: *ms,
             reasons,
             late,
+            restarted,
         },
         _ if ledger.stopping => Answer::Stopping,
         _ => Answer::Wait,
@@ -302,13 +305,25 @@ pub fn wait_reload(opts: &WaitOptions) -> u8 {
                 );
                 return EXIT_OK;
             }
-            Answer::Failed { gen, ms, reasons, late } => {
+            Answer::Failed {
+                gen,
+                ms,
+                reasons,
+                late,
+                restarted,
+            } => {
                 let mut lines = reasons.iter();
                 let summary = lines.next().map(String::as_str).unwrap_or("no reason recorded");
                 if late == Late::Possible {
                     // The master cannot be told to give the reload up: it may still take effect.
                     error!(
                         "reload to gen {} failed after {} ms: {}; haproxy may still complete it",
+                        gen, ms, summary
+                    );
+                } else if restarted {
+                    // haproxy stopped every generation; the wrapper started it again.
+                    error!(
+                        "reload to gen {} failed after {} ms and haproxy stopped every generation; the wrapper started haproxy again with the configuration on disk: {}",
                         gen, ms, summary
                     );
                 } else if ledger.stopping {
@@ -403,7 +418,8 @@ mod tests {
                 gen: 3,
                 ms: 7,
                 reasons: &["bad".to_string()],
-                late: Late::No
+                late: Late::No,
+                restarted: false
             }
         );
         assert_eq!(
@@ -412,7 +428,8 @@ mod tests {
                 gen: 3,
                 ms: 7,
                 reasons: &["bad".to_string()],
-                late: Late::No
+                late: Late::No,
+                restarted: false
             }
         );
         // Counted, its attempt still running.
@@ -426,7 +443,8 @@ mod tests {
                 gen: 3,
                 ms: 7,
                 reasons: &["bad".to_string()],
-                late: Late::No
+                late: Late::No,
+                restarted: false
             }
         );
         assert_eq!(answer(&l, Target::BegunAfter(300)), Answer::Wait);

@@ -50,6 +50,9 @@ pub struct Record {
     /// After a failure: whether haproxy may still complete the reload, or did (master-worker, at
     /// --ready-timeout). Written as a `late` line of its own, which older readers skip.
     pub late: Late,
+    /// After a failure: nothing served any more (haproxy stopped every generation) and the
+    /// wrapper started haproxy again. A `restarted` line of its own.
+    pub restarted: bool,
 }
 
 /// What became of a reload reported failed that haproxy could still complete.
@@ -108,6 +111,7 @@ impl Ledger {
             gen,
             outcome: Outcome::Pending,
             late: Late::No,
+            restarted: false,
         });
         while self.attempts.len() > KEEP {
             self.attempts.pop_front();
@@ -193,6 +197,9 @@ impl Ledger {
                 Late::Possible => out.push_str(&format!("late {} possible\n", a.seq)),
                 Late::Served { ms } => out.push_str(&format!("late {} served {}\n", a.seq, ms)),
             }
+            if a.restarted {
+                out.push_str(&format!("restarted {}\n", a.seq));
+            }
         }
         out
     }
@@ -252,6 +259,7 @@ impl Ledger {
                         gen,
                         outcome,
                         late: Late::No,
+                        restarted: false,
                     });
                 }
                 "reason" => {
@@ -277,6 +285,13 @@ impl Ledger {
                     let seq = num(f[0])?;
                     match ledger.attempts.iter_mut().find(|a| a.seq == seq) {
                         Some(a) if matches!(a.outcome, Outcome::Failed { .. }) => a.late = late,
+                        _ => return Err(bad()),
+                    }
+                }
+                "restarted" => {
+                    let seq = num(rest)?;
+                    match ledger.attempts.iter_mut().find(|a| a.seq == seq) {
+                        Some(a) if matches!(a.outcome, Outcome::Failed { .. }) => a.restarted = true,
                         _ => return Err(bad()),
                     }
                 }
@@ -527,6 +542,14 @@ impl Recorder {
     pub fn set_late(&mut self, gen: u32, late: Late) {
         self.ledger.set_late(gen, late);
         self.save();
+    }
+
+    /// The attempt `seq`, about to be finished as failed, leaves nothing serving and the wrapper
+    /// starts haproxy again: written with its verdict (not saved here).
+    pub fn mark_restarted(&mut self, seq: u64) {
+        if let Some(a) = self.ledger.attempts.iter_mut().find(|a| a.seq == seq) {
+            a.restarted = true;
+        }
     }
 
     pub fn stopping(&mut self) {

@@ -630,13 +630,17 @@ mod failed_reload_truth {
     use super::*;
 
     /// master-worker: the reload's new worker fails and haproxy (its exit-on-failure) stops every
-    /// worker; its master answers READY=1 and is slow to exit. The wrapper says nothing serves,
-    /// stops with a failure status for Restart=, and never claims that the previous generation
-    /// keeps serving. (When the master's end comes first, the wrapper reports that instead.)
+    /// worker; its master answers READY=1 and is slow to exit. With `--max-restarts 0` the wrapper
+    /// says nothing serves, stops with a failure status for Restart=, and never claims that the
+    /// previous generation keeps serving. (When the master's end comes first, the wrapper reports
+    /// that instead.)
     #[test]
     fn a_new_worker_failure_that_takes_haproxy_down_is_reported_truthfully() {
         let mut t = Ctx::new("exitonfailure");
-        t.start_fake_ready(Mode::MasterWorker, "");
+        let cfg = t.write("h.cfg", "");
+        let args = t.fake_args_with_options(Mode::MasterWorker, &cfg, &["--max-restarts", "0"]);
+        t.start(&args);
+        t.wait_ready(T);
         let master = first_fake(&t, Mode::MasterWorker);
         t.replace("h.cfg", "fake-new-worker-fails 1\n");
         t.signal(Signal::SIGUSR2);
@@ -668,6 +672,42 @@ mod failed_reload_truth {
             "the wrapper claimed the previous generation keeps serving:\n{log}"
         );
         assert!(log.contains("nothing serves"), "log:\n{log}");
+        t.assert_no_fake_left();
+    }
+
+    /// The same failure with restarts allowed (the default): the reload fails (exit status 1, not
+    /// "stopping"), and the wrapper starts a new master at once: it serves again, same wrapper.
+    #[test]
+    fn a_new_worker_failure_that_takes_haproxy_down_is_followed_by_a_restart() {
+        let mut t = Ctx::new("exitonfailure-restart");
+        t.start_fake_ready(Mode::MasterWorker, "");
+        let master = first_fake(&t, Mode::MasterWorker);
+        t.replace("h.cfg", "fake-new-worker-fails 1\n");
+        t.signal(Signal::SIGUSR2);
+        let client = t
+            .wait_reload_command(t.pid, &[])
+            .output()
+            .expect("run the --wait-reload client");
+        let said = String::from_utf8_lossy(&client.stderr).into_owned();
+        assert_eq!(client.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("failed after") && said.contains("the wrapper started haproxy again"),
+            "{said}"
+        );
+        assert!(!said.contains("keeps serving"), "{said}");
+        t.wait_events("the first master's end", 1, T, |e| e.pid == master && e.what == "exit");
+        t.notify()
+            .wait_count("READY=1 of the new master", 2, T, |m| m.is_ready());
+        t.wait_events("a second master ready", 2, T, |e| {
+            e.what == "ready" && e.role == "master"
+        });
+        assert!(t.try_exit().is_none(), "the wrapper exited:\n{}", t.log());
+        let log = t.log();
+        assert!(log.contains("nothing serves"), "log:\n{log}");
+        assert!(log.contains(": starting gen 2 at once"), "log:\n{log}");
+        let status = t.notify().last_status().unwrap_or_default();
+        assert!(status.contains("restarted after a crash: 1"), "STATUS: {status}");
+        stop_and_expect_0(&mut t, T);
         t.assert_no_fake_left();
     }
 }

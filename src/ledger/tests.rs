@@ -53,6 +53,17 @@ fn round_trips() {
 }
 
 #[test]
+fn a_failure_followed_by_a_restart_round_trips_and_older_readers_skip_it() {
+    let mut l = sample();
+    l.attempts[1].restarted = true;
+    let text = l.encode();
+    assert!(text.contains("restarted 2\n"), "{}", text);
+    assert_eq!(Ledger::parse(&text).unwrap(), l);
+    // Only a failed attempt is followed by a restart.
+    assert!(Ledger::parse("haproxy-systemd-wrapper-ledger 1\npid 1\nattempt 1 0 0 2 ok 5\nrestarted 1\n").is_err());
+}
+
+#[test]
 fn a_failure_that_may_still_complete_round_trips() {
     let mut l = sample();
     l.set_late(3, Late::Possible);

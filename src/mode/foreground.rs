@@ -470,6 +470,10 @@ impl Protocol for Foreground {
         self.serving_pid().into_iter().collect()
     }
 
+    fn forget_serving(&mut self) -> Option<i32> {
+        self.generations.serving.take().map(|generation| generation.pid)
+    }
+
     fn serving_text(&self) -> Option<String> {
         self.generations
             .serving

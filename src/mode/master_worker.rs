@@ -510,6 +510,14 @@ impl Protocol for MasterWorker {
         self.master_pid()
     }
 
+    fn forget_serving(&mut self) -> Option<i32> {
+        let master = self.generations.master.take()?;
+        // Its workers, if any are left, are the wrapper's to reap (subreaper) and stop.
+        let workers = std::mem::take(&mut self.generations.workers);
+        self.generations.old_workers.extend(workers);
+        Some(master.pid)
+    }
+
     fn listener_pids(&self) -> Vec<i32> {
         if !self.generations.workers.is_empty() {
             return self.generations.workers.clone();

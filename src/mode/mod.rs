@@ -149,6 +149,11 @@ pub trait Protocol {
         false
     }
 
+    /// Nothing serves any more and a new generation is about to start in its place: the serving
+    /// generation is forgotten; its process, when it still lives (a master slow to exit after
+    /// haproxy stopped its workers), is returned for the caller to end.
+    fn forget_serving(&mut self) -> Option<i32>;
+
     /// The serving generation's processes that accept (foreground: its haproxy; master-worker:
     /// its workers): the listening sockets the wrapper holds are theirs.
     fn listener_pids(&self) -> Vec<i32>;

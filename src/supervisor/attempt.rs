@@ -414,6 +414,10 @@ impl Supervisor {
                     // A --wait-reload client reads the failure and, with it, that nothing serves.
                     this.ledger.stopping();
                 }
+                if restart {
+                    // ... or that haproxy is started again.
+                    this.ledger.mark_restarted(seq);
+                }
                 this.ledger
                     .finish_late(seq, ledger::Outcome::Failed { ms, reasons }, late);
             }

@@ -419,6 +419,15 @@ impl Supervisor {
             self.begin_stop(StopHow::Terminate);
             return;
         }
+        if let Some(pid) = self.protocol.forget_serving() {
+            if procs::stat(pid).map_or(false, |(_, state)| state != 'Z') {
+                info!(
+                    "pid {} of the generation that no longer serves is still there: SIGTERM",
+                    pid
+                );
+                haproxy::signal(pid, Signal::SIGTERM);
+            }
+        }
         let now = now_ns();
         self.restarts.recent_ns.push(now);
         self.restarts.total += 1;

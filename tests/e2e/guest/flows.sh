@@ -91,7 +91,7 @@ global
 	user haproxy
 	group haproxy
 	daemon
-
+${GLOBAL_EXTRA:-}
 defaults
 	log	global
 	mode	http
@@ -619,6 +619,9 @@ fi
 
 # ---- flows never-refuse-mw, never-refuse-fg: no connection refused (tests/e2e/guest/never_refuse.sh) ----
 . /e2e/guest/never_refuse.sh
+
+# ---- flow quic: HTTP/3 through reloads and a crash (tests/e2e/guest/quic.sh) ----
+. /e2e/guest/quic.sh
 
 # ---- flow 9: purge ----
 if wanted 9; then
