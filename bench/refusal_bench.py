@@ -19,7 +19,6 @@ BENCH_ALLOW_MISS=1, 2 on a setup error.
 """
 
 import datetime
-import fcntl
 import json
 import os
 import shutil
@@ -119,15 +118,9 @@ def main():
         log("no package: run `make deb` (or set BENCH_RF_DEB)")
         return 2
     sd.SUITE = SUITE
-    env = dict(os.environ, E2E_CACHE=sd.E2E_CACHE)
-    p = subprocess.run([os.path.join(ROOT, "tests", "e2e", "build-root.sh"), SUITE], capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        log("could not build the %s root:\n%s" % (SUITE, p.stderr[-3000:]))
+    root, lockf = sd.guest_root_and_lock(SUITE, log)
+    if root is None:
         return 2
-    root = p.stdout.strip()
-    lockf = open(sd.LOCK, "w")
-    log("waiting for %s (another guest may run)" % sd.LOCK)
-    fcntl.flock(lockf, fcntl.LOCK_EX)
     rundir = tempfile.mkdtemp(prefix="hsw-bench-refusals.")
     keep = os.environ.get("BENCH_RF_KEEP", "") not in ("", "0")
     try:
@@ -158,16 +151,12 @@ def main():
             return 1
         commit = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip() or "?"
         text, checks = report(res, started, elapsed, commit)
-        print()
-        print(text)
-        bench.write_block(sd.RESULTS_FILE, BEGIN, END, "Latest results: refused connections", text)
-        missed = [c for c in checks if not c[0]] + res.get("errors", [])
-        if missed:
-            keep = True
-            print("\n%d target(s) missed or error(s)%s; guest output in %s" % (
-                len(missed), " (BENCH_ALLOW_MISS=1: exit 0)" if sd.ALLOW_MISS else "", rundir))
-            return 0 if sd.ALLOW_MISS else 1
-        return 0
+
+        def write(text):
+            bench.write_block(sd.RESULTS_FILE, BEGIN, END, "Latest results: refused connections", text)
+        rc, missed = sd.conclude(text, checks, res.get("errors", []), write, rundir)
+        keep = keep or missed
+        return rc
     finally:
         if keep:
             log("run directory kept: %s" % rundir)

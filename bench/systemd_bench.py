@@ -479,6 +479,50 @@ def write_results(text):
     bench.write_block(RESULTS_FILE, BEGIN, END, "Latest results: `systemctl reload` on a large configuration", text)
 
 
+def guest_root_and_lock(suite, say):
+    """The cached guest root of `suite` (tests/e2e/build-root.sh builds it when missing) and the e2e
+    lock, held (waiting at most 30 min for another guest): (root, lock file), or (None, None) once
+    `say` told why."""
+    env = dict(os.environ, E2E_CACHE=E2E_CACHE)
+    p = subprocess.run([os.path.join(ROOT, "tests", "e2e", "build-root.sh"), suite], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        say("could not build the %s root:\n%s" % (suite, p.stderr[-3000:]))
+        return None, None
+    lockf = open(LOCK, "w")
+    try:
+        fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say("another guest holds %s; waiting (at most 30 min)" % LOCK)
+
+        def expired(_s, _f):
+            raise TimeoutError()
+        old_handler = signal.signal(signal.SIGALRM, expired)
+        signal.alarm(1800)
+        try:
+            fcntl.flock(lockf, fcntl.LOCK_EX)
+        except TimeoutError:
+            say("timed out waiting for %s" % LOCK)
+            lockf.close()
+            return None, None
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old_handler)
+    return p.stdout.strip(), lockf
+
+
+def conclude(text, checks, errors, write, rundir):
+    """Prints the report and writes it (`write(text)`): (exit status, whether anything was missed)."""
+    print()
+    print(text)
+    write(text)
+    missed = [c for c in checks if not c[0]] + list(errors)
+    if not missed:
+        return 0, False
+    print("\n%d target(s) missed or error(s)%s; guest output in %s" % (
+        len(missed), " (BENCH_ALLOW_MISS=1: exit 0)" if ALLOW_MISS else "", rundir))
+    return (0 if ALLOW_MISS else 1), True
+
+
 def newest_deb():
     debs = [d for d in glob.glob(os.path.join(ROOT, "dist", "haproxy-systemd-wrapper_*.deb")) if "dbgsym" not in d]
     return max(debs, key=os.path.getmtime) if debs else None
@@ -501,30 +545,9 @@ def main():
         log("no package: run `make deb` (or set BENCH_SD_DEB)")
         return 2
     certs = ensure_certs(CERT_CACHE, CERTS) if CERTS else None
-    env = dict(os.environ, E2E_CACHE=E2E_CACHE)
-    p = subprocess.run([os.path.join(ROOT, "tests", "e2e", "build-root.sh"), SUITE], capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        log("could not build the %s root:\n%s" % (SUITE, p.stderr[-3000:]))
+    root, lockf = guest_root_and_lock(SUITE, log)
+    if root is None:
         return 2
-    root = p.stdout.strip()
-    lockf = open(LOCK, "w")
-    try:
-        fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log("another guest holds %s; waiting (at most 30 min)" % LOCK)
-
-        def expired(_s, _f):
-            raise TimeoutError()
-        old_handler = signal.signal(signal.SIGALRM, expired)
-        signal.alarm(1800)
-        try:
-            fcntl.flock(lockf, fcntl.LOCK_EX)
-        except TimeoutError:
-            log("timed out waiting for %s" % LOCK)
-            return 2
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, old_handler)
     rundir = tempfile.mkdtemp(prefix="hsw-bench-systemd.")
     keep = os.environ.get("BENCH_SD_KEEP", "") not in ("", "0")
     try:
@@ -579,16 +602,9 @@ def main():
         except OSError:
             pass
         text, checks = report(res, s, relay, suppressed, started, elapsed, load_start, load_end)
-        print()
-        print(text)
-        write_results(text)
-        missed = [c for c in checks if not c[0]] + [e for e in res.get("errors", [])]
-        if missed:
-            keep = True
-            print("\n%d target(s) missed or error(s)%s; guest output in %s" % (
-                len(missed), " (BENCH_ALLOW_MISS=1: exit 0)" if ALLOW_MISS else "", rundir))
-            return 0 if ALLOW_MISS else 1
-        return 0
+        rc, missed = conclude(text, checks, res.get("errors", []), write_results, rundir)
+        keep = keep or missed
+        return rc
     finally:
         if keep:
             log("run directory kept: %s" % rundir)

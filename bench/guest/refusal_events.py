@@ -189,7 +189,7 @@ def events(variant, runs, deb):
     plan.append(("SIGKILL of the main process", main_killed))
     plan.append(("systemctl restart", lambda: sh("systemctl", "restart", "haproxy", timeout=60, check=True)))
     if variant != "debian":
-        plan.append(("package upgrade", lambda: sh("apt-get", "install", "-y", "--reinstall", deb, timeout=300, check=True)))
+        plan.append(("package upgrade", lambda: sh("apt-get", "install", "-y", "--allow-downgrades", "--reinstall", deb, timeout=300, check=True)))
     for event, action in plan:
         for run in range(1, runs + 1):
             write_cfg("bench-%d" % n)

@@ -125,7 +125,7 @@ never_refuse() {
 
     probed "systemctl restart" 1 timeout 60 systemctl restart $UNIT
     check "systemctl restart exits 0" expect rc "$EVENT_RC" 0
-    probed "package upgrade (apt-get install --reinstall)" 0 env DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y --reinstall "$DEB"
+    probed "package upgrade (apt-get install --reinstall)" 0 env DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y --allow-downgrades --reinstall "$DEB"
     check "package upgrade exits 0" expect rc "$EVENT_RC" 0
     check "serves the configuration" serves "$tag-good"
 
