@@ -34,7 +34,7 @@ all_suites=(bookworm trixie sid)
 known_flows=$(sed -n 's/^if wanted \([0-9A-Za-z-]*\); then$/\1/p' "$here"/guest/*.sh | tr '\n' ' ' | sed 's/ $//')
 flows=$(echo ${E2E_FLOWS:-})
 for f in $flows; do
-    case " $known_flows" in *" $f "*) ;; *)
+    case " $known_flows " in *" $f "*) ;; *)
         echo "e2e: E2E_FLOWS: unknown flow '$f' (the flows: $known_flows)" >&2; exit 2 ;;
     esac
 done
