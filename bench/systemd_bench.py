@@ -313,7 +313,7 @@ def run_guest(root, rundir):
     """Boots the guest (as tests/e2e/run.sh does) and serves its trace requests; returns the trace
     text (or None) and nspawn's exit status."""
     env = dict(os.environ)
-    if SUITE == "trixie":
+    if SUITE in ("trixie", "sid"):  # systemd >= 256 in the guest (tests/e2e/run.sh does the same)
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
     argv = ["timeout", "--kill-after=20", str(TIMEOUT), "unshare", "--pid", "--fork", "--kill-child",
             "systemd-nspawn", "--quiet", "--directory=" + root, "--volatile=overlay", "--boot",
