@@ -154,9 +154,18 @@ def processes(variant):
     return kids[0], None, main
 
 
+def gone(pid):
+    """Reaped, or a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(") ", 1)[1][0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def kill_and_wait(pid):
     os.kill(pid, 9)
-    wait(lambda: not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split(") ")[1][0] == "Z", 10)
+    wait(lambda: gone(pid), 10)
 
 
 def main_killed():
