@@ -239,12 +239,15 @@ impl Held {
                 Err(e) => notes.push(format!("carried listener fd {}: {}", fd, e)),
             }
         }
-        held.describe();
+        // Described when the log needs it (`summary`, `sync`): not on the reload's path.
         (held, notes)
     }
 
     /// "tcp 127.0.0.1:80, unix /run/haproxy/admin.sock", for the log.
-    pub fn summary(&self) -> String {
+    pub fn summary(&mut self) -> String {
+        if self.sockets.iter().any(|s| s.what.is_empty()) {
+            self.describe();
+        }
         self.sockets
             .iter()
             .map(|s| s.what.as_str())
@@ -290,14 +293,21 @@ impl Held {
             return out;
         }
         let before = std::mem::take(&mut self.sockets);
-        for socket in before {
-            if wanted.iter().any(|w| w.0 == socket.inode) {
+        for mut socket in before {
+            if let Some(w) = wanted.iter().find(|w| w.0 == socket.inode) {
+                if socket.what.is_empty() {
+                    socket.what = w.1.clone();
+                }
                 self.sockets.push(socket);
             } else {
                 if socket.stored {
                     systemd.remove_stored(&format!("{}{}", FD_PREFIX, socket.inode));
                 }
-                out.closed.push(socket.what);
+                out.closed.push(if socket.what.is_empty() {
+                    format!("socket {}", socket.inode)
+                } else {
+                    socket.what
+                });
             }
         }
         out.kept = self.sockets.len();

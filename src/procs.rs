@@ -6,6 +6,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use nix::libc;
+
 /// The wrapper's own program file: what /proc/self/exe names (without the " (deleted)" a package
 /// upgrade leaves there: the new file has the same name), else argv[0].
 pub fn own_program() -> PathBuf {
@@ -241,8 +243,26 @@ pub fn read_listeners<R: std::io::BufRead>(table: R) -> Vec<Listener> {
 }
 
 /// The listening TCP sockets (IPv4 and IPv6) of `pid`'s network namespace; empty when /proc
-/// cannot tell.
+/// cannot tell. In the wrapper's own namespace they come from sock_diag (`diag_sockets`), which
+/// reads only the kernel's listening table: /proc/net/tcp6 walks every TCP connection of the host
+/// (6.5 ms here with 14000 in TIME_WAIT, even with no IPv6 socket at all).
 pub fn listeners(pid: i32) -> Vec<Listener> {
+    if same_netns(pid) {
+        let diag = [libc::AF_INET, libc::AF_INET6]
+            .iter()
+            .map(|&family| diag_sockets(family as u8, libc::IPPROTO_TCP as u8, 1 << TCP_LISTEN))
+            .collect::<io::Result<Vec<_>>>();
+        if let Ok(found) = diag {
+            return found
+                .into_iter()
+                .flatten()
+                .map(|d| Listener {
+                    addr: d.local,
+                    inode: d.inode,
+                })
+                .collect();
+        }
+    }
     let mut listening = Vec::new();
     for table in ["tcp", "tcp6"] {
         if let Ok(file) = fs::File::open(format!("/proc/{}/net/{}", pid, table)) {
@@ -335,6 +355,27 @@ pub fn ephemeral_ports() -> (u16, u16) {
 /// ephemeral port range (QUIC listeners): inode and address; empty when /proc cannot tell.
 pub fn udp_listeners(pid: i32) -> Vec<(u64, SocketAddr)> {
     let ephemeral = ephemeral_ports();
+    if same_netns(pid) {
+        // An unbound-remote UDP socket is in state TCP_CLOSE for sock_diag.
+        let diag = [libc::AF_INET, libc::AF_INET6]
+            .iter()
+            .map(|&family| diag_sockets(family as u8, libc::IPPROTO_UDP as u8, 1 << TCP_CLOSE))
+            .collect::<io::Result<Vec<_>>>();
+        if let Ok(found) = diag {
+            return found
+                .into_iter()
+                .flatten()
+                .filter(|d| {
+                    let port = d.local.port();
+                    d.remote.port() == 0
+                        && d.remote.ip().is_unspecified()
+                        && port != 0
+                        && !(ephemeral.0..=ephemeral.1).contains(&port)
+                })
+                .map(|d| (d.inode, d.local))
+                .collect();
+        }
+    }
     let mut out = Vec::new();
     for table in ["udp", "udp6"] {
         if let Ok(file) = fs::File::open(format!("/proc/{}/net/{}", pid, table)) {
@@ -342,6 +383,145 @@ pub fn udp_listeners(pid: i32) -> Vec<(u64, SocketAddr)> {
         }
     }
     out
+}
+
+const TCP_LISTEN: u32 = 10;
+const TCP_CLOSE: u32 = 7;
+
+/// Is `pid` in the wrapper's own network namespace (where sock_diag answers for it)?
+fn same_netns(pid: i32) -> bool {
+    match (
+        fs::read_link("/proc/self/ns/net"),
+        fs::read_link(format!("/proc/{}/ns/net", pid)),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// One socket as sock_diag describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub inode: u64,
+}
+
+/// The address in an inet_diag_sockid: a big-endian port at `port_at`, the address at `addr_at`.
+fn diag_addr(msg: &[u8], family: u8, port_at: usize, addr_at: usize) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes([*msg.get(port_at)?, *msg.get(port_at + 1)?]);
+    let ip = if family == libc::AF_INET as u8 {
+        let b = msg.get(addr_at..addr_at + 4)?;
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(msg.get(addr_at..addr_at + 16)?);
+        IpAddr::V6(Ipv6Addr::from(octets))
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Parses a sock_diag dump (netlink messages of inet_diag_msg): the sockets, and whether the
+/// dump is over (NLMSG_DONE), or the kernel's error.
+pub fn parse_diag(buf: &[u8], out: &mut Vec<DiagSocket>) -> io::Result<bool> {
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+        let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+        if len < 16 || at + len > buf.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink message"));
+        }
+        let msg = &buf[at + 16..at + len];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = msg
+                    .get(0..4)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                return Err(io::Error::from_raw_os_error(-errno));
+            }
+            _ => {
+                // inet_diag_msg: family, state, timer, retrans, id (sport, dport, src, dst, if,
+                // cookie), expires, rqueue, wqueue, uid, inode.
+                let family = *msg.first().unwrap_or(&0);
+                let inode = msg.get(68..72).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                if let (Some(local), Some(remote), Some(inode)) =
+                    (diag_addr(msg, family, 4, 8), diag_addr(msg, family, 6, 24), inode)
+                {
+                    out.push(DiagSocket {
+                        local,
+                        remote,
+                        inode: u64::from(inode),
+                    });
+                }
+            }
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(false)
+}
+
+/// The sockets of one family and protocol in `states` (a bit per TCP state) in the wrapper's
+/// network namespace, from the kernel's sock_diag netlink interface (what `ss` uses).
+pub fn diag_sockets(family: u8, protocol: u8, states: u32) -> io::Result<Vec<DiagSocket>> {
+    use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST_DUMP: u16 = 0x301;
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = [0u8; 72];
+    req[0..4].copy_from_slice(&72u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&NLM_F_REQUEST_DUMP.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = family;
+    req[17] = protocol;
+    req[20..24].copy_from_slice(&states.to_ne_bytes());
+    // SAFETY: a zeroed sockaddr_nl with its family set is the kernel's address.
+    let sent = unsafe {
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(
+            sock.as_raw_fd(),
+            req.as_ptr() as *const libc::c_void,
+            req.len(),
+            0,
+            &kernel as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: recv(2) into a buffer of ours, of the length given.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 || parse_diag(&buf[..n as usize], &mut out)? {
+            return Ok(out);
+        }
+    }
 }
 
 /// Does `pid` still hold a listening TCP socket or a QUIC one (its own, or one it shares with a newer haproxy
@@ -359,6 +539,50 @@ pub fn holds_listener(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sock_diag_lists_a_listener_and_a_quic_like_socket_with_their_inodes() {
+        use std::os::unix::fs::MetadataExt;
+        let inode_of = |fd: i32| fs::metadata(format!("/proc/self/fd/{}", fd)).unwrap().ino();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp_inode = inode_of(std::os::unix::io::AsRawFd::as_raw_fd(&tcp));
+        let me = std::process::id() as i32;
+        let found = listeners(me);
+        assert!(
+            found.contains(&Listener {
+                addr: tcp.local_addr().unwrap(),
+                inode: tcp_inode
+            }),
+            "{:?}",
+            found
+        );
+        // The same answer as /proc's table.
+        let table = read_listeners(std::io::BufReader::new(fs::File::open("/proc/self/net/tcp").unwrap()));
+        assert!(table.iter().any(|l| l.inode == tcp_inode), "{:?}", table);
+        // A bound UDP socket outside the ephemeral range (the test cannot bind below 1024
+        // unprivileged: 4433 is above it and below 32768) is a listener; a connected one is not.
+        if let Ok(udp) = std::net::UdpSocket::bind("127.0.0.1:4433") {
+            let udp_inode = inode_of(std::os::unix::io::AsRawFd::as_raw_fd(&udp));
+            assert!(udp_listeners(me).iter().any(|(i, _)| *i == udp_inode));
+            udp.connect("127.0.0.1:9").unwrap();
+            assert!(!udp_listeners(me).iter().any(|(i, _)| *i == udp_inode));
+        }
+    }
+
+    #[test]
+    fn a_sock_diag_error_is_the_kernels_errno() {
+        // nlmsghdr (len 20, NLMSG_ERROR) + errno -EPERM
+        let mut msg = vec![0u8; 20];
+        msg[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        msg[4..6].copy_from_slice(&2u16.to_ne_bytes());
+        msg[16..20].copy_from_slice(&(-1i32).to_ne_bytes());
+        let err = parse_diag(&msg, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(1));
+        assert!(parse_diag(&[0u8; 15], &mut Vec::new()).unwrap() == false);
+        let mut short = vec![0u8; 16];
+        short[0..4].copy_from_slice(&64u32.to_ne_bytes());
+        assert!(parse_diag(&short, &mut Vec::new()).is_err());
+    }
 
     #[test]
     fn listening_sockets_of_a_process() {

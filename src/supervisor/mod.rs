@@ -469,8 +469,10 @@ impl Supervisor {
 
     /// Holds what the serving generation listens on, and only that (src/listeners.rs).
     fn hold_listeners(&mut self) {
+        let t0 = now_ns();
         let pids = self.protocol.listener_pids();
         let synced = self.held.sync(&pids, &mut self.systemd);
+        debug!("listening sockets in step in {} us", (now_ns() - t0) / 1000);
         for problem in &synced.problems {
             warning!("{}", problem);
         }

@@ -107,7 +107,7 @@ impl Supervisor {
             warning!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
         }
         // What the service listened on before systemd started it again (its fd store).
-        let (held, notes) = Held::from_systemd();
+        let (mut held, notes) = Held::from_systemd();
         for note in notes {
             warning!("{}", note);
         }
