@@ -578,7 +578,7 @@ mod tests {
         msg[16..20].copy_from_slice(&(-1i32).to_ne_bytes());
         let err = parse_diag(&msg, &mut Vec::new()).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(1));
-        assert!(parse_diag(&[0u8; 15], &mut Vec::new()).unwrap() == false);
+        assert!(!parse_diag(&[0u8; 15], &mut Vec::new()).unwrap());
         let mut short = vec![0u8; 16];
         short[0..4].copy_from_slice(&64u32.to_ne_bytes());
         assert!(parse_diag(&short, &mut Vec::new()).is_err());
