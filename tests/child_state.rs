@@ -156,7 +156,9 @@ fn children_start_clean_when_the_wrapper_inherits_a_dirty_signal_state() {
     // SAFETY: only async-signal-safe calls (dup2, sigaction, sigprocmask) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            nix::unistd::dup2(stray_fd, 9)?;
+            // By way of a number above 9: dup2 onto itself would leave it close-on-exec.
+            let high = nix::fcntl::fcntl(stray_fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+            nix::unistd::dup2(high, 9)?;
             let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
             let _ = sigaction(Signal::SIGQUIT, &ign);
             let _ = sigaction(Signal::SIGWINCH, &ign);

@@ -549,11 +549,20 @@ both_modes! {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let raw: Vec<i32> = store.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-        // SAFETY: dup2 is async-signal-safe; the copies land on 3, 4, ... in the child only.
+        // SAFETY: fcntl and dup2 are async-signal-safe; the copies land on 3, 4, ... in the child
+        // only. They go first to numbers above the targets: a source may already sit on 3 or 4
+        // (then dup2 onto itself would do nothing and leave it close-on-exec), or on a target a
+        // later one needs.
         unsafe {
             use std::os::unix::process::CommandExt;
             sh.pre_exec(move || {
-                for (i, fd) in raw.iter().enumerate() {
+                let above = 3 + raw.len() as i32;
+                let mut moved = Vec::with_capacity(raw.len());
+                for fd in &raw {
+                    let arg = nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(above);
+                    moved.push(nix::fcntl::fcntl(*fd, arg).map_err(std::io::Error::from)?);
+                }
+                for (i, fd) in moved.iter().enumerate() {
                     nix::unistd::dup2(*fd, 3 + i as i32).map_err(std::io::Error::from)?;
                 }
                 Ok(())
