@@ -22,6 +22,7 @@ use std::ffi::OsString;
 use std::io::{self, BufRead};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::sys::time::TimeVal;
 
@@ -46,6 +47,11 @@ struct Socket {
     what: String,
     /// In systemd's store (or no store to put it in).
     stored: bool,
+    /// TCP with SO_REUSEPORT: listened on again while haproxy's master pauses it (`relisten`).
+    pausable: bool,
+    /// Not listening when the reload in progress began (an administrator's pause: SIGTTOU or
+    /// `disable frontend`), or paused by one since: left as haproxy has it.
+    left_paused: bool,
 }
 
 /// The listening sockets the wrapper holds.
@@ -73,6 +79,35 @@ fn inode_of(fd: RawFd) -> io::Result<u64> {
     nix::sys::stat::fstat(fd)
         .map(|st| st.st_ino as u64)
         .map_err(io::Error::from)
+}
+
+/// Whether haproxy's pause of this socket may be undone by listening on it again: TCP (a pause
+/// disconnects it, `connect(AF_UNSPEC)`) with SO_REUSEPORT. Without SO_REUSEPORT, freeing the
+/// address may be what the pause is for (a new socket of haproxy's binds it): left alone.
+fn pausable(fd: RawFd) -> bool {
+    use nix::sys::socket::SockaddrLike;
+    let tcp = matches!(socket::getsockopt(fd, sockopt::SockType), Ok(socket::SockType::Stream))
+        && matches!(
+            socket::getsockname::<socket::SockaddrStorage>(fd)
+                .ok()
+                .and_then(|a| a.family()),
+            Some(socket::AddressFamily::Inet) | Some(socket::AddressFamily::Inet6)
+        );
+    tcp && socket::getsockopt(fd, sockopt::ReusePort).unwrap_or(false)
+}
+
+/// Which of `fds` hang up (POLLHUP, a TCP socket that no longer listens), at once.
+fn hung_up(fds: &[RawFd]) -> Vec<RawFd> {
+    let mut polled: Vec<PollFd> = fds.iter().map(|&fd| PollFd::new(fd, PollFlags::empty())).collect();
+    if poll(&mut polled, 0).is_err() {
+        return Vec::new();
+    }
+    polled
+        .iter()
+        .zip(fds)
+        .filter(|(p, _)| p.revents().map_or(false, |r| r.contains(PollFlags::POLLHUP)))
+        .map(|(_, &fd)| fd)
+        .collect()
 }
 
 /// What the sockets with these inodes are, as this process's network namespace lists them
@@ -185,9 +220,11 @@ impl Held {
             match (name.strip_prefix(FD_PREFIX), inode_of(fd)) {
                 (Some(_), Ok(inode)) => held.sockets.push(Socket {
                     what: String::new(),
+                    pausable: pausable(fd),
                     fd: owned,
                     inode,
                     stored: true,
+                    left_paused: false,
                 }),
                 (_, inode) => {
                     notes.push(format!(
@@ -220,17 +257,19 @@ impl Held {
 
     /// The held sockets back after the re-exec; a descriptor that is not the socket it was is
     /// left alone (returned as a note).
-    pub fn from_carried(carried: &[(RawFd, u64, bool)]) -> (Held, Vec<String>) {
+    pub fn from_carried(carried: &[(RawFd, u64, bool)], left_paused: &[u64]) -> (Held, Vec<String>) {
         let mut held = Held::default();
         let mut notes = Vec::new();
         for &(fd, inode, stored) in carried {
             match inode_of(fd) {
                 Ok(found) if found == inode => held.sockets.push(Socket {
+                    pausable: pausable(fd),
                     // SAFETY: the previous image held this descriptor and carried it to us alone.
                     fd: unsafe { OwnedFd::from_raw_fd(fd) },
                     inode,
                     what: String::new(),
                     stored,
+                    left_paused: left_paused.contains(&inode),
                 }),
                 Ok(found) => notes.push(format!(
                     "carried listener fd {} is inode {}, not {}: not held",
@@ -351,10 +390,12 @@ impl Held {
                 continue;
             }
             let mut socket = Socket {
+                pausable: pausable(copy.as_raw_fd()),
                 fd: copy,
                 inode,
                 what: what.clone(),
                 stored: false,
+                left_paused: false,
             };
             socket.stored = store(systemd, &socket, &mut out.problems);
             self.sockets.push(socket);
@@ -375,6 +416,85 @@ impl Held {
     /// Some held socket waits to go to systemd's store.
     pub fn unstored(&self) -> bool {
         self.sockets.iter().any(|s| !s.stored)
+    }
+
+    /// The inodes of the sockets left paused, as carried across the re-exec.
+    pub fn left_paused(&self) -> Vec<u64> {
+        self.sockets.iter().filter(|s| s.left_paused).map(|s| s.inode).collect()
+    }
+
+    /// A reload begins whose haproxy may pause the serving listeners (`relisten`): the ones not
+    /// listening now were paused by an administrator and stay so. Returns how many.
+    pub fn note_paused(&mut self) -> usize {
+        let fds: Vec<RawFd> = self
+            .sockets
+            .iter()
+            .filter(|s| s.pausable)
+            .map(|s| s.fd.as_raw_fd())
+            .collect();
+        let paused = hung_up(&fds);
+        for socket in self.sockets.iter_mut() {
+            socket.left_paused = paused.contains(&socket.fd.as_raw_fd());
+        }
+        paused.len()
+    }
+
+    /// An administrator pauses haproxy's listeners (SIGTTOU): the wrapper leaves them paused.
+    pub fn leave_paused(&mut self) {
+        for socket in self.sockets.iter_mut() {
+            socket.left_paused = true;
+        }
+    }
+
+    /// The reload is over: haproxy resumed what it paused (or the new generation listens).
+    pub fn forget_paused(&mut self) {
+        for socket in self.sockets.iter_mut() {
+            socket.left_paused = false;
+        }
+    }
+
+    /// The sockets to watch while haproxy's master may pause them: each hangs up (POLLHUP) when
+    /// paused, and `relisten` then listens on it again.
+    pub fn pausable_fds(&self) -> Vec<RawFd> {
+        self.sockets
+            .iter()
+            .filter(|s| s.pausable && !s.left_paused)
+            .map(|s| s.fd.as_raw_fd())
+            .collect()
+    }
+
+    /// haproxy's master paused these sockets (the ones of `fds` that hang up) while it retries a bind that failed: the pause
+    /// disconnects the socket itself (every holder's), and the kernel refuses connections until
+    /// haproxy resumes it (SIGTTIN, about 2 s later). Listening on it again makes the kernel queue
+    /// them instead; the paused workers take them when they resume, a new worker when the
+    /// reload succeeds. The backlog is the kernel's most (net.core.somaxconn) until haproxy's own
+    /// `listen` sets it again. Returns what listens again, and what could not (left paused).
+    pub fn relisten(&mut self, fds: &[RawFd]) -> (Vec<String>, Vec<String>) {
+        let (mut again, mut problems) = (Vec::new(), Vec::new());
+        let mut listening = Vec::new();
+        let paused = hung_up(fds);
+        for socket in self.sockets.iter_mut().filter(|s| fds.contains(&s.fd.as_raw_fd())) {
+            if !paused.contains(&socket.fd.as_raw_fd()) {
+                // Another event (POLLERR): not a pause; no longer watched in this reload.
+                socket.left_paused = true;
+                continue;
+            }
+            match socket::listen(socket.fd.as_raw_fd(), i32::MAX as usize) {
+                Ok(()) => listening.push(socket.inode),
+                Err(e) => {
+                    socket.left_paused = true;
+                    problems.push(format!("cannot listen on socket {} again: {}", socket.inode, e));
+                }
+            }
+        }
+        // Named once they listen again (a paused socket is not in the kernel's list of listeners).
+        if self.sockets.iter().any(|s| s.what.is_empty()) && !listening.is_empty() {
+            self.describe();
+        }
+        for socket in self.sockets.iter().filter(|s| listening.contains(&s.inode)) {
+            again.push(socket.what.clone());
+        }
+        (again, problems)
     }
 }
 
@@ -699,5 +819,109 @@ mod tests {
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
         other.kill().unwrap();
         other.wait().unwrap();
+    }
+
+    /// A TCP listener, with SO_REUSEPORT as haproxy binds by default or without, on 127.0.0.1.
+    fn reuseport_listener(reuseport: bool) -> (OwnedFd, std::net::SocketAddr) {
+        use nix::libc;
+        use socket::{AddressFamily, SockFlag, SockType};
+        let fd = socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        // SAFETY: a new descriptor, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        socket::setsockopt(fd.as_raw_fd(), sockopt::ReusePort, &reuseport).unwrap();
+        // A port named, as haproxy's are: a socket bound to port 0 loses its port when paused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // nix's SockaddrIn needs its "net" feature, which the program does not: libc's.
+        let mut sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut len = std::mem::size_of_val(&sin) as libc::socklen_t;
+        // SAFETY: bind(2) and getsockname(2) with a sockaddr_in of the size given.
+        unsafe {
+            assert_eq!(
+                libc::bind(fd.as_raw_fd(), &sin as *const _ as *const libc::sockaddr, len),
+                0
+            );
+            assert_eq!(
+                libc::getsockname(fd.as_raw_fd(), &mut sin as *mut _ as *mut libc::sockaddr, &mut len),
+                0
+            );
+        }
+        socket::listen(fd.as_raw_fd(), 16).unwrap();
+        (
+            fd,
+            std::net::SocketAddr::from(([127, 0, 0, 1], u16::from_be(sin.sin_port))),
+        )
+    }
+
+    /// haproxy's pause of a TCP listener (its tcp_suspend_receiver): disconnect the socket.
+    fn pause(fd: RawFd) {
+        let sa = nix::libc::sockaddr {
+            sa_family: nix::libc::AF_UNSPEC as nix::libc::sa_family_t,
+            sa_data: [0; 14],
+        };
+        // SAFETY: connect(2) with a valid address of the size given.
+        let rc = unsafe { nix::libc::connect(fd, &sa, std::mem::size_of_val(&sa) as nix::libc::socklen_t) };
+        assert_eq!(rc, 0, "connect(AF_UNSPEC): {}", io::Error::last_os_error());
+    }
+
+    fn held_copy(fd: &OwnedFd, left_paused: &[u64]) -> Held {
+        // Close-on-exec: tests in other threads start processes.
+        let copy = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0)).unwrap();
+        let inode = inode_of(copy).unwrap();
+        let (held, notes) = Held::from_carried(&[(copy, inode, true)], left_paused);
+        assert!(notes.is_empty(), "{:?}", notes);
+        held
+    }
+
+    #[test]
+    fn a_paused_listener_listens_again_from_the_held_copy_unless_an_administrator_paused_it() {
+        let (haproxys, addr) = reuseport_listener(true);
+        let mut held = held_copy(&haproxys, &[]);
+        let watched = held.pausable_fds();
+        assert_eq!(watched.len(), 1);
+        assert!(hung_up(&watched).is_empty(), "a listening socket does not hang up");
+        pause(haproxys.as_raw_fd());
+        assert_eq!(hung_up(&watched), watched, "a paused socket hangs up");
+        let refused = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        let (again, problems) = held.relisten(&watched);
+        assert_eq!((again, problems), (vec![format!("tcp {}", addr)], vec![]));
+        // The kernel queues the connection on the shared socket: haproxy's fd, resumed, takes it.
+        let _queued = std::net::TcpStream::connect(addr).expect("queued on the socket listening again");
+        assert!(socket::accept(haproxys.as_raw_fd()).is_ok());
+        // Not listening when the reload began (SIGTTOU, "disable frontend"): left paused.
+        pause(haproxys.as_raw_fd());
+        assert_eq!(held.note_paused(), 1);
+        assert!(held.pausable_fds().is_empty());
+        assert_eq!(held.left_paused().len(), 1);
+        held.forget_paused();
+        assert_eq!(held.pausable_fds(), watched);
+        // Carried across the re-exec.
+        let inode = inode_of(haproxys.as_raw_fd()).unwrap();
+        assert!(held_copy(&haproxys, &[inode]).pausable_fds().is_empty());
+        held.leave_paused();
+        assert!(held.pausable_fds().is_empty());
+    }
+
+    #[test]
+    fn listeners_without_reuseport_and_unix_ones_are_never_listened_on_again() {
+        let (plain, _) = reuseport_listener(false);
+        assert!(held_copy(&plain, &[]).pausable_fds().is_empty());
+        let dir = std::env::temp_dir().join(format!("hsw-listeners-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let unix = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+        let fd: OwnedFd = unix.into();
+        assert!(held_copy(&fd, &[]).pausable_fds().is_empty());
+        let _ = std::fs::remove_file(&dir);
     }
 }

@@ -120,6 +120,10 @@ pub fn encode(state: &Carried) -> String {
             .collect();
         out.push(format!("held={}", held.join(",")));
     }
+    if !state.left_paused.is_empty() {
+        let inodes: Vec<String> = state.left_paused.iter().map(u64::to_string).collect();
+        out.push(format!("left_paused={}", inodes.join(",")));
+    }
     let r = &state.restarts;
     if r.total > 0 {
         out.push(format!(
@@ -175,6 +179,7 @@ pub fn decode(s: &str) -> Result<Carried, String> {
         attempt: None,
         ledger: None,
         held: vec![],
+        left_paused: vec![],
         restarts: Restarts::default(),
     };
     let mut version = None;
@@ -270,6 +275,13 @@ pub fn decode(s: &str) -> Result<Carried, String> {
                     }
                     state.held.push((num(k, f[0])?, num(k, f[1])?, f[2] == "1"));
                 }
+            }
+            "left_paused" => {
+                state.left_paused = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| num(k, s))
+                    .collect::<Result<_, _>>()?
             }
             "restarts" => {
                 let f: Vec<&str> = v.split(':').collect();

@@ -112,6 +112,9 @@ pub struct Carried {
     pub ledger: Option<crate::ledger::Ledger>,
     /// The listening sockets the wrapper holds (src/listeners.rs): descriptor, inode, stored.
     pub held: Vec<(RawFd, u64, bool)>,
+    /// The inodes of held sockets that were not listening when the reload in progress began (an
+    /// administrator's pause): never listened on again by the wrapper (`Held::relisten`).
+    pub left_paused: Vec<u64>,
     pub restarts: Restarts,
 }
 

@@ -643,6 +643,10 @@ impl Protocol for MasterWorker {
         self.generations.late.as_ref().map_or(false, |late| late.gen == gen)
     }
 
+    fn pauses_listeners_on_failed_bind(&self) -> bool {
+        true
+    }
+
     fn reloads_before_reexec(&self) -> bool {
         // SIGUSR2 to the master first: the wrapper's re-exec is then off the reload's critical path.
         true

@@ -149,6 +149,14 @@ pub trait Protocol {
         false
     }
 
+    /// Whether a reload whose new configuration cannot bind makes haproxy pause the serving
+    /// listeners while it retries (master-worker: the master pauses its workers, SIGTTOU, for
+    /// about 2 s). The wrapper then listens on its copies again (`Held::relisten`). Foreground
+    /// mode never puts the serving generation in `-sf`, so nothing pauses it.
+    fn pauses_listeners_on_failed_bind(&self) -> bool {
+        false
+    }
+
     /// Nothing serves any more and a new generation is about to start in its place: the serving
     /// generation is forgotten; its process, when it still lives (a master slow to exit after
     /// haproxy stopped its workers), is returned for the caller to end.

@@ -19,6 +19,7 @@ fn sample(generations: Generations) -> Carried {
         attempt: None,
         ledger: None,
         held: vec![(7, 123456, true), (8, 654321, false)],
+        left_paused: vec![654321],
         restarts: Restarts {
             total: 3,
             recent_ns: vec![11, 22],
@@ -238,6 +239,7 @@ fn random_state(rng: &mut crate::fuzz::Rng) -> Carried {
         held: (0..rng.below(4))
             .map(|_| (rng.below(1024) as i32, rng.number(), rng.one_in(2)))
             .collect(),
+        left_paused: (0..rng.below(3)).map(|_| rng.number()).collect(),
         restarts: if rng.one_in(2) {
             Restarts::default()
         } else {

@@ -90,6 +90,7 @@ impl Supervisor {
             },
             ledger: Some(self.ledger.ledger.clone()),
             held: self.held.carry(),
+            left_paused: self.held.left_paused(),
             restarts: self.restarts.clone(),
         }
     }
@@ -210,6 +211,15 @@ impl Supervisor {
         } else {
             None
         };
+        if !first && self.protocol.pauses_listeners_on_failed_bind() {
+            let paused = self.held.note_paused();
+            if paused > 0 {
+                info!(
+                    "gen {}: {} of the listening sockets the wrapper holds are paused (SIGTTOU or \"disable frontend\"): left so during the reload",
+                    gen, paused
+                );
+            }
+        }
         let arg = handover.as_ref().and_then(|h| h.arg());
         let begun = self.protocol.begin(gen, first, arg.as_ref());
         self.handover = handover.map(|mut h| {
@@ -230,6 +240,7 @@ impl Supervisor {
     pub(super) fn take_attempt(&mut self) -> Option<Attempt> {
         // A hand-over not asked for by now never will be.
         self.handover = None;
+        self.held.forget_paused();
         match std::mem::replace(&mut self.phase, Phase::Running) {
             Phase::Starting(attempt) | Phase::Reloading(attempt) => Some(attempt),
             other => {

@@ -119,9 +119,27 @@ impl Supervisor {
                 fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
                 fds.len() - 1
             });
+            // During a reload that haproxy may pause them for, the held listeners: each hangs up
+            // when paused (no event asked for: POLLHUP is always reported).
+            let pausable = match self.phase {
+                Phase::Reloading(_) if self.protocol.pauses_listeners_on_failed_bind() => self.held.pausable_fds(),
+                _ => Vec::new(),
+            };
+            let pausable_at = fds.len();
+            fds.extend(pausable.iter().map(|&fd| PollFd::new(fd, PollFlags::empty())));
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::Error::EINTR) => {}
                 Err(e) => error!("poll: {}", e),
+            }
+            let paused: Vec<i32> = pausable
+                .iter()
+                .zip(fds.get(pausable_at..).unwrap_or(&[]))
+                .filter(|(_, p)| p.revents().map_or(false, |r| !r.is_empty()))
+                .map(|(&fd, _)| fd)
+                .collect();
+            if !paused.is_empty() {
+                // Connections are refused until it listens again: before anything else.
+                self.relisten(&paused);
             }
             // Order matters: haproxy's lines first (they explain what follows), then the
             // protocol's messages, then signals (SIGCHLD included).
@@ -250,6 +268,10 @@ impl Supervisor {
                     }
                 }
                 info!("{} received: passing it on to haproxy", sig);
+                if s == Signal::SIGTTOU {
+                    // An administrator's pause: never undone by the wrapper (`relisten`).
+                    self.held.leave_paused();
+                }
                 for pid in self.protocol.signal_targets() {
                     if s == Signal::SIGTTIN {
                         // haproxy, too, takes the lowest pending signal first: a SIGTTIN that
@@ -450,6 +472,28 @@ impl Supervisor {
     }
 
     // ---- the listening sockets ----
+
+    /// haproxy's master paused held listeners during a reload (its bind retry): listen on them
+    /// again, so that the kernel queues connections rather than refuse them (`Held::relisten`).
+    fn relisten(&mut self, fds: &[i32]) {
+        let gen = self.attempt_mut().map_or(0, |a| a.carried.gen);
+        let (again, problems) = self.held.relisten(fds);
+        if !again.is_empty() {
+            notice!(
+                "gen {}: haproxy paused {} listening socket(s) while it retries a bind ({}): listening on the wrapper's copies again, connections wait until haproxy accepts again",
+                gen,
+                again.len(),
+                again.join(", ")
+            );
+        }
+        for problem in problems {
+            warning!(
+                "gen {}: {}: connections to it are refused until haproxy resumes it",
+                gen,
+                problem
+            );
+        }
+    }
 
     /// haproxy asks for the held sockets (or closed its end): answer once.
     fn serve_handover(&mut self) {

@@ -200,7 +200,7 @@ impl Supervisor {
         let protocol = mode::protocol(launch, Some(carried.generations.clone()), me).map_err(unplaced)?;
         // The ledger as the previous image had it in memory, not as its file may (not) say.
         let ledger = ledger::Recorder::resume(&opts.run_dir, carried.ledger.clone());
-        let (held, notes) = Held::from_carried(&carried.held);
+        let (held, notes) = Held::from_carried(&carried.held, &carried.left_paused);
         for note in notes {
             warning!("{}", note);
         }

@@ -34,8 +34,12 @@ impl Response {
 
 /// `GET path` on 127.0.0.1:port with `Connection: close`, 2 s timeouts.
 pub fn http_get(port: u16, path: &str) -> io::Result<Response> {
+    http_get_within(port, path, Duration::from_secs(2))
+}
+
+/// `http_get` with `timeout` for the connect, each write and each read.
+pub fn http_get_within(port: u16, path: &str, timeout: Duration) -> io::Result<Response> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let timeout = Duration::from_secs(2);
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -283,6 +287,11 @@ pub struct LoadResult {
 
 impl Load {
     pub fn start(port: u16, threads: usize) -> Load {
+        Load::start_within(port, threads, Duration::from_secs(2))
+    }
+
+    /// `start`, each request with `timeout` (`http_get_within`).
+    pub fn start_within(port: u16, threads: usize, timeout: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let fail = Arc::new(AtomicU64::new(0));
@@ -294,7 +303,7 @@ impl Load {
                     (stop.clone(), ok.clone(), fail.clone(), errors.clone(), bodies.clone());
                 thread::spawn(move || {
                     while !stop.load(Ordering::SeqCst) {
-                        match http_get(port, "/") {
+                        match http_get_within(port, "/", timeout) {
                             Ok(r) if r.status() == 200 => {
                                 *bodies.lock().unwrap().entry(r.body.trim().to_string()).or_insert(0) += 1;
                                 ok.fetch_add(1, Ordering::SeqCst);
