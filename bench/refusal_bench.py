@@ -13,8 +13,7 @@ opening a new connection every 10 ms with a 3 s timeout (tests/e2e/guest/prober.
 Report: per setup and event, refused and timed-out connections (totals and per run), resets (a
 connection that a killed haproxy held), and the longest delay an answered client saw; written between
 the bench:refusals markers of BENCHMARKS.md. Targets: the wrapper refuses and times out nothing in
-every event, except a failing bind in master-worker mode (haproxy's master pauses its workers'
-listeners: reported, not a target; the man page says so). Exit 1 on a miss unless
+every event, in both modes. Exit 1 on a miss unless
 BENCH_ALLOW_MISS=1, 2 on a setup error.
 """
 
@@ -41,9 +40,6 @@ SETUPS = [("debian", "Debian's haproxy.service"), ("wrapper-mw", "wrapper, maste
           ("wrapper-fg", "wrapper, foreground (-x)")]
 EVENTS = ["good reload", "failing bind", "SIGKILL of haproxy/worker", "SIGKILL of the master",
           "SIGKILL of the main process", "systemctl restart", "package upgrade"]
-# What the wrapper cannot change: haproxy's master pauses its serving workers' listeners while it
-# retries a bind that fails (the man page's LISTENING SOCKETS).
-EXEMPT = {("wrapper-mw", "failing bind")}
 
 
 def log(msg):
@@ -86,7 +82,7 @@ def report(res, started, elapsed, commit):
     for v, label in SETUPS[1:]:
         for e in EVENTS:
             rows = by.get((v, e), [])
-            if not rows or (v, e) in EXEMPT:
+            if not rows:
                 continue
             bad = sum(r["refused"] + r["timed_out"] + r["other"] for r in rows)
             checks.append((bad == 0, "%s, %s: no connection refused or timed out: %d in %d runs" % (label, e, bad, len(rows))))
@@ -97,11 +93,6 @@ def report(res, started, elapsed, commit):
         lines.append("- %s %s" % ("PASS" if ok else "MISS", what))
     for e in res.get("errors", []):
         lines.append("- ERROR %s" % e)
-    mw = by.get(("wrapper-mw", "failing bind"), [])
-    if mw:
-        lines.append("- not a target: wrapper, master-worker, failing bind: %d refused in %d runs: haproxy's master "
-                     "pauses its serving workers' listeners while it retries the bind, as with Debian's unit; "
-                     "foreground mode refuses none" % (sum(r["refused"] for r in mw), len(mw)))
     return "\n".join(lines), checks
 
 
