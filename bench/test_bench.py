@@ -303,13 +303,15 @@ class RefusalBench(unittest.TestCase):
         self.assertIn("| systemctl restart | 6 (6); 40 ms | 0 (0); 40 ms | 0 (0); 40 ms |", text)
         self.assertIn("| package upgrade | — |", text)
 
-    def test_a_refusal_of_the_wrapper_is_a_miss_but_the_master_workers_failing_bind_is_not(self):
-        bad = {("wrapper-fg", "SIGKILL of haproxy/worker"): 3, ("wrapper-mw", "failing bind"): 205}
+    def test_a_refusal_of_the_wrapper_is_a_miss_in_every_event_and_mode(self):
+        bad = {("wrapper-fg", "SIGKILL of haproxy/worker"): 3, ("wrapper-mw", "failing bind"): 205,
+               ("debian", "failing bind"): 205}
         text, checks = self.report(refusal_results(bad))
-        missed = [what for ok, what in checks if not ok]
-        self.assertEqual(len(missed), 1, missed)
+        missed = sorted(what for ok, what in checks if not ok)
+        self.assertEqual(len(missed), 2, missed)
         self.assertIn("foreground (-x), SIGKILL of haproxy/worker", missed[0])
-        self.assertIn("not a target: wrapper, master-worker, failing bind: 205 refused", text)
+        self.assertIn("master-worker (-Ws), failing bind: no connection refused or timed out: 205", missed[1])
+        self.assertNotIn("not a target", text)
 
     def test_a_missing_event_is_a_miss(self):
         res = refusal_results()
