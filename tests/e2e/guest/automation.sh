@@ -122,7 +122,9 @@ auto_failures() {
     auto_fails unbindable "an address the host lacks" '192\.0\.2\.1:8082'
     # A port another program holds (passes haproxy -c), under a probe loop on the old configuration:
     # in foreground mode no probe may fail; in master-worker mode haproxy's own master pauses its
-    # workers while it retries the bind (docs/DESIGN.md), so the count is recorded there.
+    # workers while it retries the bind, and the wrapper keeps the sockets listening, but the pause
+    # resets a connection queued at that moment, which this back-to-back loop nearly always has
+    # (docs/DESIGN.md), so the count is recorded there.
     check "a python3 listener holds 127.0.0.1:8083" start_holder
     auto_vars "$mode-held" true "$AUTO_HELD"
     start_load "$AUTO_OLD"
