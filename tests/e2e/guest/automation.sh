@@ -20,13 +20,16 @@ auto_time_end() {
     say "       flow $FLOW: $AUTO_PLAYS plays, $((AUTO_PLAYS_MS / 1000)) s in ansible-playbook, $(( ($(now_ms) - AUTO_T0) / 1000 )) s in all"
 }
 # The "not ready in time" class: a --ready-timeout of 1.5 s (WRAPPER_MODE) and a configuration
-# whose 500000 regular expressions take haproxy several seconds to load (about 3 s per 200000 on
-# haproxy 2.6 here), long after the play has returned.
+# that takes haproxy 8-9 s to load whatever its version: a second global section whose lua-load
+# busy-waits (os.time() has whole seconds), long after the play and its checks have returned.
+# (500000 regular expressions took 7.5 s on haproxy 2.6 but 2.6 s on 3.2, which then served the
+# slow configuration before the checks of the old one ran.)
 AUTO_READY_TIMEOUT=1.5
-AUTO_SLOW_RE=/etc/haproxy/e2e-slow.re
+AUTO_SLOW_LUA=/etc/haproxy/e2e-slow.lua
 
-# auto_vars TAG [VALIDATE] [EXTRA FRONTENDS (YAML list items)]: the play's variables: the frontend
-# on 127.0.0.1:8080 answering TAG, the template's `validate:` on (default) or off.
+# auto_vars TAG [VALIDATE] [EXTRA FRONTENDS (YAML list items)] [EXTRA CONFIG (one line)]: the
+# play's variables: the frontend on 127.0.0.1:8080 answering TAG, the template's `validate:` on
+# (default) or off, and haproxy_extra_config.
 auto_vars() {
     AUTO_TAG=$1
     {
@@ -34,11 +37,13 @@ auto_vars() {
         printf 'haproxy_frontends:\n  - name: e2e\n    binds: ["127.0.0.1:8080"]\n    lines:\n'
         printf '      - http-request return status 200 content-type text/plain string "%s"\n' "$1"
         [ -z "${3:-}" ] || printf '%s\n' "$3"
+        [ -z "${4:-}" ] || printf 'haproxy_extra_config: "%s"\n' "$4"
     } > "$AUTO_VARS"
 }
 AUTO_UNBINDABLE=$'  - name: unbindable\n    binds: ["192.0.2.1:8082"]'
 AUTO_HELD=$'  - name: held\n    binds: ["127.0.0.1:8083"]'
-AUTO_SLOW=$'  - name: slow\n    binds: ["127.0.0.1:8084"]\n    lines:\n      - acl slow hdr(host) -m reg -f '"$AUTO_SLOW_RE"$'\n      - http-request deny if slow'
+AUTO_SLOW=$'  - name: slow\n    binds: ["127.0.0.1:8084"]'
+AUTO_SLOW_EXTRA="global\\n\\tlua-load $AUTO_SLOW_LUA"
 auto_broken() { printf '  - name: broken\n    binds: ["127.0.0.1:8081"]\n    lines: ["%s on"]' "$1"; }
 
 # play NAME: ansible-playbook of the example with $AUTO_VARS. PLAY_RC, PLAY_MS; the play's stdout
@@ -151,16 +156,14 @@ auto_not_ready() {
     check "WRAPPER_MODE=$line: restart exits 0" timeout 60 systemctl restart $UNIT
     check "serves $AUTO_OLD" wait_for 10 serves "$AUTO_OLD"
     AUTO_SLOW_TAG=$mode-slow
-    auto_vars "$AUTO_SLOW_TAG" false "$AUTO_SLOW"; play "$mode-not-ready"
+    auto_vars "$AUTO_SLOW_TAG" false "$AUTO_SLOW" "$AUTO_SLOW_EXTRA"; play "$mode-not-ready"
     auto_fails not-ready "not ready within --ready-timeout $AUTO_READY_TIMEOUT" "not ready after $AUTO_READY_TIMEOUT s"
 }
 
 if wanted automation-distro || wanted automation; then
     command -v ansible-playbook >/dev/null && say "       $(ansible-playbook --version | head -n1)"
-    # The slow configuration's patterns (a few seconds of haproxy's time per load), made once.
-    python3 -c 'import sys
-with open(sys.argv[1], "w") as f:
-    for i in range(500000): f.write("^host%d\\.example\\.(com|net)$\n" % i)' "$AUTO_SLOW_RE"
+    # The slow configuration's Lua file (8-9 s of haproxy's time per load), made once.
+    printf -- '-- e2e: a configuration slow to load\nlocal t = os.time() + 9\nwhile os.time() < t do end\n' > "$AUTO_SLOW_LUA"
 fi
 
 if wanted automation-distro; then
@@ -231,4 +234,4 @@ check "back to master-worker: restart exits 0" timeout 60 systemctl restart $UNI
 check "StatusText: master-worker" expect_match StatusText "$(status_text)" "^master-worker; "
 auto_time_end
 fi
-rm -f "$AUTO_SLOW_RE"
+rm -f "$AUTO_SLOW_LUA"
