@@ -231,8 +231,8 @@ test-e2e: deb
 #    `make bench-systemd BENCH_SD_ROUNDS=1 BENCH_SD_RELOADS=3`.
 #  - refusals (`make bench-refusals`, root): refused connections and the longest delay a client saw
 #    (a new connection every 10 ms) through reloads, crashes, restarts and an upgrade, Debian's unit
-#    against the drop-in in both modes, in a Debian 13 guest; builds the .deb. Quick run:
-#    `make bench-refusals BENCH_RF_RUNS=1`.
+#    against the drop-in in both modes, in the Debian 12, 13 and sid guests in turn; builds the .deb.
+#    Quick run: `make bench-refusals BENCH_RF_RUNS=1 BENCH_RF_SUITE=trixie`.
 # Settings (environment or make command line): see BENCHMARKS.md.
 # `make soak` (not part of `make test`): 1000 reloads in each wrapper mode under load; see BENCHMARKS.md.
 PYTHON ?= python3

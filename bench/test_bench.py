@@ -293,9 +293,9 @@ def refusal_results(bad=None):
 
 
 class RefusalBench(unittest.TestCase):
-    def report(self, res):
+    def report(self, res, suite="trixie"):
         import datetime
-        return refusal_bench.report(res, datetime.datetime(2026, 1, 1), 10, "abc test")
+        return refusal_bench.report([(suite, res)], datetime.datetime(2026, 1, 1), 10, "abc test")
 
     def test_everything_zero_passes(self):
         text, checks = self.report(refusal_results({("debian", "systemctl restart"): 6}))
@@ -318,6 +318,26 @@ class RefusalBench(unittest.TestCase):
         res["results"] = [r for r in res["results"] if r["event"] != "systemctl restart"]
         _, checks = self.report(res)
         self.assertIn(False, [ok for ok, _ in checks])
+
+    def test_every_guest_has_its_table_and_a_miss_names_its_guest(self):
+        import datetime
+        runs = [("bookworm", refusal_results()), ("trixie", refusal_results({("wrapper-mw", "systemctl restart"): 2})),
+                ("sid", refusal_results())]
+        text, checks = refusal_bench.report(runs, datetime.datetime(2026, 1, 1), 10, "abc test")
+        for suite in ("bookworm", "trixie", "sid"):
+            self.assertIn("### %s\n" % suite, text)
+        self.assertEqual(text.count("| event | "), 3)
+        missed = [what for ok, what in checks if not ok]
+        self.assertEqual(missed, ["trixie, wrapper, master-worker (-Ws), systemctl restart: "
+                                  "no connection refused or timed out: 2 in 1 runs"])
+        self.assertIn("sid, every setup ran every event: 18 of 18", [what for ok, what in checks if ok])
+
+    def test_a_guest_without_a_result_is_a_miss(self):
+        import datetime
+        text, checks = refusal_bench.report([("bookworm", None), ("sid", refusal_results())],
+                                            datetime.datetime(2026, 1, 1), 10, "abc test")
+        self.assertEqual([what for ok, what in checks if not ok], ["bookworm: the guest left no result"])
+        self.assertIn("- MISS bookworm: the guest left no result", text)
 
 
 class GuestVariants(unittest.TestCase):
