@@ -85,7 +85,7 @@ never_refuse() {
         # pause disconnects the shared socket itself): the wrapper listens on its copies again. The
         # pause resets a connection the kernel had queued and haproxy not yet accepted (at most one
         # at this pace), and a connection that comes between the pause and the wrapper's listen()
-        # is refused: at most one (in the refusal bench, 1 in 3 of 43 such reloads, in these
+        # is refused: at most one (in the refusal bench, in 6 of 93 such reloads, in these
         # guests; never on the host; docs/DESIGN.md).
         PROBE_REFUSED=1 probed "failing bind" 1 reload
         relistened() {
