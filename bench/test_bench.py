@@ -293,9 +293,12 @@ def refusal_results(bad=None):
 
 
 class RefusalBench(unittest.TestCase):
-    def report(self, res, suite="trixie"):
+    def report(self, res):
+        return self.report_runs([("trixie", res)])
+
+    def report_runs(self, runs):
         import datetime
-        return refusal_bench.report([(suite, res)], datetime.datetime(2026, 1, 1), 10, "abc test")
+        return refusal_bench.report(runs, datetime.datetime(2026, 1, 1), 10, "abc test")
 
     def test_everything_zero_passes(self):
         text, checks = self.report(refusal_results({("debian", "systemctl restart"): 6}))
@@ -320,10 +323,9 @@ class RefusalBench(unittest.TestCase):
         self.assertIn(False, [ok for ok, _ in checks])
 
     def test_every_guest_has_its_table_and_a_miss_names_its_guest(self):
-        import datetime
         runs = [("bookworm", refusal_results()), ("trixie", refusal_results({("wrapper-mw", "systemctl restart"): 2})),
                 ("sid", refusal_results())]
-        text, checks = refusal_bench.report(runs, datetime.datetime(2026, 1, 1), 10, "abc test")
+        text, checks = self.report_runs(runs)
         for suite in ("bookworm", "trixie", "sid"):
             self.assertIn("### %s\n" % suite, text)
         self.assertEqual(text.count("| event | "), 3)
@@ -333,9 +335,7 @@ class RefusalBench(unittest.TestCase):
         self.assertIn("sid, every setup ran every event: 18 of 18", [what for ok, what in checks if ok])
 
     def test_a_guest_without_a_result_is_a_miss(self):
-        import datetime
-        text, checks = refusal_bench.report([("bookworm", None), ("sid", refusal_results())],
-                                            datetime.datetime(2026, 1, 1), 10, "abc test")
+        text, checks = self.report_runs([("bookworm", None), ("sid", refusal_results())])
         self.assertEqual([what for ok, what in checks if not ok], ["bookworm: the guest left no result"])
         self.assertIn("- MISS bookworm: the guest left no result", text)
 
