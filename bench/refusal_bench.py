@@ -39,8 +39,13 @@ BEGIN = "<!-- bench:refusals:begin (written by bench/refusal_bench.py; edit outs
 END = "<!-- bench:refusals:end -->"
 SETUPS = [("debian", "Debian's haproxy.service"), ("wrapper-mw", "wrapper, master-worker (-Ws)"),
           ("wrapper-fg", "wrapper, foreground (-x)")]
-EVENTS = ["good reload", "failing bind", "SIGKILL of haproxy/worker", "SIGKILL of the master",
+# QUOTED (master-worker only): a bind the wrapper leaves to haproxy (src/binds.rs), whose master
+# pauses the serving listeners while it retries; the wrapper listens on its copies again, and a
+# connection that comes in between is refused: at most one a run is what the design promises there.
+QUOTED = "failing bind, quoted (left to haproxy)"
+EVENTS = ["good reload", "failing bind", QUOTED, "SIGKILL of haproxy/worker", "SIGKILL of the master",
           "SIGKILL of the main process", "systemctl restart", "package upgrade"]
+ONLY_MW = ("SIGKILL of the master", QUOTED)
 
 
 def log(msg):
@@ -84,10 +89,16 @@ def suite_report(suite, res):
             rows = by.get((v, e), [])
             if not rows:
                 continue
+            if e == QUOTED:
+                worst = max(r["refused"] for r in rows)
+                bad = sum(r["timed_out"] + r["other"] for r in rows)
+                checks.append((worst <= 1 and bad == 0, "%s, %s, %s: at most 1 refused a run (most: %d), none timed out: %d in %d runs"
+                               % (suite, label, e, worst, bad, len(rows))))
+                continue
             bad = sum(r["refused"] + r["timed_out"] + r["other"] for r in rows)
             checks.append((bad == 0, "%s, %s, %s: no connection refused or timed out: %d in %d runs" % (suite, label, e, bad, len(rows))))
     expected = sum(1 for v, _ in SETUPS for e in EVENTS
-                   if not (e == "package upgrade" and v == "debian") and not (e == "SIGKILL of the master" and v != "wrapper-mw"))
+                   if not (e == "package upgrade" and v == "debian") and not (e in ONLY_MW and v != "wrapper-mw"))
     checks.append((len(by) == expected, "%s, every setup ran every event: %d of %d" % (suite, len(by), expected)))
     for ok, what in checks:
         lines.append("- %s %s" % ("PASS" if ok else "MISS", what))

@@ -121,7 +121,7 @@ pub struct HaproxyArgs {
 }
 
 /// haproxy options that take the next argument as their value.
-fn takes_value(opt: &str) -> bool {
+pub fn takes_value(opt: &str) -> bool {
     matches!(opt, "-f" | "-C" | "-L" | "-m" | "-n" | "-N" | "-p" | "-x" | "-S")
 }
 

@@ -34,6 +34,8 @@ pub enum Error {
     NotFound(String),
     NotExecutable(String),
     Internal(String),
+    /// A reload's configuration binds an address that cannot be bound (src/binds.rs).
+    CannotBind(String),
 }
 
 impl Error {
@@ -43,6 +45,8 @@ impl Error {
             Error::NotFound(_) => EXIT_NOT_FOUND,
             Error::NotExecutable(_) => EXIT_NOT_EXECUTABLE,
             Error::Internal(_) => EXIT_INTERNAL,
+            // haproxy's own status when it cannot bind (only a reload checks first, though).
+            Error::CannotBind(_) => 1,
         }
     }
 
@@ -66,7 +70,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             Error::Usage(m) => write!(f, "usage error: {} (see --help)", m),
-            Error::NotFound(m) | Error::NotExecutable(m) | Error::Internal(m) => f.write_str(m),
+            Error::NotFound(m) | Error::NotExecutable(m) | Error::Internal(m) | Error::CannotBind(m) => f.write_str(m),
         }
     }
 }

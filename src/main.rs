@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod log;
+mod binds;
 mod cli;
 mod client;
 mod clock;

@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
 use super::{exited, not_ready, Abandon, Change, Event, Launch, Protocol, StillServing, Verdict};
+use crate::binds;
 use crate::clock;
 use crate::error::Error;
 use crate::haproxy;
@@ -385,6 +386,14 @@ impl Protocol for MasterWorker {
             .collect();
         before.sort_unstable();
         before.dedup();
+        // A bind that cannot succeed would make haproxy pause the serving listeners while it
+        // retries (src/binds.rs): such a reload fails here, before haproxy is asked.
+        if let Some(why) = binds::check(&self.launch.args.base) {
+            return Err(Error::CannotBind(format!(
+                "{}; haproxy's master was not asked to reload (the wrapper tried that bind first)",
+                why
+            )));
+        }
         let signalled_ns = clock::now_ns();
         haproxy::signal(master, Signal::SIGUSR2);
         info!(

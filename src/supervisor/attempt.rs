@@ -109,6 +109,11 @@ impl Supervisor {
         let begun_here = self.protocol.reloads_before_reexec();
         if begun_here {
             self.begin_reload(t0);
+            if !matches!(self.phase, Phase::Reloading(_)) {
+                // Failed before haproxy was asked (a bind that cannot succeed, src/binds.rs):
+                // nothing to carry across an exec, which would begin the reload again.
+                return;
+            }
         }
         if let Some(partial) = self.relay.take_partial() {
             crate::log::write(crate::log::haproxy_line_priority(&partial), format_args!("{}", partial));

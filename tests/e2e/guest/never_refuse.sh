@@ -1,7 +1,8 @@
 # Flows never-refuse-mw and never-refuse-fg (sourced by flows.sh): a client opening a new connection
 # every 10 ms (3 s timeout, tests/e2e/guest/prober.py) through each thing that happens to a service,
 # in master-worker and in foreground mode. Asserted per event: no connection refused (but for at
-# most one during a failing bind in master-worker mode, see below), none timed out. The listening
+# most one during a failing bind the wrapper leaves to haproxy in master-worker mode, see below),
+# none timed out. The listening
 # sockets outlive every process: the wrapper holds them, and systemd's file-descriptor store holds
 # them while the wrapper is gone (src/listeners.rs).
 
@@ -80,24 +81,38 @@ never_refuse() {
     local old=$BODY
     write_cfg "$tag-unbindable" "$(printf 'frontend unbindable\n\tbind 192.0.2.1:8082\n')"
     BODY=$old
+    probed "failing bind" 0 reload
+    check "failing bind: systemctl reload exits non-zero (rc $RELOAD_RC)" reload_failed_fast
     if [ "$mode" = mw ]; then
-        # haproxy's master pauses its serving workers' listeners while it retries the bind (the
-        # pause disconnects the shared socket itself): the wrapper listens on its copies again. The
-        # pause resets a connection the kernel had queued and haproxy not yet accepted (at most one
-        # at this pace), and a connection that comes between the pause and the wrapper's listen()
-        # is refused: at most one (in the refusal bench, in 6 of 93 such reloads, in these
-        # guests; never on the host; docs/DESIGN.md).
-        PROBE_REFUSED=1 probed "failing bind" 1 reload
+        # The wrapper tried the bind first and never asked haproxy's master, whose retry would
+        # have paused the serving listeners (src/binds.rs).
+        tried_first() {
+            journalctl --sync
+            local log; log=$(journalctl -u $UNIT --no-pager --after-cursor="$FLOW_CURSOR")
+            grep -q "frontend unbindable (/etc/haproxy/haproxy.cfg:[0-9]*): cannot bind socket (Cannot assign requested address) \[192.0.2.1:8082\]; haproxy's master was not asked to reload" <<<"$log" || { WHY="no line about the bind the wrapper tried first"; return 1; }
+            ! grep -q "Paused frontend" <<<"$log" || { WHY="haproxy paused its frontends: $(grep -m1 "Paused frontend" <<<"$log")"; return 1; }
+        }
+        check "failing bind: the wrapper tried the bind itself; haproxy paused nothing" tried_first
+        check "the old configuration still serves" serves "$old"
+
+        # The same bind quoted: the wrapper leaves it to haproxy, whose master pauses its serving
+        # workers' listeners while it retries the bind (the pause disconnects the shared socket
+        # itself), and the wrapper listens on its copies again. The pause resets a connection the
+        # kernel had queued and haproxy not yet accepted (at most one at this pace), and a
+        # connection that comes between the pause and the wrapper's listen() is refused: at most
+        # one (docs/DESIGN.md).
+        write_cfg "$tag-unbindable-quoted" "$(printf 'frontend unbindable\n\tbind "192.0.2.1:8082"\n')"
+        BODY=$old
+        local quoted_cursor; quoted_cursor=$(journalctl -n1 --show-cursor --no-pager -q | sed -n 's/^-- cursor: //p')
+        PROBE_REFUSED=1 probed "failing bind the wrapper leaves to haproxy (quoted)" 1 reload
+        check "failing bind (quoted): systemctl reload exits non-zero (rc $RELOAD_RC)" reload_failed_fast
         relistened() {
             journalctl --sync
-            journalctl -u $UNIT --no-pager --after-cursor="$FLOW_CURSOR" | grep -q "while it retries a bind (tcp .*:8080.*): listening on the wrapper's copies again" && return 0
+            journalctl -u $UNIT --no-pager --after-cursor="$quoted_cursor" | grep -q "while it retries a bind (tcp .*:8080.*): listening on the wrapper's copies again" && return 0
             WHY="no line about listening on the paused sockets again in the journal"; return 1
         }
-        check "failing bind: the wrapper listened on the sockets haproxy's master paused" relistened
-    else
-        probed "failing bind" 0 reload
+        check "failing bind (quoted): the wrapper listened on the sockets haproxy's master paused" relistened
     fi
-    check "failing bind: systemctl reload exits non-zero (rc $RELOAD_RC)" reload_failed_fast
     check "the old configuration still serves" serves "$old"
     write_cfg "$tag-good"
 
