@@ -16,8 +16,9 @@
 //! environment variables, `.if` blocks, host names, port ranges, addresses that are not TCP over
 //! IPv4 or IPv6, the bind options that change what may be bound (`transparent`, `interface`,
 //! `namespace`, `v4v6`, `v6only`), proxies that are `disabled` (and every bind once a `defaults`
-//! section says `disabled`), `-C DIR`, and a port a process of ours holds (the pause may be what
-//! frees it: `noreuseport`). Pure parsing here; the binding and /proc reading in `check`.
+//! section says `disabled`), `-C DIR`, a port a process of ours holds (the pause may be what frees
+//! it: `noreuseport`), and an IPv6 address of the host still tentative (haproxy's retry may outlast
+//! its duplicate address detection). Pure parsing here; the binding and /proc reading in `check`.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -268,8 +269,11 @@ pub fn try_bind(addr: SocketAddr) -> Result<(), Errno> {
 /// Why a bind the kernel refused cannot succeed in haproxy either, or None when haproxy's pause
 /// may change the answer or the wrapper cannot tell. `holders`: the listeners in conflict with
 /// `addr` and whether each is a socket of ours (the wrapper's, or its descendants').
-pub fn judge(addr: SocketAddr, err: Errno, holders: &[(SocketAddr, bool)]) -> Option<String> {
+/// `on_host`: the address is one of the host's although the kernel refused it (an IPv6 address
+/// still tentative, in duplicate address detection): haproxy's retry may see it usable.
+pub fn judge(addr: SocketAddr, err: Errno, holders: &[(SocketAddr, bool)], on_host: bool) -> Option<String> {
     match err {
+        Errno::EADDRNOTAVAIL if on_host => None,
         Errno::EADDRNOTAVAIL | Errno::EACCES => Some(format!("cannot bind socket ({}) [{}]", err.desc(), addr)),
         // Only where no socket of ours is in the way: haproxy's pause may free one of those.
         Errno::EADDRINUSE => match holders.first() {
@@ -318,11 +322,28 @@ pub fn check(args: &[OsString]) -> Option<String> {
         } else {
             Vec::new()
         };
-        if let Some(why) = judge(bind.addr, err, &holders) {
+        let on_host = err == Errno::EADDRNOTAVAIL && ipv6_on_host(bind.addr.ip());
+        if let Some(why) = judge(bind.addr, err, &holders, on_host) {
             return Some(format!("{} ({}): {}", bind.proxy, bind.place, why));
         }
     }
     None
+}
+
+/// Whether `ip` is an IPv6 address of the host, tentative ones included (/proc/net/if_inet6: the
+/// address in 32 hex digits first on each line).
+fn ipv6_on_host(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => std::fs::read_to_string("/proc/net/if_inet6").map_or(false, |t| listed_in_if_inet6(&t, v6)),
+        IpAddr::V4(_) => false,
+    }
+}
+
+pub fn listed_in_if_inet6(table: &str, ip: Ipv6Addr) -> bool {
+    let hex: String = ip.octets().iter().map(|b| format!("{:02x}", b)).collect();
+    table
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(hex.as_str()))
 }
 
 fn display(path: &Path) -> String {

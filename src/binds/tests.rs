@@ -152,21 +152,34 @@ fn the_files_are_haproxys_in_its_order() {
 fn only_a_refusal_haproxys_pause_cannot_change_fails_the_reload() {
     let addr: SocketAddr = "192.0.2.1:80".parse().unwrap();
     let other: SocketAddr = "0.0.0.0:80".parse().unwrap();
-    let not_here = judge(addr, Errno::EADDRNOTAVAIL, &[]).unwrap();
+    let not_here = judge(addr, Errno::EADDRNOTAVAIL, &[], false).unwrap();
     assert_eq!(
         not_here,
         "cannot bind socket (Cannot assign requested address) [192.0.2.1:80]"
     );
-    assert!(judge(addr, Errno::EACCES, &[]).unwrap().contains("Permission denied"));
+    assert!(judge(addr, Errno::EACCES, &[], false)
+        .unwrap()
+        .contains("Permission denied"));
     assert_eq!(
-        judge(addr, Errno::EADDRINUSE, &[(other, false)]).unwrap(),
+        judge(addr, Errno::EADDRINUSE, &[(other, false)], false).unwrap(),
         "cannot bind socket (Address already in use) [192.0.2.1:80]: in use by another program (its listener on 0.0.0.0:80)"
     );
     // A socket of ours in the way (noreuseport): haproxy's pause may free it.
-    assert_eq!(judge(addr, Errno::EADDRINUSE, &[(other, false), (addr, true)]), None);
+    assert_eq!(
+        judge(addr, Errno::EADDRINUSE, &[(other, false), (addr, true)], false),
+        None
+    );
     // In use, by nothing the wrapper sees listening: unsure.
-    assert_eq!(judge(addr, Errno::EADDRINUSE, &[]), None);
-    assert_eq!(judge(addr, Errno::ENOBUFS, &[]), None);
+    assert_eq!(judge(addr, Errno::EADDRINUSE, &[], false), None);
+    assert_eq!(judge(addr, Errno::ENOBUFS, &[], false), None);
+    // An IPv6 address of the host still tentative: haproxy's retry may find it usable.
+    let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+    assert_eq!(judge(v6, Errno::EADDRNOTAVAIL, &[], true), None);
+    let table = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                 20010db8000000000000000000000001 02 40 00 c0     eth0\n";
+    assert!(listed_in_if_inet6(table, "2001:db8::1".parse().unwrap()));
+    assert!(listed_in_if_inet6(table, "::1".parse().unwrap()));
+    assert!(!listed_in_if_inet6(table, "2001:db8::2".parse().unwrap()));
 }
 
 #[test]
