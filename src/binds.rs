@@ -15,7 +15,8 @@
 //! Whatever the wrapper cannot be sure of is left to haproxy: quoted or escaped words and
 //! environment variables, `.if` blocks, host names, port ranges, addresses that are not TCP over
 //! IPv4 or IPv6, the bind options that change what may be bound (`transparent`, `interface`,
-//! `namespace`, `v4v6`, `v6only`), proxies that are `disabled` (and every bind once a `defaults`
+//! `namespace`, `v4v6`, `v6only`), a privileged port when the wrapper is not root (haproxy may have
+//! file capabilities), proxies that are `disabled` (and every bind once a `defaults`
 //! section says `disabled`), `-C DIR`, a port a process of ours holds (the pause may be what frees
 //! it: `noreuseport`), and an IPv6 address of the host still tentative (haproxy's retry may outlast
 //! its duplicate address detection). Pure parsing here; the binding and /proc reading in `check`.
@@ -322,6 +323,10 @@ pub fn check(args: &[OsString]) -> Option<String> {
         } else {
             Vec::new()
         };
+        // Not root: haproxy may bind a port the wrapper may not (file capabilities on haproxy).
+        if err == Errno::EACCES && !nix::unistd::geteuid().is_root() {
+            continue;
+        }
         let on_host = err == Errno::EADDRNOTAVAIL && ipv6_on_host(bind.addr.ip());
         if let Some(why) = judge(bind.addr, err, &holders, on_host) {
             return Some(format!("{} ({}): {}", bind.proxy, bind.place, why));
