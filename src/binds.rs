@@ -24,7 +24,7 @@
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
@@ -143,7 +143,8 @@ impl Parser {
     pub fn file(&mut self, text: &str, file: &str) {
         let mut depth = 0usize;
         let mut section = Section::none();
-        let mut kind = String::new();
+        // In a `defaults` section, or one opened in a conditional block (it may be a defaults).
+        let mut maybe_defaults = false;
         for (n, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("");
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -164,21 +165,17 @@ impl Parser {
             }
             if SECTIONS.contains(&first) {
                 self.done_with(std::mem::replace(&mut section, Section::none()));
-                kind = first.to_string();
+                maybe_defaults = first == "defaults" || depth > 0;
                 if depth == 0 && (first == "frontend" || first == "listen") {
                     if let Some(name) = words.get(1) {
                         section.proxy = Some(format!("{} {}", first, name));
                     }
                 }
-                // A header inside a conditional block: which section follows is not known.
-                if depth > 0 {
-                    kind.clear();
-                }
                 continue;
             }
             if first == "disabled" {
                 section.disabled = true;
-                if kind == "defaults" {
+                if maybe_defaults {
                     self.defaults_disable = true;
                 }
                 continue;
@@ -298,7 +295,7 @@ pub fn check(args: &[OsString]) -> Option<String> {
     for file in &files {
         // haproxy reports a file it cannot read itself.
         let text = std::fs::read_to_string(file).ok()?;
-        parser.file(&text, &display(file));
+        parser.file(&text, &file.display().to_string());
     }
     let mut ours: Option<Vec<u64>> = None;
     let mut listening: Option<Vec<procs::Listener>> = None;
@@ -344,15 +341,11 @@ fn ipv6_on_host(ip: IpAddr) -> bool {
     }
 }
 
-pub fn listed_in_if_inet6(table: &str, ip: Ipv6Addr) -> bool {
+fn listed_in_if_inet6(table: &str, ip: Ipv6Addr) -> bool {
     let hex: String = ip.octets().iter().map(|b| format!("{:02x}", b)).collect();
     table
         .lines()
         .any(|line| line.split_whitespace().next() == Some(hex.as_str()))
-}
-
-fn display(path: &Path) -> String {
-    path.display().to_string()
 }
 
 #[cfg(test)]

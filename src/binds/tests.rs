@@ -89,6 +89,8 @@ fn what_the_wrapper_cannot_be_sure_of_is_left_to_haproxy() {
         vec!["frontend a h.cfg:7 192.0.2.1:82"]
     );
     assert!(binds_of(".if defined(X)\nfrontend a\n.endif\n bind 192.0.2.1:80\n").is_empty());
+    // A section opened in a conditional block may be a defaults: its disabled counts as one.
+    assert!(binds_of(".if defined(X)\ndefaults\n.endif\n disabled\nfrontend a\n bind 192.0.2.1:80\n").is_empty());
     // Quotes, escapes and environment variables; options that change what may be bound.
     for line in [
         "bind \"192.0.2.1:80\"",
